@@ -1,0 +1,1 @@
+"""The llamafs coordinator: many nodes served as one tree, and the CLI."""

@@ -1,0 +1,390 @@
+"""A 9P2000 client on trio.
+
+    async with styxfs.client.connect("tcp!127.0.0.1!5640") as c:
+        print(await c.read_file("model"))
+        async with await c.open("new/data", OWRITE) as f:
+            await f.write(b"Once upon a time")
+
+Many requests run at once over one connection (tags are multiplexed by a
+reader task).  A call that is cancelled while it waits sends Tflush and
+waits for the Rflush before giving up.  An Rerror raises `ServerError`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+import trio
+
+from . import dial, wire
+from .wire import NOFID, NOTAG, OREAD, Dir, Message, Qid
+
+log = logging.getLogger("styxfs.client")
+
+
+class Error(Exception):
+    """A failure talking to a 9P server."""
+
+
+class ServerError(Error):
+    """The server answered Rerror; str(error) is its text."""
+
+    def __init__(self, ename: str):
+        super().__init__(ename)
+        self.ename = ename
+
+
+class ConnectionLost(Error):
+    pass
+
+
+class _Pending:
+    def __init__(self):
+        self.event = trio.Event()
+        self.reply: Message | None = None
+
+
+class Client:
+    def __init__(self, stream: trio.abc.Stream, msize: int = 8192):
+        self.stream = stream
+        self.msize = msize
+        self.decoder = wire.FrameDecoder(msize)
+        self.pending: dict[int, _Pending] = {}
+        self.free_tags = list(range(0xFFFE, -1, -1))
+        self.fid_numbers = itertools.count(1)
+        self.send_lock = trio.StrictFIFOLock()
+        self.closed: BaseException | None = None
+        self.root: Fid | None = None
+
+    # -- the connection ---------------------------------------------------------
+
+    async def _reader(self) -> None:
+        try:
+            while True:
+                data = await self.stream.receive_some(65536)
+                if not data:
+                    raise ConnectionLost("connection closed by the server")
+                self.decoder.feed(data)
+                for message in self.decoder:
+                    waiter = self.pending.get(message.tag)
+                    if waiter is None:
+                        log.warning("reply for no outstanding request: %s", message)
+                        continue
+                    waiter.reply = message
+                    waiter.event.set()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+            self._fail(ConnectionLost(f"connection lost: {e}"))
+        except (ConnectionLost, wire.ProtocolError) as e:
+            self._fail(e if isinstance(e, Error) else Error(str(e)))
+
+    def _fail(self, exc: BaseException) -> None:
+        self.closed = exc
+        for waiter in self.pending.values():
+            waiter.event.set()
+
+    async def _send(self, message: Message) -> None:
+        data = wire.encode(message)
+        async with self.send_lock:
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+                raise ConnectionLost(f"connection lost: {e}") from None
+
+    async def _transact(self, message: Message, tag: int) -> Message:
+        if self.closed is not None:
+            raise ConnectionLost(str(self.closed))
+        waiter = self.pending[tag] = _Pending()
+        try:
+            await self._send(message)
+            await waiter.event.wait()
+        finally:
+            del self.pending[tag]
+        if waiter.reply is None:
+            raise ConnectionLost(str(self.closed))
+        return waiter.reply
+
+    async def rpc(self, message: Message) -> Message:
+        """Send a request (its tag is filled in) and return the reply.
+        Rerror raises ServerError."""
+        if not self.free_tags:
+            raise Error("too many outstanding requests")
+        tag = self.free_tags.pop()
+        message = _with_tag(message, tag)
+        try:
+            reply = await self._transact(message, tag)
+        except trio.Cancelled:
+            with trio.CancelScope(shield=True):
+                await self._flush(tag)
+            raise
+        finally:
+            self.free_tags.append(tag)
+        if isinstance(reply, wire.Rerror):
+            raise ServerError(reply.ename)
+        if reply.TYPE != message.TYPE + 1:
+            raise Error(f"{message.type_name} answered by {reply.type_name}")
+        return reply
+
+    async def _flush(self, oldtag: int) -> None:
+        if self.closed is not None or not self.free_tags:
+            return
+        tag = self.free_tags.pop()
+        # The old tag stays reserved until the Rflush: its reply may still come.
+        self.pending.setdefault(oldtag, _Pending())
+        try:
+            with trio.move_on_after(10):
+                await self._transact(wire.Tflush(tag, oldtag), tag)
+        except Error:
+            pass
+        finally:
+            self.pending.pop(oldtag, None)
+            self.free_tags.append(tag)
+
+    async def version(self, msize: int | None = None) -> wire.Rversion:
+        reply = await self._transact(wire.Tversion(NOTAG, msize or self.msize, wire.VERSION), NOTAG)
+        if isinstance(reply, wire.Rerror):
+            raise ServerError(reply.ename)
+        if not isinstance(reply, wire.Rversion) or reply.version != wire.VERSION:
+            raise Error(f"server does not speak {wire.VERSION}: {reply}")
+        self.msize = reply.msize
+        return reply
+
+    async def attach(self, uname: str, aname: str = "", afid: int = NOFID) -> "Fid":
+        num = next(self.fid_numbers)
+        reply = await self.rpc(wire.Tattach(0, num, afid, uname, aname))
+        self.root = Fid(self, num, reply.qid)
+        return self.root
+
+    async def aclose(self) -> None:
+        await trio.aclose_forcefully(self.stream)
+
+    @property
+    def iounit(self) -> int:
+        return self.msize - wire.IOHDRSZ
+
+    # -- paths ------------------------------------------------------------------
+
+    async def walk(self, path: str | list[str] = "") -> "Fid":
+        """A new fid for path, relative to the attach root."""
+        return await self.root.walk(path)
+
+    async def open(self, path: str, mode: int = OREAD) -> "File":
+        fid = await self.walk(path)
+        try:
+            await fid.open(mode)
+        except BaseException:
+            await fid.clunk_quietly()
+            raise
+        return File(fid)
+
+    async def create(self, path: str, perm: int = 0o644, mode: int = wire.OWRITE) -> "File":
+        parent, _, name = path.rstrip("/").rpartition("/")
+        fid = await self.walk(parent)
+        try:
+            await fid.create(name, perm, mode)
+        except BaseException:
+            await fid.clunk_quietly()
+            raise
+        return File(fid)
+
+    async def read_file(self, path: str) -> bytes:
+        async with await self.open(path) as f:
+            return await f.read_all()
+
+    async def write_file(self, path: str, data: bytes | str, mode: int = wire.OWRITE | wire.OTRUNC) -> None:
+        async with await self.open(path, mode) as f:
+            await f.write(data)
+
+    async def listdir(self, path: str = "") -> list[Dir]:
+        async with await self.open(path) as f:
+            return wire.decode_dirs(await f.read_all())
+
+    async def stat(self, path: str = "") -> Dir:
+        fid = await self.walk(path)
+        try:
+            return await fid.stat()
+        finally:
+            await fid.clunk_quietly()
+
+    async def remove(self, path: str) -> None:
+        fid = await self.walk(path)
+        await fid.remove()
+
+    async def wstat(self, path: str, new: Dir) -> None:
+        fid = await self.walk(path)
+        try:
+            await fid.wstat(new)
+        finally:
+            await fid.clunk_quietly()
+
+
+def _with_tag(message: Message, tag: int) -> Message:
+    import dataclasses
+
+    return dataclasses.replace(message, tag=tag)
+
+
+def split_path(path: str | list[str]) -> list[str]:
+    if isinstance(path, list):
+        return path
+    return [name for name in path.split("/") if name]
+
+
+class Fid:
+    def __init__(self, client: Client, num: int, qid: Qid):
+        self.client, self.num, self.qid = client, num, qid
+        self.iounit = client.iounit
+        self.clunked = False
+
+    async def walk(self, path: str | list[str] = "") -> "Fid":
+        names = split_path(path)
+        num = next(self.client.fid_numbers)
+        qid = self.qid
+        # Walk 16 names at a time (MAXWELEM); a short Rwalk means not found.
+        first = True
+        start = 0
+        while first or start < len(names):
+            chunk = names[start : start + wire.MAXWELEM]
+            fid_from = self.num if first else num
+            reply = await self.client.rpc(wire.Twalk(0, fid_from, num, tuple(chunk)))
+            if len(reply.wqids) < len(chunk):
+                if not first:
+                    await Fid(self.client, num, qid).clunk_quietly()
+                raise ServerError(f"{'/'.join(names[: start + len(reply.wqids) + 1])}: file does not exist")
+            if reply.wqids:
+                qid = reply.wqids[-1]
+            first = False
+            start += len(chunk)
+        return Fid(self.client, num, qid)
+
+    async def open(self, mode: int = OREAD) -> None:
+        reply = await self.client.rpc(wire.Topen(0, self.num, mode))
+        self.qid = reply.qid
+        self.iounit = reply.iounit or self.client.iounit
+
+    async def create(self, name: str, perm: int, mode: int) -> None:
+        reply = await self.client.rpc(wire.Tcreate(0, self.num, name, perm, mode))
+        self.qid = reply.qid
+        self.iounit = reply.iounit or self.client.iounit
+
+    async def read(self, count: int, offset: int) -> bytes:
+        reply = await self.client.rpc(wire.Tread(0, self.num, offset, min(count, self.iounit)))
+        return reply.data
+
+    async def write(self, data: bytes, offset: int) -> int:
+        reply = await self.client.rpc(wire.Twrite(0, self.num, offset, data))
+        return reply.count
+
+    async def stat(self) -> Dir:
+        return (await self.client.rpc(wire.Tstat(0, self.num))).stat
+
+    async def wstat(self, new: Dir) -> None:
+        await self.client.rpc(wire.Twstat(0, self.num, new))
+
+    async def clunk(self) -> None:
+        if not self.clunked:
+            self.clunked = True
+            await self.client.rpc(wire.Tclunk(0, self.num))
+
+    async def clunk_quietly(self) -> None:
+        with trio.CancelScope(shield=True):
+            try:
+                await self.clunk()
+            except Error:
+                pass
+
+    async def remove(self) -> None:
+        self.clunked = True
+        await self.client.rpc(wire.Tremove(0, self.num))
+
+
+class File:
+    """An open fid with a file offset, as a Unix file is."""
+
+    def __init__(self, fid: Fid):
+        self.fid = fid
+        self.offset = 0
+
+    async def read(self, count: int | None = None) -> bytes:
+        data = await self.fid.read(count or self.fid.iounit, self.offset)
+        self.offset += len(data)
+        return data
+
+    async def read_all(self) -> bytes:
+        chunks = []
+        while data := await self.read():
+            chunks.append(data)
+        return b"".join(chunks)
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        """Each piece as it arrives, until EOF."""
+        while data := await self.read():
+            yield data
+
+    async def write(self, data: bytes | str) -> int:
+        if isinstance(data, str):
+            data = data.encode()
+        view = memoryview(data)
+        written = 0
+        while written < len(data) or not data:
+            piece = bytes(view[written : written + self.fid.iounit])
+            n = await self.fid.write(piece, self.offset)
+            self.offset += n
+            written += n
+            if not data or n == 0:
+                break
+        return written
+
+    async def close(self) -> None:
+        await self.fid.clunk()
+
+    async def __aenter__(self) -> "File":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if exc[0] is None:
+            await self.close()
+        else:
+            await self.fid.clunk_quietly()
+
+
+@asynccontextmanager
+async def _unwrapped():
+    """Let the caller's own exception out of the client's nursery unwrapped."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+
+
+@asynccontextmanager
+async def connect(address: str | dial.Address, *, uname: str | None = None, aname: str = "",
+                  msize: int = 8192, authenticate=None) -> AsyncIterator[Client]:
+    """Dial, version and attach; the client lives while the block runs.
+    `authenticate(client) -> afid` runs the auth protocol when given."""
+    import getpass
+
+    if isinstance(address, str):
+        address = dial.parse(address)
+    try:
+        stream = await dial.connect(address)
+    except OSError as e:
+        raise ConnectionLost(f"cannot connect to {address}: {e.strerror or e}") from None
+    client = Client(stream, msize)
+    try:
+        async with _unwrapped(), trio.open_nursery() as nursery:
+            nursery.start_soon(client._reader)
+            await client.version(msize)
+            uname = uname or getpass.getuser()
+            afid = await authenticate(client, uname, aname) if authenticate else NOFID
+            await client.attach(uname, aname, afid)
+            try:
+                yield client
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        await client.aclose()

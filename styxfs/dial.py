@@ -1,0 +1,85 @@
+"""Plan 9 dial strings: tcp!host!port, tcp!*!port, unix!/path (and host:port)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import trio
+
+DEFAULT_PORT = 5640
+DEFAULT_ADDRESS = f"tcp!127.0.0.1!{DEFAULT_PORT}"
+
+
+@dataclass(frozen=True)
+class Address:
+    network: str  # "tcp" or "unix"
+    host: str = ""  # "*" listens on every interface
+    port: int = 0
+    path: str = ""
+
+    def __str__(self) -> str:
+        if self.network == "unix":
+            return f"unix!{self.path}"
+        return f"tcp!{self.host}!{self.port}"
+
+
+def parse(text: str, default_port: int = DEFAULT_PORT) -> Address:
+    """`tcp!127.0.0.1!5640`, `tcp!*!5640`, `unix!/tmp/sock`, `127.0.0.1:5640`,
+    `host` (default port).  Raises ValueError naming what is wrong."""
+    text = text.strip()
+    if not text:
+        raise ValueError("empty address")
+    if "!" in text:
+        parts = text.split("!")
+        network = parts[0] or "tcp"
+        if network == "unix":
+            if len(parts) != 2 or not parts[1]:
+                raise ValueError(f"bad address {text!r}: want unix!/path/to/socket")
+            return Address("unix", path=parts[1])
+        if network not in ("tcp", "net"):
+            raise ValueError(f"bad address {text!r}: network {network!r} is not tcp or unix")
+        if len(parts) not in (2, 3) or not parts[1]:
+            raise ValueError(f"bad address {text!r}: want tcp!host!port")
+        port_text = parts[2] if len(parts) == 3 else str(default_port)
+        host = parts[1]
+    elif text.startswith("/"):
+        return Address("unix", path=text)
+    else:
+        host, _, port_text = text.rpartition(":") if ":" in text else (text, "", str(default_port))
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"bad address {text!r}: port {port_text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"bad address {text!r}: port {port} out of range")
+    return Address("tcp", host=host, port=port)
+
+
+def is_loopback(address: Address) -> bool:
+    return address.network == "unix" or address.host in ("localhost", "::1") or address.host.startswith("127.")
+
+
+async def open_listeners(address: Address) -> list[trio.SocketListener]:
+    if address.network == "unix":
+        if os.path.exists(address.path):
+            os.unlink(address.path)
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        await sock.bind(address.path)
+        sock.listen(128)
+        return [trio.SocketListener(sock)]
+    host = None if address.host in ("*", "") else address.host
+    return await trio.open_tcp_listeners(address.port, host=host, backlog=1024)
+
+
+async def connect(address: Address) -> trio.abc.Stream:
+    if address.network == "unix":
+        return await trio.open_unix_socket(address.path)
+    host = "127.0.0.1" if address.host in ("*", "") else address.host
+    return await trio.open_tcp_stream(host, address.port)
+
+
+def listening_port(listeners: list[trio.SocketListener]) -> int:
+    """The TCP port actually bound (for port 0 in tests)."""
+    return listeners[0].socket.getsockname()[1]
