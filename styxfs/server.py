@@ -62,7 +62,8 @@ class Request:
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     done: trio.Event = field(default_factory=trio.Event)
     silent: bool = False  # aborted by Tversion: no reply at all
-    last_flush: "Request | None" = None  # flushes of one tag answer in order
+    after: "Request | None" = None  # a Tflush answers after the one before it
+    flushing: "Request | None" = None  # what a Tflush flushes, if it was outstanding
 
 
 class Server:
@@ -113,6 +114,7 @@ class ServerConnection:
         self.msize = 0  # 0 until a Tversion is answered
         self.fids: dict[int, Fid] = {}
         self.outstanding: dict[int, Request] = {}
+        self.flushes: dict[int, Request] = {}  # oldtag -> its latest Tflush
         self.send_lock = trio.StrictFIFOLock()
         self.nursery: trio.Nursery | None = None
 
@@ -144,10 +146,17 @@ class ServerConnection:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
             log.info("connection %d: lost: %s", self.info.id, e)
 
-    async def send(self, message: Message) -> None:
+    async def send(self, message: Message, retiring: Request | None = None) -> None:
         data = wire.encode(message)
         async with self.send_lock:
+            if retiring is not None:
+                # The tag is free before the client can see the reply and reuse it.
+                self.retire(retiring)
             await self.stream.send_all(data)
+
+    def retire(self, request: Request) -> None:
+        if self.outstanding.get(request.message.tag) is request:
+            del self.outstanding[request.message.tag]
 
     async def clunk_all(self) -> None:
         fids, self.fids = list(self.fids.values()), {}
@@ -171,6 +180,13 @@ class ServerConnection:
             # Answering would confuse the first request's reply; the client is broken.
             raise wire.RemoteProtocolError(f"{message.type_name} reuses tag {message.tag} still in use")
         request = Request(message)
+        if isinstance(message, wire.Tflush):
+            # Decided here, in arrival order: flushes of one tag answer in order.
+            request.flushing = self.outstanding.get(message.oldtag)
+            previous = self.flushes.get(message.oldtag)
+            if previous is not None and not previous.done.is_set():
+                request.after = previous
+            self.flushes[message.oldtag] = request
         self.outstanding[message.tag] = request
         self.nursery.start_soon(self.run_request, request)
 
@@ -191,12 +207,11 @@ class ServerConnection:
             if request.scope.cancelled_caught:
                 reply = None if request.silent else wire.Rerror(message.tag, errors.INTERRUPTED)
             if reply is not None:
-                await self.send(reply)
+                await self.send(reply, retiring=request)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             self.nursery.cancel_scope.cancel()  # the client is gone
         finally:
-            if self.outstanding.get(message.tag) is request:
-                del self.outstanding[message.tag]
+            self.retire(request)
             request.done.set()
 
     async def handle(self, m: Message) -> Message:
@@ -212,6 +227,7 @@ class ServerConnection:
             request.scope.cancel()
         for request in list(self.outstanding.values()):
             await request.done.wait()
+        self.flushes.clear()
         await self.clunk_all()
         if m.msize < MIN_MSIZE:
             await self.send(wire.Rerror(m.tag, f"msize {m.msize} too small: at least {MIN_MSIZE}"))
@@ -227,15 +243,17 @@ class ServerConnection:
         await self.send(wire.Rversion(m.tag, msize, version))
 
     async def do_flush(self, m: wire.Tflush) -> Message:
-        old = self.outstanding.get(m.oldtag)
         me = self.outstanding[m.tag]
+        old = me.flushing
         if old is not None and old is not me:
-            previous, old.last_flush = old.last_flush, me
             old.scope.cancel()
             with trio.CancelScope(shield=True):  # a flush waits for the old request to settle
                 await old.done.wait()
-                if previous is not None:
-                    await previous.done.wait()
+        if me.after is not None:
+            with trio.CancelScope(shield=True):
+                await me.after.done.wait()
+        if self.flushes.get(m.oldtag) is me:
+            del self.flushes[m.oldtag]
         return wire.Rflush(m.tag)
 
     async def do_auth(self, m: wire.Tauth) -> Message:

@@ -1,0 +1,148 @@
+"""The `llamafs` command."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+import click
+import trio
+
+from styxfs import client, dial, wire
+from styxfs.node import Node, NodeOptions
+
+
+@click.group()
+@click.option("-v", "--verbose", count=True, help="log more (-vv: every message)")
+def main(verbose: int) -> None:
+    """llama.cpp served as a 9P file tree."""
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=level, format="llamafs: %(name)s: %(message)s")
+
+
+def mount_help(address: dial.Address) -> str:
+    host, port = address.host if address.host not in ("*", "") else "127.0.0.1", address.port
+    return (
+        f"  Inferno:   mount -A tcp!{host}!{port} /n/llama\n"
+        f"  plan9port: 9p -a tcp!{host}!{port} ls;  9pfuse tcp!{host}!{port} /mnt/llama\n"
+        f"  Linux:     mount -t 9p -o trans=tcp,port={port},version=9p2000 {host} /mnt/llama\n"
+        f"  Python:    llamafs ask --addr 'tcp!{host}!{port}' 'Once upon a time'\n"
+    )
+
+
+def check_listen(listen: str) -> dial.Address:
+    try:
+        return dial.parse(listen)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--listen") from None
+
+
+@main.command()
+@click.option("--model", type=click.Path(dir_okay=False), help="a .gguf file (default: Gemma 3 270M)")
+@click.option("--listen", default=dial.DEFAULT_ADDRESS, show_default=True,
+              help="dial string; tcp!*!PORT listens on every interface")
+@click.option("--models-dir", type=click.Path(file_okay=False), help="where ctl `load` may load from")
+@click.option("--ctx", default=2048, show_default=True, type=click.IntRange(16, 1 << 20), help="context per session")
+@click.option("--gpu-layers", default=0, show_default=True, type=click.IntRange(0))
+@click.option("--threads", default=0, type=click.IntRange(0), help="CPU threads (0: all cores)")
+@click.option("--batch", default=512, show_default=True, type=click.IntRange(16, 1 << 16))
+@click.option("--slots", default=4, show_default=True, type=click.IntRange(1, 256),
+              help="sessions decoded together")
+@click.option("--max-sessions", default=64, show_default=True, type=click.IntRange(1))
+@click.option("--session-timeout", default=600.0, show_default=True, type=click.FloatRange(0.1),
+              help="seconds an idle session lives")
+def serve(model, listen, models_dir, ctx, gpu_layers, threads, batch, slots, max_sessions, session_timeout):
+    """Serve one model as a 9P file tree."""
+    address = check_listen(listen)
+    options = NodeOptions(model=model, listen=listen, models_dir=models_dir, ctx=ctx, gpu_layers=gpu_layers,
+                          threads=threads, batch=batch, slots=slots, max_sessions=max_sessions,
+                          session_timeout=session_timeout)
+    bar = click.progressbar(length=100, label="loading model", file=sys.stderr)
+
+    def progress(fraction: float) -> None:
+        bar.update(int(fraction * 100) - bar.pos)
+
+    node = Node(options, load_progress=progress)
+
+    async def run():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stop_on_signals, nursery.cancel_scope)
+            try:
+                await nursery.start(node.run)
+            except OSError as e:
+                raise click.ClickException(f"cannot listen on {listen}: {e.strerror or e}") from None
+            bar.render_finish()
+            info = node.engine.info
+            if info:
+                click.echo(f"llamafs: {info.path} ({info.description}, context {info.context})", err=True)
+            else:
+                click.echo(f"llamafs: no model loaded: {node.backend.load_error}", err=True)
+            port = dial.listening_port(node.listeners) if address.network == "tcp" else 0
+            shown = dial.Address(address.network, address.host, port, address.path)
+            click.echo(f"llamafs: serving on {shown}", err=True)
+            if not dial.is_loopback(address):
+                click.echo("llamafs: warning: listening beyond loopback, without authentication", err=True)
+            if address.network == "tcp":
+                click.echo("mount it with:\n" + mount_help(shown), err=True)
+
+    try:
+        trio.run(run)
+    except KeyboardInterrupt:
+        pass
+    click.echo("llamafs: stopped", err=True)
+
+
+async def stop_on_signals(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            scope.cancel()
+            return
+
+
+@main.command()
+@click.option("--addr", default=dial.DEFAULT_ADDRESS, show_default=True, help="node or coordinator")
+@click.option("--temperature", type=click.FloatRange(0, 100), help="sampling temperature")
+@click.option("--maxtokens", type=click.IntRange(1), help="tokens to generate at most")
+@click.option("--seed", type=int, help="sampling seed")
+@click.argument("prompt", nargs=-1)
+def ask(addr, temperature, maxtokens, seed, prompt):
+    """Stream one reply to PROMPT (or to standard input)."""
+    text = " ".join(prompt) if prompt else sys.stdin.read()
+    if not text.strip():
+        raise click.UsageError("no prompt: give one as arguments or on standard input")
+    settings = [(k, v) for k, v in (("temperature", temperature), ("maxtokens", maxtokens), ("seed", seed))
+                if v is not None]
+
+    async def run():
+        async with client.connect(addr) as c:
+            if settings:  # a session of our own, so that the settings apply to it
+                async with await c.open("clone", wire.ORDWR) as ctl:
+                    number = (await ctl.read()).decode().strip()
+                    for key, value in settings:
+                        await c.write_file(f"{number}/ctl", f"{key} {value}\n", wire.OWRITE)
+                    await stream_reply(c, f"{number}/data", text)
+                    await ctl.fid.write(b"close", 0)
+            else:
+                await stream_reply(c, "data", text)
+
+    try:
+        trio.run(run)
+    except client.Error as e:
+        raise click.ClickException(str(e)) from None
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+async def stream_reply(c: client.Client, path: str, prompt: str) -> None:
+    async with await c.open(path, wire.ORDWR) as f:
+        await f.write(prompt)
+        async for piece in f.stream():
+            sys.stdout.buffer.write(piece)
+            sys.stdout.buffer.flush()
+    sys.stdout.buffer.write(b"\n")
+    sys.stdout.buffer.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,562 @@
+"""The node's engine: llama.cpp (through llama-cpp-python's low-level API) in
+one worker thread that owns the model and its context.
+
+Every generating conversation has a sequence of its own in one shared
+context; each step is one `llama_decode` holding one token per generating
+sequence plus chunks of prompts being prefilled (continuous batching), so
+sessions make progress together and a long prompt cannot stall the others.
+A conversation keeps its KV cache between turns; when every sequence is
+taken, the least recently used idle conversation loses its sequence and is
+re-evaluated if it speaks again.
+
+The trio side calls `submit`, `cancel`, `load` and `unload`; the worker
+reports back with `trio_token.run_sync_soon`, so the trio loop never waits
+on llama.cpp.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field, fields, replace
+from typing import Callable
+
+import trio
+
+log = logging.getLogger("styxfs.engine")
+
+DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp: pick a random seed
+
+
+class EngineError(Exception):
+    """A request the engine refuses; its text is the Rerror."""
+
+
+# ---- what the trio side sees ---------------------------------------------------
+
+
+@dataclass
+class Sampling:
+    """A session's sampling settings: the keys of N/ctl and N/params."""
+
+    temperature: float = 0.8
+    topk: int = 40
+    topp: float = 0.95
+    minp: float = 0.05
+    seed: int = -1
+    maxtokens: int = 256
+    repeatpenalty: float = 1.1
+    stop: tuple[str, ...] = ()
+
+    def lines(self) -> str:
+        out = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "stop":
+                out += [f"stop {quote(s)}" for s in value]
+            else:
+                out.append(f"{f.name} {value}")
+        return "\n".join(out) + "\n"
+
+
+def quote(text: str) -> str:
+    """Quote a ctl field as Plan 9's quotestrdup does."""
+    if text and not any(c in text for c in " \t\n'"):
+        return text
+    return "'" + text.replace("'", "''") + "'"
+
+
+# Ranges of the numeric settings: (type, low, high).
+SAMPLING_RANGES = {
+    "temperature": (float, 0.0, 100.0),
+    "topk": (int, 0, 1_000_000),
+    "topp": (float, 0.0, 1.0),
+    "minp": (float, 0.0, 1.0),
+    "seed": (int, -1, 0xFFFFFFFE),
+    "maxtokens": (int, 1, 1_000_000),
+    "repeatpenalty": (float, 0.0, 100.0),
+}
+
+
+class Reply:
+    """One turn's reply as it grows: any number of readers, each from the
+    start; a read waits until there is more text or the turn has ended."""
+
+    STATES = ("idle", "queued", "prefill", "generating", "done", "cancelled", "error")
+
+    def __init__(self, prompt_tokens: int = 0):
+        self.text = bytearray()
+        self.state = "queued"
+        self.error: str | None = None
+        self.tokens_in = prompt_tokens  # prompt tokens this turn evaluates
+        self.tokens_out = 0
+        self.submitted = time.monotonic()
+        self.first_token: float | None = None
+        self.finished: float | None = None
+        self.node = ""  # the coordinator fills this in
+        self.cancel_requested = False
+        self._changed = trio.Event()
+
+    @property
+    def ended(self) -> bool:
+        return self.state in ("done", "cancelled", "error")
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    # Called on the trio thread (the worker goes through run_sync_soon).
+    def append(self, data: bytes, tokens: int) -> None:
+        if data:
+            self.text += data
+        if self.first_token is None and tokens:
+            self.first_token = time.monotonic()
+        self.tokens_out += tokens
+        self._wake()
+
+    def set_state(self, state: str, error: str | None = None) -> None:
+        if self.ended:
+            return
+        self.state = state
+        if error is not None:
+            self.error = error
+        if self.ended:
+            self.finished = time.monotonic()
+        self._wake()
+
+    async def read(self, offset: int, count: int) -> bytes:
+        """Text from offset as soon as there is some; b"" at the end."""
+        while len(self.text) <= offset and not self.ended:
+            await self._changed.wait()
+        if self.state == "error" and len(self.text) <= offset:
+            raise EngineError(self.error or "generation failed")
+        return bytes(self.text[offset : offset + count])
+
+    async def wait(self) -> None:
+        while not self.ended:
+            await self._changed.wait()
+
+    def status(self) -> str:
+        now = self.finished or time.monotonic()
+        elapsed = now - self.submitted
+        generating = now - self.first_token if self.first_token else 0.0
+        rate = self.tokens_out / generating if generating > 0 else 0.0
+        ttft = (self.first_token - self.submitted) if self.first_token else 0.0
+        fields_ = [self.state, f"tokens_in={self.tokens_in}", f"tokens_out={self.tokens_out}",
+                   f"elapsed={elapsed:.3f}", f"tokens_per_sec={rate:.1f}", f"ttft={ttft:.3f}"]
+        if self.node:
+            fields_.append(f"node={self.node}")
+        if self.error:
+            fields_.append(f"error={quote(self.error)}")
+        return " ".join(fields_) + "\n"
+
+
+class Conversation:
+    """What the engine keeps of a session: its tokens so far and, while it
+    holds one, the sequence in the shared context caching them."""
+
+    def __init__(self):
+        self.history: list[int] = []  # every token of the conversation (worker thread)
+        self.seq: int | None = None
+        self.cached: list[int] = []  # the tokens in the sequence's KV cache
+        self.last_used = 0.0
+        self.busy = False
+        self.submitted_tokens = 0  # tokens the trio side has handed over so far
+
+
+@dataclass
+class Turn:
+    conversation: Conversation
+    new_tokens: list[int]
+    sampling: Sampling
+    reply: Reply
+    # worker-thread state
+    pending: list[int] = field(default_factory=list)  # still to prefill
+    generated: int = 0
+    sampler: object = None
+    decoder: object = None
+    held: bytes = b""  # text held back: it may be the start of a stop string
+    next_token: int | None = None
+
+
+@dataclass
+class ModelSettings:
+    path: str
+    ctx: int = 2048
+    gpulayers: int = 0
+    threads: int = 0  # 0: all cores
+    batch: int = 512
+
+    def resolved_threads(self) -> int:
+        return self.threads or max(1, os.cpu_count() or 1)
+
+
+@dataclass
+class ModelInfo:
+    path: str
+    description: str
+    architecture: str
+    parameters: int
+    size: int
+    context: int
+    train_context: int
+    vocabulary: int
+    quantisation: str
+    settings: ModelSettings
+
+
+@dataclass
+class Stats:
+    requests: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    decode_seconds: float = 0.0
+    steps: int = 0
+    evictions: int = 0
+
+
+# ---- the engine ------------------------------------------------------------------
+
+
+class Engine:
+    def __init__(self, slots: int = 4):
+        self.slots = slots
+        self.info: ModelInfo | None = None
+        self.stats = Stats()
+        self.queued: list[Turn] = []  # shared with the worker under self.lock
+        self.active: list[Turn] = []
+        self.seq_owner: dict[int, Conversation] = {}  # worker thread only
+        self.lock = threading.Lock()
+        self.commands: queue.Queue = queue.Queue()
+        self.wakeup = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.trio_token = None
+        self._llama = None  # the worker's _Llama while a model is loaded
+        self._vocab_lock = threading.Lock()  # tokenising against load/unload
+
+    # -- trio side ---------------------------------------------------------------
+
+    def start(self) -> None:
+        self.trio_token = trio.lowlevel.current_trio_token()
+        self.thread = threading.Thread(target=self._run, name="llama-engine", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        if self.thread is not None:
+            self.commands.put(("stop", None, None))
+            self.wakeup.set()
+            self.thread.join(timeout=30)
+            self.thread = None
+
+    @property
+    def loaded(self) -> bool:
+        return self.info is not None
+
+    async def _call(self, name: str, *args):
+        done = trio.Event()
+        result: list = []
+
+        def finish(outcome):
+            result.append(outcome)
+            done.set()
+
+        self.commands.put((name, args, finish))
+        self.wakeup.set()
+        with trio.CancelScope(shield=True):  # the worker finishes what it started
+            await done.wait()
+        ok, value = result[0]
+        if not ok:
+            raise value
+        return value
+
+    async def load(self, settings: ModelSettings, progress: Callable[[float], None] | None = None) -> ModelInfo:
+        """Load a model (replacing the loaded one only if this one loads)."""
+        info = await self._call("load", settings, progress)
+        self.info = info
+        return info
+
+    async def unload(self) -> None:
+        await self._call("unload")
+        self.info = None
+
+    def tokenize(self, text: bytes, first: bool) -> list[int]:
+        with self._vocab_lock:
+            if self._llama is None:
+                raise EngineError("model not loaded")
+            return self._llama.tokenize(text, add_special=first)
+
+    def submit(self, conversation: Conversation, text: bytes, sampling: Sampling) -> Reply:
+        """Queue a turn; its reply is returned at once (state queued)."""
+        if self.info is None:
+            raise EngineError("model not loaded")
+        tokens = self.tokenize(text, first=conversation.submitted_tokens == 0)
+        total = conversation.submitted_tokens + len(tokens)
+        if total + 1 > self.info.context:
+            what = "prompt too long" if conversation.submitted_tokens == 0 else "conversation too long"
+            raise EngineError(f"{what}: {total} tokens > context {self.info.context}")
+        conversation.submitted_tokens = total
+        reply = Reply(len(tokens))
+        turn = Turn(conversation, tokens, replace(sampling), reply)
+        self.stats.requests += 1
+        # Through the command queue, so that it is ordered after a reset.
+        self.commands.put(("enqueue", (turn,), None))
+        self.wakeup.set()
+        return reply
+
+    def cancel(self, reply: Reply) -> None:
+        """Stop a turn: the worker sees the flag before its next token."""
+        reply.cancel_requested = True
+        self.wakeup.set()
+
+    def forget(self, conversation: Conversation) -> None:
+        """A session is reset or closed: free its sequence."""
+        self.commands.put(("forget", (conversation,), None))
+        self.wakeup.set()
+
+    def queue_length(self) -> int:
+        return len(self.queued)
+
+    def generating(self) -> int:
+        return len(self.active)
+
+    # -- worker thread --------------------------------------------------------------
+
+    def _report(self, fn, *args) -> None:
+        try:
+            self.trio_token.run_sync_soon(fn, *args)
+        except trio.RunFinishedError:
+            pass
+
+    def _run(self) -> None:
+        while True:
+            if not self.active and not self.queued:
+                self.wakeup.wait()
+            self.wakeup.clear()
+            while True:
+                try:
+                    name, args, finish = self.commands.get_nowait()
+                except queue.Empty:
+                    break
+                if name == "stop":
+                    self._unload()
+                    return
+                try:
+                    outcome = (True, getattr(self, "_" + name)(*(args or ())))
+                except Exception as e:  # noqa: BLE001 - reported to the caller
+                    outcome = (False, e)
+                if finish is not None:
+                    self._report(finish, outcome)
+            try:
+                self._step()
+            except Exception:
+                log.exception("engine step failed")
+                self._fail_all("internal error in the engine")
+
+    def _load(self, settings: ModelSettings, progress) -> ModelInfo:
+        from .llamacpp import Llama
+
+        new = Llama(settings, self.slots, progress and (lambda f: self._report(progress, f)))
+        self._unload()
+        with self._vocab_lock:
+            self._llama = new
+        return new.info
+
+    def _unload(self) -> None:
+        self._fail_all("model unloaded")
+        with self._vocab_lock:
+            llama, self._llama = self._llama, None
+        if llama is not None:
+            llama.close()
+
+    def _enqueue(self, turn: Turn) -> None:
+        with self.lock:
+            self.queued.append(turn)
+
+    def _forget(self, conversation: Conversation) -> None:
+        with self.lock:
+            mine = [t for t in self.queued + self.active if t.conversation is conversation]
+            self.queued = [t for t in self.queued if t.conversation is not conversation]
+            self.active = [t for t in self.active if t.conversation is not conversation]
+        for turn in mine:
+            self._finish(turn, "cancelled")
+        self._release(conversation)
+        conversation.history = []
+
+    def _fail_all(self, why: str) -> None:
+        with self.lock:
+            turns, self.queued, self.active = self.queued + self.active, [], []
+        for turn in turns:
+            self._finish(turn, "error", why)
+        # Sequences are gone: every conversation must be re-evaluated.
+        for conv in list(self.seq_owner.values()):
+            self._release(conv)
+
+    def _finish(self, turn: Turn, state: str, error: str | None = None) -> None:
+        if turn.held and state in ("done", "cancelled"):
+            self._report(turn.reply.append, turn.held, 0)
+            turn.held = b""
+        conv = turn.conversation
+        conv.busy = False
+        conv.last_used = time.monotonic()
+        if turn.sampler is not None:
+            self._llama.free_sampler(turn.sampler)
+            turn.sampler = None
+        self._report(turn.reply.set_state, state, error)
+
+    def _assign_sequences(self) -> None:
+        """Give queued turns a sequence, evicting idle conversations if need be."""
+        llama = self._llama
+        with self.lock:
+            queued = list(self.queued)
+        for turn in queued:
+            conv = turn.conversation
+            if turn.reply.cancel_requested:
+                with self.lock:
+                    self.queued.remove(turn)
+                conv.history += turn.new_tokens
+                self._finish(turn, "cancelled")
+                continue
+            if conv.busy:
+                continue  # the session's previous turn is still running
+            if conv.seq is None and not self._take_sequence(conv, queued):
+                continue
+            with self.lock:
+                self.queued.remove(turn)
+                self.active.append(turn)
+            conv.busy = True
+            conv.history += turn.new_tokens
+            common = _common_prefix(conv.cached, conv.history)
+            if common == len(conv.history):  # always evaluate at least the last token
+                common -= 1
+            if common < len(conv.cached):
+                llama.trim_seq(conv.seq, common)
+                conv.cached = conv.cached[:common]
+            turn.pending = conv.history[common:]
+            turn.sampler = llama.make_sampler(turn.sampling, conv.history)
+            turn.decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
+            self._report(_set_prefill, turn.reply, len(turn.pending))
+
+    def _take_sequence(self, conv: Conversation, queued: list[Turn]) -> bool:
+        """A free sequence for conv, or the least recently used idle one's."""
+        free = [seq for seq in range(self.slots) if seq not in self.seq_owner]
+        if not free:
+            waiting = {id(t.conversation) for t in queued}
+            idle = [c for c in self.seq_owner.values() if not c.busy and id(c) not in waiting]
+            if not idle:
+                return False
+            victim = min(idle, key=lambda c: c.last_used)
+            self._release(victim)
+            self.stats.evictions += 1
+            free = [seq for seq in range(self.slots) if seq not in self.seq_owner]
+        conv.seq = free[0]
+        self.seq_owner[conv.seq] = conv
+        return True
+
+    def _release(self, conv: Conversation) -> None:
+        if conv.seq is not None:
+            if self._llama is not None:
+                self._llama.clear_seq(conv.seq)
+            self.seq_owner.pop(conv.seq, None)
+        conv.seq, conv.cached = None, []
+
+    def _step(self) -> None:
+        llama = self._llama
+        if llama is None:
+            return
+        self._assign_sequences()
+        for turn in [t for t in self.active if t.reply.cancel_requested]:
+            self._retire(turn, "cancelled")
+        if not self.active:
+            return
+        # One token per generating sequence first, then prompt chunks.
+        entries: list[tuple[Turn, int, int, bool]] = []  # turn, token, position, wants logits
+        budget = llama.batch_size
+        for turn in self.active:
+            if turn.next_token is not None:
+                conv = turn.conversation
+                entries.append((turn, turn.next_token, len(conv.cached), True))
+                conv.cached.append(turn.next_token)
+                conv.history.append(turn.next_token)
+                turn.next_token = None
+                budget -= 1
+        for turn in self.active:
+            if turn.pending and budget > 0:
+                chunk, turn.pending = turn.pending[:budget], turn.pending[budget:]
+                start = len(turn.conversation.cached)
+                for i, token in enumerate(chunk):
+                    entries.append((turn, token, start + i, not turn.pending and i == len(chunk) - 1))
+                turn.conversation.cached += chunk
+                budget -= len(chunk)
+                self.stats.tokens_in += len(chunk)
+        started = time.perf_counter()
+        llama.decode([(turn.conversation.seq, token, pos, logits) for turn, token, pos, logits in entries])
+        self.stats.decode_seconds += time.perf_counter() - started
+        self.stats.steps += 1
+        for index, (turn, _, _, logits) in enumerate(entries):
+            if logits:
+                self._sample(turn, index)
+
+    def _sample(self, turn: Turn, batch_index: int) -> None:
+        llama = self._llama
+        conv = turn.conversation
+        if turn.generated == 0:
+            self._report(turn.reply.set_state, "generating")
+        token = llama.sample(turn.sampler, batch_index)
+        if llama.is_eog(token):
+            self._retire(turn, "done")
+            return
+        turn.generated += 1
+        self.stats.tokens_out += 1
+        text = turn.decoder.decode(llama.piece(token)).encode("utf-8")
+        stopped = False
+        if turn.sampling.stop:
+            text, stopped = _apply_stops(turn, turn.held + text)
+        self._report(turn.reply.append, text, 1)
+        full = len(conv.cached) + 1 >= llama.seq_context
+        if stopped or full or turn.generated >= turn.sampling.maxtokens:
+            conv.history.append(token)  # in the conversation, not yet in the cache
+            self._retire(turn, "done")
+        else:
+            turn.next_token = token
+
+    def _retire(self, turn: Turn, state: str) -> None:
+        with self.lock:
+            if turn in self.active:
+                self.active.remove(turn)
+        self._finish(turn, state)
+
+
+def _set_prefill(reply: Reply, tokens: int) -> None:
+    reply.tokens_in = tokens
+    reply.set_state("prefill")
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def _apply_stops(turn: Turn, text: bytes) -> tuple[bytes, bool]:
+    """Cut text at the first stop string; hold back a tail that could begin
+    one.  Returns the text to emit now and whether a stop string was met."""
+    stops = [s.encode() for s in turn.sampling.stop if s]
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+    if cut >= 0:
+        turn.held = b""
+        return text[:cut], True
+    hold = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:k]):
+                hold = max(hold, k)
+                break
+    turn.held = text[len(text) - hold :] if hold else b""
+    return text[: len(text) - hold], False
+

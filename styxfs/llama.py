@@ -1,0 +1,568 @@
+"""The /n/llama namespace (DESIGN.md §1) over a backend.
+
+    ctl data reply clone new/{ctl,data,reply,status} model metrics N/{ctl,params,data,reply,status}
+
+`LlamaTree` is the namespace: sessions, their files, ownership, the cap and
+the idle reaper.  What answers a prompt is the backend's: `NodeBackend`
+here (the engine in this process); the coordinator's backend dispatches to
+nodes.  So a node and a coordinator serve the same tree.
+
+Qid paths are `(session << 8) | file`, session 0 for the root's files.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+
+import trio
+
+from . import errors
+from .engine import Conversation, Engine, EngineError, ModelSettings, Reply, Sampling
+from .errors import StyxError
+from .sessions import SESSION_VERBS, Session, SessionTable, apply_setting
+from .tree import Caller, Commands, Directory, Entry, Handle, TextFile, parse_number, read_slice
+
+log = logging.getLogger("styxfs.llama")
+
+# Root files (session 0) and session files: the low 8 bits of a qid path.
+QROOT, QCTL, QDATA, QREPLY, QCLONE, QNEW, QMODEL, QMETRICS, QNODES = range(9)
+QSESSION, QSCTL, QSPARAMS, QSDATA, QSREPLY, QSSTATUS = range(0x10, 0x16)
+SESSION_FILES = {"ctl": QSCTL, "params": QSPARAMS, "data": QSDATA, "reply": QSREPLY, "status": QSSTATUS}
+NEW_FILES = ("ctl", "data", "reply", "status")
+MAX_PROMPT_BYTES = 1 << 20
+
+
+def qpath(session: int, file: int) -> int:
+    return (session << 8) | file
+
+
+class Backend:
+    """What answers prompts.  Methods may raise StyxError."""
+
+    role = "node"
+
+    def attach_session(self, session: Session) -> None:
+        """A new session: make the backend's state for it."""
+
+    async def submit(self, session: Session, text: bytes) -> Reply:
+        raise NotImplementedError
+
+    def cancel(self, session: Session) -> None:
+        if session.reply is not None and not session.reply.ended:
+            session.reply.cancel_requested = True
+
+    async def reset(self, session: Session) -> None:
+        """Forget the conversation."""
+
+    async def close(self, session: Session) -> None:
+        await self.reset(session)
+
+    async def ctl_text(self, tree: "LlamaTree") -> str:
+        return ""
+
+    def ctl_commands(self, tree: "LlamaTree") -> Commands:
+        return Commands()
+
+    async def model_text(self) -> str:
+        return ""
+
+    async def metrics_text(self, tree: "LlamaTree") -> str:
+        return ""
+
+    async def extra_entries(self, caller: Caller) -> list[Entry]:
+        return []
+
+    async def run(self) -> None:
+        """Background work for as long as the tree serves."""
+        await trio.sleep_forever()
+
+
+class LlamaTree:
+    def __init__(self, backend: Backend, *, max_sessions: int = 64, session_timeout: float = 600.0,
+                 max_prompt_bytes: int = MAX_PROMPT_BYTES, defaults: Sampling | None = None):
+        self.backend = backend
+        self.table: SessionTable[Session] = SessionTable(max_sessions, session_timeout)
+        self.defaults = defaults or Sampling()
+        self.max_prompt_bytes = max_prompt_bytes
+        self.root = RootDir(self)
+
+    async def attach(self, caller: Caller) -> Entry:
+        return self.root
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """The idle reaper and the backend's own work."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.backend.run)
+            task_status.started()
+            while True:
+                await trio.sleep(min(1.0, self.table.idle_timeout / 4))
+                for session in self.table.expired():
+                    await self.close_session(session)
+
+    # -- sessions ---------------------------------------------------------------
+
+    def new_session(self, caller: Caller, ephemeral: bool = False) -> Session:
+        number = self.table.allocate()
+        session = self.table.add(Session(number, caller.uname, self.defaults, ephemeral))
+        self.backend.attach_session(session)
+        return session
+
+    async def close_session(self, session: Session) -> None:
+        if session.closed:
+            return
+        self.table.remove(session)
+        self.backend.cancel(session)
+        await self.backend.close(session)
+
+    async def submit(self, session: Session, prompt: bytes, caller: Caller) -> Reply:
+        if len(prompt) > self.max_prompt_bytes:
+            raise StyxError(f"prompt too long: {len(prompt)} bytes > cap {self.max_prompt_bytes}")
+        try:
+            prompt.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise StyxError(f"prompt is not UTF-8 (byte {e.start})") from None
+        if session.generating:
+            self.backend.cancel(session)  # a new turn replaces a running one
+            with trio.move_on_after(5):
+                await session.reply.wait()
+        try:
+            reply = await self.backend.submit(session, prompt)
+        except EngineError as e:
+            raise StyxError(str(e)) from None
+        session.reply = reply
+        session.touch()
+        caller.conn.state["reply"] = reply  # the root reply file: latest on this connection
+        return reply
+
+    def session_ctl(self, session: Session) -> Commands:
+        commands = Commands()
+        for verb in SESSION_VERBS:
+            commands.verb(verb, "VALUE" if verb != "stop" else "[STRING]", 0 if verb == "stop" else 1,
+                          -1 if verb == "stop" else 1)(
+                lambda caller, args, verb=verb: apply_setting(session.sampling, verb, args))
+
+        @commands.verb("reset")
+        async def reset(caller, args):
+            self.backend.cancel(session)
+            await self.backend.reset(session)
+
+        @commands.verb("cancel")
+        def cancel(caller, args):
+            self.backend.cancel(session)
+
+        @commands.verb("close")
+        async def close(caller, args):
+            await self.close_session(session)
+
+        return commands
+
+    def defaults_verb(self, caller: Caller, args: list[str]) -> None:
+        apply_setting(self.defaults, args[0], args[1:])
+
+
+# ---- the root -----------------------------------------------------------------------
+
+
+class RootDir(Directory):
+    def __init__(self, tree: LlamaTree):
+        super().__init__("/", qpath(0, QROOT), perm=0o555)
+        self.tree = tree
+        backend = tree.backend
+        self.ctl = TextFile("ctl", qpath(0, QCTL), read=lambda c: backend.ctl_text(tree),
+                            write=self._ctl_write, perm=0o666)
+        self.model = TextFile("model", qpath(0, QMODEL), read=lambda c: backend.model_text())
+        self.metrics = TextFile("metrics", qpath(0, QMETRICS), read=lambda c: backend.metrics_text(tree))
+        self.static = [self.ctl, RootData(tree), RootReply(), CloneFile(tree), NewDir(tree), self.model, self.metrics]
+
+    async def _ctl_write(self, caller: Caller, data: bytes) -> None:
+        commands = self.tree.backend.ctl_commands(self.tree)
+        commands.verb("defaults", "KEY VALUE", 1, -1)(self.tree.defaults_verb)
+        await commands.run(caller, data)
+
+    async def children(self, caller: Caller) -> list[Entry]:
+        sessions = [SessionDir(self.tree, s) for s in self.tree.table.owned_by(caller.uname)]
+        return self.static + await self.tree.backend.extra_entries(caller) + sessions
+
+    async def walk(self, name: str, caller: Caller) -> Entry:
+        if name.isdigit():
+            return SessionDir(self.tree, self.tree.table.get(int(name), caller.uname))
+        return await super().walk(name, caller)
+
+
+class SessionDir(Directory):
+    def __init__(self, tree: LlamaTree, session: Session):
+        super().__init__(str(session.number), qpath(session.number, QSESSION), perm=0o700, uid=session.owner)
+        self.tree, self.session = tree, session
+
+    async def children(self, caller: Caller) -> list[Entry]:
+        return [session_file(self.tree, self.session, name) for name in SESSION_FILES]
+
+    async def remove(self, caller: Caller) -> None:
+        self.tree.table.get(self.session.number, caller.uname)
+        await self.tree.close_session(self.session)
+
+
+def session_file(tree: LlamaTree, session: Session, name: str) -> Entry:
+    cls = {"ctl": SessionCtl, "params": SessionParams, "data": SessionData,
+           "reply": SessionReply, "status": SessionStatus}[name]
+    return cls(tree, session)
+
+
+class SessionEntry(Entry):
+    """A file of session N: checks the owner at open, counts open files."""
+
+    name_ = ""
+    file = 0
+    perm_ = 0o400
+
+    def __init__(self, tree: LlamaTree, session: Session):
+        super().__init__(self.name_, qpath(session.number, self.file), self.perm_, session.owner)
+        self.tree, self.session = tree, session
+
+    async def open(self, mode: int, caller: Caller) -> Handle:
+        session = self.tree.table.get(self.session.number, caller.uname)
+        session.open_files += 1
+        session.touch()
+        return self.make_handle(mode, caller)
+
+    def make_handle(self, mode: int, caller: Caller) -> Handle:
+        raise NotImplementedError
+
+
+class SessionHandle(Handle):
+    """Counts the session's open files down again at clunk."""
+
+    def __init__(self, entry: SessionEntry, caller: Caller):
+        super().__init__(entry)
+        self.session, self.caller = entry.session, caller
+
+    async def clunk(self, aborted: bool) -> None:
+        self.session.open_files -= 1
+        self.session.touch()
+
+
+class SnapshotHandle(SessionHandle):
+    """A file whose text is computed at the first read at offset 0."""
+
+    def __init__(self, entry, caller, text):
+        super().__init__(entry, caller)
+        self.text, self.content = text, b""
+
+    async def read(self, offset: int, count: int) -> bytes:
+        if offset == 0:
+            self.content = self.text().encode()
+        return read_slice(self.content, offset, count)
+
+
+class SessionCtl(SessionEntry):
+    name_, file, perm_ = "ctl", QSCTL, 0o600
+
+    def make_handle(self, mode, caller):
+        return CtlHandle(self, caller)
+
+
+class CtlHandle(SnapshotHandle):
+    def __init__(self, entry, caller):
+        super().__init__(entry, caller, lambda: f"{entry.session.number}\n")
+
+    async def write(self, offset: int, data: bytes) -> int:
+        await self.entry.tree.session_ctl(self.session).run(self.caller, data)
+        return len(data)
+
+
+class SessionParams(SessionEntry):
+    name_, file, perm_ = "params", QSPARAMS, 0o400
+
+    def make_handle(self, mode, caller):
+        return SnapshotHandle(self, caller, self.session.sampling.lines)
+
+
+class SessionStatus(SessionEntry):
+    name_, file, perm_ = "status", QSSTATUS, 0o400
+
+    def make_handle(self, mode, caller):
+        return SnapshotHandle(self, caller, self.session.status)
+
+
+class SessionReply(SessionEntry):
+    name_, file, perm_ = "reply", QSREPLY, 0o400
+
+    def make_handle(self, mode, caller):
+        return ReplyHandle(self, caller, self.session.reply)
+
+
+class ReplyHandle(SessionHandle):
+    """The reply current at open, from its first byte, streaming."""
+
+    def __init__(self, entry, caller, reply: Reply | None):
+        super().__init__(entry, caller)
+        self.reply = reply
+
+    async def read(self, offset: int, count: int) -> bytes:
+        if self.reply is None:
+            return b""
+        try:
+            return await self.reply.read(offset, count)
+        except EngineError as e:
+            raise StyxError(str(e)) from None
+
+
+class SessionData(SessionEntry):
+    name_, file, perm_ = "data", QSDATA, 0o600
+
+    def make_handle(self, mode, caller):
+        return DataHandle(self, caller)
+
+
+class DataHandle(SessionHandle):
+    """Write a turn (any number of writes); it is submitted at the first read
+    or at clunk; reads stream its reply.  A read flushed while it waits on
+    the generation it submitted cancels that generation."""
+
+    def __init__(self, entry, caller):
+        super().__init__(entry, caller)
+        self.prompt = bytearray()
+        self.reply: Reply | None = None
+        self.position = 0  # data is a stream: read offsets count the prompt too
+
+    async def write(self, offset: int, data: bytes) -> int:
+        if self.reply is not None:
+            raise StyxError("prompt already submitted: open data again for the next turn")
+        if len(self.prompt) + len(data) > self.entry.tree.max_prompt_bytes:
+            raise StyxError(f"prompt too long: over {self.entry.tree.max_prompt_bytes} bytes")
+        self.prompt += data
+        self.session.touch()
+        return len(data)
+
+    async def _submit(self) -> None:
+        prompt, self.prompt = bytes(self.prompt), bytearray()
+        self.reply = await self.entry.tree.submit(self.session, prompt, self.caller)
+
+    async def read(self, offset: int, count: int) -> bytes:
+        if self.reply is None:
+            if not self.prompt:
+                raise StyxError("no prompt: write one before reading")
+            await self._submit()
+        try:
+            data = await self.reply.read(self.position, count)
+        except trio.Cancelled:
+            self.entry.tree.backend.cancel(self.session) if self.session.reply is self.reply else None
+            raise
+        except EngineError as e:
+            raise StyxError(str(e)) from None
+        self.position += len(data)
+        return data
+
+    async def clunk(self, aborted: bool) -> None:
+        try:
+            if aborted:
+                # The client is gone: nobody will read what it asked for.
+                if self.reply is not None and self.session.reply is self.reply:
+                    self.entry.tree.backend.cancel(self.session)
+            elif self.reply is None and self.prompt and not self.session.closed:
+                await self._submit()
+        finally:
+            await super().clunk(aborted)
+
+
+# ---- root files -----------------------------------------------------------------------
+
+
+class RootData(Entry):
+    """A private one-shot channel per open, on a session of its own."""
+
+    def __init__(self, tree: LlamaTree):
+        super().__init__("data", qpath(0, QDATA), 0o666)
+        self.tree = tree
+
+    async def open(self, mode: int, caller: Caller) -> Handle:
+        session = self.tree.new_session(caller, ephemeral=True)
+        entry = SessionData(self.tree, session)
+        return await entry.open(mode, caller)
+
+
+class RootReply(Entry):
+    def __init__(self):
+        super().__init__("reply", qpath(0, QREPLY), 0o444)
+
+    async def open(self, mode: int, caller: Caller) -> Handle:
+        return ConnReplyHandle(self, caller.conn.state.get("reply"))
+
+
+class ConnReplyHandle(Handle):
+    def __init__(self, entry, reply: Reply | None):
+        super().__init__(entry)
+        self.reply = reply
+
+    async def read(self, offset: int, count: int) -> bytes:
+        if self.reply is None:
+            return b""
+        try:
+            return await self.reply.read(offset, count)
+        except EngineError as e:
+            raise StyxError(str(e)) from None
+
+
+class CloneFile(Entry):
+    """Opening allocates session N; the fid becomes N/ctl (as /net/tcp/clone)."""
+
+    def __init__(self, tree: LlamaTree):
+        super().__init__("clone", qpath(0, QCLONE), 0o666)
+        self.tree = tree
+
+    async def open(self, mode: int, caller: Caller) -> Handle:
+        session = self.tree.new_session(caller)
+        return await SessionCtl(self.tree, session).open(mode, caller)
+
+
+class NewFile(Entry):
+    """new/ctl, new/data, new/reply, new/status: opening one allocates a
+    session and opens that file of it.  Walking here has no side effects."""
+
+    def __init__(self, tree: LlamaTree, name: str, index: int):
+        perm = 0o666 if name in ("ctl", "data") else 0o444
+        super().__init__(name, qpath(0, 8 + index), perm)
+        self.tree = tree
+
+    async def open(self, mode: int, caller: Caller) -> Handle:
+        session = self.tree.new_session(caller)
+        entry = session_file(self.tree, session, self.name)
+        try:
+            entry.check_open(mode)
+        except StyxError:
+            await self.tree.close_session(session)
+            raise
+        return await entry.open(mode, caller)
+
+
+class NewDir(Directory):
+    def __init__(self, tree: LlamaTree):
+        super().__init__("new", qpath(0, QNEW), [NewFile(tree, n, i) for i, n in enumerate(NEW_FILES)])
+
+
+# ---- the node's backend: the engine in this process --------------------------------
+
+
+class NodeBackend(Backend):
+    role = "node"
+
+    def __init__(self, engine: Engine, settings: ModelSettings | None, models_dir: str | None,
+                 load_progress=None):
+        self.engine = engine
+        self.settings = settings
+        self.models_dir = os.path.realpath(models_dir) if models_dir else None
+        self.state = "unloaded"
+        self.load_error = ""
+        self.load_progress = load_progress
+        self.conversations: dict[int, Conversation] = {}
+        self.recent: collections.deque[Reply] = collections.deque(maxlen=256)  # for metrics
+
+    async def load(self, settings: ModelSettings) -> None:
+        previous = self.state
+        self.state = "loading"
+        try:
+            await self.engine.load(settings, self.load_progress)
+        except EngineError as e:
+            self.state = previous
+            self.load_error = str(e)
+            raise StyxError(str(e)) from None
+        self.settings = settings
+        self.state, self.load_error = "loaded", ""
+        for number in list(self.conversations):  # a new vocabulary: start over
+            self.conversations[number] = Conversation()
+
+    def attach_session(self, session: Session) -> None:
+        self.conversations[session.number] = Conversation()
+
+    async def submit(self, session: Session, text: bytes) -> Reply:
+        conversation = self.conversations[session.number]
+        reply = self.engine.submit(conversation, text, session.sampling)
+        self.recent.append(reply)
+        return reply
+
+    def cancel(self, session: Session) -> None:
+        if session.reply is not None and not session.reply.ended:
+            self.engine.cancel(session.reply)
+
+    async def reset(self, session: Session) -> None:
+        old = self.conversations.get(session.number)
+        if old is not None:
+            self.engine.forget(old)
+        self.conversations[session.number] = Conversation()
+
+    async def close(self, session: Session) -> None:
+        old = self.conversations.pop(session.number, None)
+        if old is not None:
+            self.engine.forget(old)
+
+    def resolve_model(self, path: str) -> str:
+        """A load path, refused unless it resolves inside the models directory."""
+        if self.models_dir is None:
+            raise StyxError("load: no models directory configured (serve --models-dir)")
+        full = os.path.realpath(os.path.join(self.models_dir, path))
+        if os.path.commonpath([full, self.models_dir]) != self.models_dir:
+            raise StyxError(f"load: {path}: outside the models directory")
+        return full
+
+    def ctl_commands(self, tree: LlamaTree) -> Commands:
+        commands = Commands()
+
+        @commands.verb("load", "PATH [ctx N] [gpulayers N] [threads N] [batch N]", 1, 9)
+        async def load(caller, args):
+            path, options = args[0], args[1:]
+            if len(options) % 2:
+                raise StyxError("bad ctl request: usage: load PATH [ctx N] [gpulayers N] [threads N] [batch N]")
+            base = self.settings or ModelSettings(path="")
+            values = {"ctx": base.ctx, "gpulayers": base.gpulayers, "threads": base.threads, "batch": base.batch}
+            limits = {"ctx": (16, 1 << 20), "gpulayers": (0, 10000), "threads": (0, 1024), "batch": (16, 1 << 16)}
+            for key, value in zip(options[::2], options[1::2]):
+                if key not in values:
+                    raise StyxError(f"bad ctl request: load: unknown option {key!r}")
+                values[key] = parse_number("load " + key, value, int, *limits[key])
+            await self.load(ModelSettings(path=self.resolve_model(path), **values))
+
+        @commands.verb("unload")
+        async def unload(caller, args):
+            await self.engine.unload()
+            self.state = "unloaded"
+
+        return commands
+
+    async def ctl_text(self, tree: LlamaTree) -> str:
+        s = self.settings
+        info = self.engine.info
+        lines = [
+            ("role", "node"),
+            ("model", info.path if info else "none"),
+            ("state", self.state),
+            ("ctx", info.context if info else (s.ctx if s else 0)),
+            ("gpulayers", s.gpulayers if s else 0),
+            ("threads", s.resolved_threads() if s else 0),
+            ("batch", s.batch if s else 0),
+            ("slots", self.engine.slots),
+            ("sessions", len(tree.table.sessions)),
+            ("maxsessions", tree.table.max_sessions),
+            ("sessiontimeout", tree.table.idle_timeout),
+        ]
+        if self.load_error:
+            lines.append(("error", self.load_error))
+        text = "".join(f"{k} {v}\n" for k, v in lines)
+        return text + "".join(f"defaults {line}\n" for line in tree.defaults.lines().splitlines())
+
+    async def model_text(self) -> str:
+        info = self.engine.info
+        if info is None:
+            return "state unloaded\n" + (f"error {self.load_error}\n" if self.load_error else "")
+        return "".join(f"{k} {v}\n" for k, v in [
+            ("path", info.path), ("description", info.description), ("architecture", info.architecture),
+            ("parameters", info.parameters), ("size", info.size), ("context", info.context),
+            ("traincontext", info.train_context), ("quantisation", info.quantisation),
+            ("vocabulary", info.vocabulary),
+        ])
+
+    async def metrics_text(self, tree: LlamaTree) -> str:
+        from .metrics import node_metrics
+
+        return node_metrics(self, tree)

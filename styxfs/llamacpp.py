@@ -1,0 +1,178 @@
+"""A thin layer over llama-cpp-python's low-level (ctypes) API: one model,
+one context with a sequence per slot, a batch, samplers.  Used only from the
+engine's worker thread, except `tokenize`, which reads the vocabulary alone
+(under the engine's lock against load and unload)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import Callable
+
+import llama_cpp as lc
+
+from .engine import DEFAULT_SEED, EngineError, ModelInfo, ModelSettings, Sampling
+
+_backend_ready = False
+
+
+def _quiet_logs() -> None:
+    """llama.cpp logs to stderr by default; keep warnings and errors only."""
+
+    @lc.llama_log_callback
+    def callback(level, text, user_data):
+        if level in (3, 4):  # GGML_LOG_LEVEL_WARN, _ERROR
+            os.write(2, text)
+
+    _quiet_logs.callback = callback  # keep it alive
+    lc.llama_log_set(callback, ctypes.c_void_p(0))
+
+
+def _init_backend() -> None:
+    global _backend_ready
+    if not _backend_ready:
+        if not os.environ.get("LLAMAFS_LLAMA_LOGS"):
+            _quiet_logs()
+        lc.llama_backend_init()
+        _backend_ready = True
+
+
+class Llama:
+    def __init__(self, settings: ModelSettings, slots: int, progress: Callable[[float], None] | None = None):
+        _init_backend()
+        path = settings.path
+        if not os.path.isfile(path):
+            raise EngineError(f"no such model file: {os.path.basename(path)}")
+        with open(path, "rb") as f:
+            if f.read(4) != b"GGUF":
+                raise EngineError(f"not a GGUF model: {os.path.basename(path)}")
+        mparams = lc.llama_model_default_params()
+        mparams.n_gpu_layers = settings.gpulayers
+        mparams.use_extra_bufts = False  # the AMX path crashes on these machines (DESIGN.md §5)
+        if progress is not None:
+            @lc.llama_progress_callback
+            def on_progress(fraction, user_data):
+                progress(float(fraction))
+                return True
+            self._progress = on_progress  # keep it alive while loading
+            mparams.progress_callback = on_progress
+        self.model = lc.llama_model_load_from_file(path.encode(), mparams)
+        if not self.model:
+            raise EngineError(f"cannot load model {os.path.basename(path)}: corrupt or unsupported")
+        self.vocab = lc.llama_model_get_vocab(self.model)
+        self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
+        train_ctx = lc.llama_model_n_ctx_train(self.model)
+        self.seq_context = settings.ctx or train_ctx
+        self.batch_size = max(16, settings.batch)
+        cparams = lc.llama_context_default_params()
+        cparams.n_seq_max = slots
+        cparams.kv_unified = False  # each sequence has a whole context of its own
+        cparams.n_ctx = self.seq_context * slots
+        cparams.n_batch = self.batch_size
+        cparams.n_ubatch = self.batch_size
+        cparams.n_threads = settings.resolved_threads()
+        cparams.n_threads_batch = settings.resolved_threads()
+        self.ctx = lc.llama_init_from_model(self.model, cparams)
+        if not self.ctx:
+            lc.llama_model_free(self.model)
+            raise EngineError(f"cannot make a context of {cparams.n_ctx} tokens for {os.path.basename(path)}")
+        self.seq_context = lc.llama_n_ctx(self.ctx) // slots
+        self.memory = lc.llama_get_memory(self.ctx)
+        self.batch = lc.llama_batch_init(self.batch_size, 0, 1)
+        self.info = ModelInfo(
+            path=path,
+            description=self._desc(),
+            architecture=self._meta("general.architecture"),
+            parameters=lc.llama_model_n_params(self.model),
+            size=lc.llama_model_size(self.model),
+            context=self.seq_context,
+            train_context=train_ctx,
+            vocabulary=self.n_vocab,
+            quantisation=self._desc().rsplit(" ", 1)[-1],
+            settings=settings,
+        )
+
+    def _desc(self) -> str:
+        buf = ctypes.create_string_buffer(256)
+        lc.llama_model_desc(self.model, buf, len(buf))
+        return buf.value.decode(errors="replace")
+
+    def _meta(self, key: str) -> str:
+        buf = ctypes.create_string_buffer(256)
+        n = lc.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+        return buf.value.decode(errors="replace") if n >= 0 else ""
+
+    def close(self) -> None:
+        lc.llama_batch_free(self.batch)
+        lc.llama_free(self.ctx)
+        lc.llama_model_free(self.model)
+
+    # -- tokens ------------------------------------------------------------------
+
+    def tokenize(self, text: bytes, add_special: bool) -> list[int]:
+        room = len(text) + 8
+        tokens = (lc.llama_token * room)()
+        n = lc.llama_tokenize(self.vocab, text, len(text), tokens, room, add_special, True)
+        if n < 0:
+            room = -n
+            tokens = (lc.llama_token * room)()
+            n = lc.llama_tokenize(self.vocab, text, len(text), tokens, room, add_special, True)
+        return list(tokens[:n])
+
+    def piece(self, token: int) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        return buf.raw[:n]
+
+    def is_eog(self, token: int) -> bool:
+        return bool(lc.llama_vocab_is_eog(self.vocab, token))
+
+    # -- sequences ---------------------------------------------------------------
+
+    def trim_seq(self, seq: int, keep: int) -> None:
+        lc.llama_memory_seq_rm(self.memory, seq, keep, -1)
+
+    def clear_seq(self, seq: int) -> None:
+        lc.llama_memory_seq_rm(self.memory, seq, 0, -1)
+
+    def decode(self, entries: list[tuple[int, int, int, bool]]) -> None:
+        """One llama_decode of (sequence, token, position, wants logits)."""
+        batch = self.batch
+        for i, (seq, token, pos, logits) in enumerate(entries):
+            batch.token[i] = token
+            batch.pos[i] = pos
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = seq
+            batch.logits[i] = logits
+        batch.n_tokens = len(entries)
+        result = lc.llama_decode(self.ctx, batch)
+        if result != 0:
+            raise EngineError(f"llama_decode failed ({result})")
+
+    # -- sampling ----------------------------------------------------------------
+
+    def make_sampler(self, s: Sampling, history: list[int]):
+        """A sampler chain; the repeat penalty sees the last 64 tokens of history."""
+        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        add = lambda sampler: lc.llama_sampler_chain_add(chain, sampler)  # noqa: E731
+        add(lc.llama_sampler_init_penalties(self.n_vocab, 64, s.repeatpenalty, 0.0, 0.0))
+        if s.temperature <= 0:
+            add(lc.llama_sampler_init_greedy())
+        else:
+            add(lc.llama_sampler_init_top_k(s.topk))
+            add(lc.llama_sampler_init_top_p(s.topp, 1))
+            add(lc.llama_sampler_init_min_p(s.minp, 1))
+            add(lc.llama_sampler_init_temp(s.temperature))
+            add(lc.llama_sampler_init_dist(DEFAULT_SEED if s.seed < 0 else s.seed))
+        for token in history[-64:]:
+            lc.llama_sampler_accept(chain, token)
+        return chain
+
+    def free_sampler(self, chain) -> None:
+        lc.llama_sampler_free(chain)
+
+    def sample(self, chain, batch_index: int) -> int:
+        return lc.llama_sampler_sample(chain, self.ctx, batch_index)
