@@ -44,9 +44,9 @@ def default_model_path() -> Path:
 
 
 class Node:
-    def __init__(self, options: NodeOptions, load_progress=None):
+    def __init__(self, options: NodeOptions, load_progress=None, engine: Engine | None = None):
         self.options = options
-        self.engine = Engine(slots=options.slots)
+        self.engine = engine or Engine(slots=options.slots)
         model = options.model
         models_dir = options.models_dir or (os.path.dirname(os.path.abspath(model)) if model else None)
         self.backend = NodeBackend(self.engine, None, models_dir, load_progress)

@@ -87,7 +87,7 @@ class SessionTable(Generic[S]):
         for s in self.sessions.values():
             if s.open_files or s.generating:
                 continue
-            if (s.ephemeral and s.reply is not None) or now - s.last_active > self.idle_timeout:
+            if s.ephemeral or now - s.last_active > self.idle_timeout:
                 out.append(s)
         return out
 

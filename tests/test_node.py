@@ -1,0 +1,353 @@
+"""The node's /n/llama tree on the tiny model, through the styxfs client."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import trio
+
+from styxfs import client, wire
+from styxfs.client import ServerError
+from styxfs.engine import Engine
+
+PROMPT = "Once upon a time"
+
+
+class SlowEngine(Engine):
+    """The real engine, 20 ms a step: for the tests that must catch a
+    generation in the middle."""
+
+    def _step(self):
+        if self.active:
+            time.sleep(0.02)
+        super()._step()
+
+
+async def greedy(c, **settings):
+    """Root ctl defaults for greedy, penalty-free replies (as create_completion's)."""
+    await c.write_file("ctl", "defaults temperature 0\ndefaults repeatpenalty 1\n")
+    for key, value in settings.items():
+        await c.write_file("ctl", f"defaults {key} {value}")
+
+
+async def ask(c, path: str, prompt: str) -> bytes:
+    async with await c.open(path, wire.ORDWR) as f:
+        await f.write(prompt)
+        return await f.read_all()
+
+
+async def new_session(c) -> tuple[client.File, str]:
+    ctl = await c.open("clone", wire.ORDWR)
+    return ctl, (await ctl.read()).decode().strip()
+
+
+def status_fields(text: bytes) -> dict[str, str]:
+    words = text.decode().split()
+    fields = dict(w.split("=", 1) for w in words[1:] if "=" in w)
+    fields["state"] = words[0]
+    return fields
+
+
+def expected_completion(model: str, prompt: str, maxtokens: int) -> str:
+    from llama_cpp import Llama
+
+    llm = Llama(model, n_ctx=512, n_threads=2, verbose=False)
+    out = llm.create_completion(prompt, max_tokens=maxtokens, temperature=0, repeat_penalty=1.0)
+    return out["choices"][0]["text"]
+
+
+async def test_greedy_reply_equals_llama_cpp_python(start_node, tiny_model):
+    address, _ = await start_node()
+    async with client.connect(address) as c:
+        await greedy(c, maxtokens=32)
+        got = (await ask(c, "data", PROMPT)).decode()
+    want = await trio.to_thread.run_sync(expected_completion, tiny_model, PROMPT, 32)
+    assert got == want and len(want) > 20
+
+
+async def test_clone_open_becomes_session_ctl(start_node):
+    address, node = await start_node()
+    async with client.connect(address) as c:
+        ctl, number = await new_session(c)
+        assert number.isdigit()
+        assert (await c.stat(f"{number}")).qid.is_dir
+        await ctl.fid.write(b"temperature 0.25\nmaxtokens 7\n", 0)
+        params = (await c.read_file(f"{number}/params")).decode()
+        assert "temperature 0.25\n" in params and "maxtokens 7\n" in params
+        names = {d.name for d in await c.listdir("")}
+        assert {"ctl", "data", "reply", "clone", "new", "model", "metrics", number} <= names
+        assert {d.name for d in await c.listdir(number)} == {"ctl", "params", "data", "reply", "status"}
+        await ctl.close()
+
+
+async def test_new_data_then_reply(start_node):
+    address, node = await start_node()
+    async with client.connect(address) as c:
+        await greedy(c, maxtokens=16)
+        # Walking new/ allocates nothing; opening does.
+        fid = await c.walk("new/data")
+        await fid.clunk()
+        assert len(node.tree.table.sessions) == 0
+        # echo prompt > new/data; cat reply
+        await c.write_file("new/data", PROMPT)
+        reply = await c.read_file("reply")
+        assert len(reply) > 0
+        [number] = [s for s in node.tree.table.sessions]
+        assert await c.read_file(f"{number}/reply") == reply
+        status = status_fields(await c.read_file(f"{number}/status"))
+        assert status["state"] == "done" and status["tokens_out"] == "16"
+
+
+async def test_root_data_is_private_per_open(start_node):
+    address, node = await start_node()
+    async with client.connect(address) as c:
+        await greedy(c, maxtokens=12)
+        a = await c.open("data", wire.ORDWR)
+        b = await c.open("data", wire.ORDWR)
+        await a.write("Once upon")
+        await b.write("the king was")
+        reply_b = await b.read_all()
+        reply_a = await a.read_all()
+        await a.close(), await b.close()
+        assert reply_a != reply_b
+        assert await ask(c, "data", "Once upon") == reply_a
+        # root reply: the latest prompt submitted on this connection
+        assert await c.read_file("reply") == reply_a
+
+
+async def test_reply_streams_while_generating(start_node):
+    address, node = await start_node(engine=SlowEngine(slots=4))
+    async with client.connect(address) as c:
+        _, number = await new_session(c)
+        await c.write_file(f"{number}/ctl", "maxtokens 50")
+        async with await c.open(f"{number}/data", wire.ORDWR) as f:
+            await f.write(PROMPT)
+            first = await f.read()
+            status = status_fields(await c.read_file(f"{number}/status"))
+            assert first and status["state"] == "generating", status
+            rest = await f.read_all()
+        assert len(first) < len(first + rest)
+        # Any number of readers of N/reply, each from the first byte.
+        assert await c.read_file(f"{number}/reply") == first + rest
+
+
+async def test_flushed_read_cancels_its_generation(start_node):
+    address, node = await start_node(engine=SlowEngine(slots=4))
+    async with client.connect(address) as c:
+        _, number = await new_session(c)
+        await c.write_file(f"{number}/ctl", "maxtokens 1000")
+        f = await c.open(f"{number}/data", wire.ORDWR)
+        await f.write(PROMPT)
+        read = wire.Tread(0, f.fid.num, 0, 8192)
+        with trio.move_on_after(0.1):  # the client flushes the read it abandons
+            while True:
+                await c.rpc(read)
+        await f.close()
+        with trio.fail_after(2):
+            while status_fields(await c.read_file(f"{number}/status"))["state"] != "cancelled":
+                await trio.sleep(0.02)
+        status = status_fields(await c.read_file(f"{number}/status"))
+        assert int(status["tokens_out"]) < 50
+        # The session works again.
+        await c.write_file(f"{number}/ctl", "maxtokens 5")
+        assert await ask(c, f"{number}/data", " and then")
+        assert status_fields(await c.read_file(f"{number}/status"))["state"] == "done"
+
+
+async def test_cancel_in_ctl_stops_the_generation(start_node):
+    address, node = await start_node(engine=SlowEngine(slots=4))
+    async with client.connect(address) as c:
+        ctl, number = await new_session(c)
+        await ctl.fid.write(b"maxtokens 1000", 0)
+        async with await c.open(f"{number}/data", wire.ORDWR) as f:
+            await f.write(PROMPT)
+            assert await f.read()
+            await ctl.fid.write(b"cancel", 0)
+            with trio.fail_after(2):
+                await f.read_all()  # EOF soon after
+        status = status_fields(await c.read_file(f"{number}/status"))
+        assert status["state"] == "cancelled" and int(status["tokens_out"]) < 100
+
+
+async def test_conversation_keeps_its_kv_cache(start_node):
+    address, node = await start_node()
+    async with client.connect(address) as c:
+        await greedy(c, maxtokens=20)
+        ctl, number = await new_session(c)
+        first = await ask(c, f"{number}/data", PROMPT)
+        turn1 = status_fields(await c.read_file(f"{number}/status"))
+        second = await ask(c, f"{number}/data", " and the king")
+        turn2 = status_fields(await c.read_file(f"{number}/status"))
+        # The second turn evaluates only its own tokens (and the last reply token).
+        assert int(turn2["tokens_in"]) < int(turn1["tokens_in"]) + 20
+        assert int(turn2["tokens_in"]) <= len(" and the king") + 1
+        # The same two turns on a fresh session give the same text: the cache is the conversation.
+        _, other = await new_session(c)
+        assert await ask(c, f"{other}/data", PROMPT) == first
+        assert await ask(c, f"{other}/data", " and the king") == second
+        # reset forgets: the next turn starts over (and equals a fresh first turn).
+        await ctl.fid.write(b"reset", 0)
+        assert await ask(c, f"{number}/data", PROMPT) == first
+        assert status_fields(await c.read_file(f"{number}/status"))["tokens_in"] == turn1["tokens_in"]
+
+
+async def test_sampling_settings(start_node):
+    address, node = await start_node()
+    async with client.connect(address) as c:
+        await greedy(c, maxtokens=24)
+        base = (await ask(c, "data", PROMPT)).decode()
+        ctl, n = await new_session(c)
+
+        async def reply(*settings):
+            await ctl.fid.write(("reset\n" + "\n".join(settings)).encode(), 0)
+            return (await ask(c, f"{n}/data", PROMPT)).decode()
+
+        assert await reply() == base
+        # maxtokens
+        await reply("maxtokens 5")
+        assert status_fields(await c.read_file(f"{n}/status"))["tokens_out"] == "5"
+        # stop: the reply ends before the stop string; several may be set; bare stop clears
+        word = base.split()[3]
+        assert await reply("maxtokens 24", f"stop '{word}'") == base[: base.index(word)]
+        assert await reply("stop zzz") == base[: base.index(word)]
+        assert await reply("stop") == base
+        # seed: same seed, same text; topk 1 is greedy whatever the temperature
+        hot = ("temperature 1.5", "topk 100", "topp 1", "minp 0")
+        a = await reply(*hot, "seed 42")
+        assert a == await reply(*hot, "seed 42")
+        assert a != await reply(*hot, "seed 43")
+        assert await reply("temperature 1.5", "topk 1", "seed 7") == base
+        # repeatpenalty changes greedy text on this model
+        assert await reply("temperature 0", "repeatpenalty 1.5") != base
+        params = (await c.read_file(f"{n}/params")).decode()
+        for line in ("temperature 0.0", "repeatpenalty 1.5", "seed 7", "topk 1", "maxtokens 24"):
+            assert line + "\n" in params
+
+
+async def test_four_sessions_at_once_equal_their_solo_replies(start_node):
+    address, node = await start_node()
+    prompts = [PROMPT, "the king was", "water and people", "café über"]
+    async with client.connect(address) as c:
+        await greedy(c, maxtokens=40)
+        solo = [await ask(c, "data", p) for p in prompts]
+        together = [b""] * 4
+
+        async def one(i):
+            together[i] = await ask(c, "data", prompts[i])
+
+        async with trio.open_nursery() as nursery:
+            for i in range(4):
+                nursery.start_soon(one, i)
+    assert together == solo
+
+
+@pytest.mark.parametrize("command, error", [
+    ("frobnicate", "bad ctl request: frobnicate"),
+    ("temperature abc", "bad ctl request: temperature: 'abc' is not a number"),
+    ("temperature nan", "not a finite number"),
+    ("maxtokens -5", "out of range"),
+    ("topk", "bad ctl request: usage: topk VALUE"),
+    ("temperature 'unterminated", "unterminated quote"),
+])
+async def test_bad_session_ctl(start_node, command, error):
+    address, node = await start_node()
+    async with client.connect(address) as c:
+        ctl, n = await new_session(c)
+        with pytest.raises(ServerError, match=error):
+            await ctl.fid.write(command.encode(), 0)
+        await ctl.fid.write(b"maxtokens 3", 0)  # and the session carries on
+        assert await ask(c, f"{n}/data", PROMPT)
+
+
+async def test_bad_input_gets_clear_errors(start_node):
+    address, node = await start_node(max_sessions=3, ctx=256)
+    async with client.connect(address, uname="alice") as c:
+        with pytest.raises(ServerError, match=r"prompt too long: \d+ tokens > context 256"):
+            await ask(c, "data", "the king " * 100)
+        with pytest.raises(ServerError, match="prompt is not UTF-8"):
+            await ask(c, "data", b"\xff\xfe bad")
+        with pytest.raises(ServerError, match="no such session"):
+            await c.stat("999/ctl")
+        files = [await c.open("clone", wire.ORDWR) for _ in range(3)]
+        with pytest.raises(ServerError, match="too many sessions: the cap is 3"):
+            await c.open("clone", wire.ORDWR)
+        with pytest.raises(ServerError, match="too many sessions"):
+            await c.open("new/data", wire.OWRITE)
+        number = (await files[0].read()).decode().strip()
+        async with client.connect(address, uname="bob") as bob:
+            with pytest.raises(ServerError, match="permission denied"):
+                await bob.read_file(f"{number}/params")
+            assert number not in {d.name for d in await bob.listdir("")}
+        await files[0].fid.write(b"close", 0)
+        # a session closed: one more may be made
+        (await c.open("clone", wire.ORDWR))
+        with pytest.raises(ServerError, match="prompt too long: over 1048576 bytes"):
+            await ask(c, f"{(await files[1].read()).decode().strip()}/data", "x" * (1 << 20 | 1))
+
+
+async def test_idle_sessions_expire(start_node):
+    address, node = await start_node(session_timeout=0.3)
+    async with client.connect(address) as c:
+        ctl, n = await new_session(c)
+        await c.stat(n)  # alive while its ctl is open
+        await trio.sleep(0.8)
+        await c.stat(n)
+        await ctl.close()
+        await trio.sleep(1.5)
+        with pytest.raises(ServerError, match="no such session"):
+            await c.stat(n)
+
+
+async def test_load_and_unload(start_node, tiny_model, tmp_path):
+    address, node = await start_node()
+    models = os.path.dirname(tiny_model)
+    corrupt = os.path.join(models, "corrupt.gguf")
+    with open(corrupt, "wb") as f:
+        f.write(b"GGUF" + os.urandom(200))
+    outside = tmp_path / "outside.gguf"
+    outside.write_bytes(open(tiny_model, "rb").read())
+    os.symlink(outside, os.path.join(models, "link.gguf"))
+    async with client.connect(address) as c:
+        assert "state loaded" in (await c.read_file("ctl")).decode()
+        for command, error in [
+            ("load missing.gguf", "no such model file: missing.gguf"),
+            ("load corrupt.gguf", "cannot load model corrupt.gguf"),
+            ("load ../outside.gguf", "outside the models directory"),
+            ("load /etc/passwd", "outside the models directory"),
+            ("load link.gguf", "outside the models directory"),
+            ("load tiny.gguf ctx", "usage: load PATH"),
+            ("load tiny.gguf ctx many", "'many' is not an integer"),
+            ("load tiny.gguf frob 3", "unknown option 'frob'"),
+        ]:
+            with pytest.raises(ServerError, match=error):
+                await c.write_file("ctl", command)
+            assert "state loaded" in (await c.read_file("ctl")).decode(), command
+        await c.write_file("ctl", "unload")
+        assert "state unloaded" in (await c.read_file("ctl")).decode()
+        assert "state unloaded" in (await c.read_file("model")).decode()
+        with pytest.raises(ServerError, match="model not loaded"):
+            await ask(c, "data", PROMPT)
+        await c.write_file("ctl", "load tiny.gguf ctx 256 batch 64")
+        ctl = (await c.read_file("ctl")).decode()
+        assert "state loaded" in ctl and "ctx 256" in ctl and "batch 64" in ctl
+        assert "context 256" in (await c.read_file("model")).decode()
+        assert await ask(c, "data", PROMPT)
+
+
+async def test_metrics(start_node):
+    address, node = await start_node()
+    async with client.connect(address) as c:
+        await greedy(c, maxtokens=8)
+        await ask(c, "data", PROMPT)
+        text = (await c.read_file("metrics")).decode()
+    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line and line[0] != "#"}
+    assert values["llamafs_model_loaded"] == 1
+    assert values["llamafs_requests_total"] == 1
+    assert values["llamafs_tokens_out_total"] == 8
+    assert values["llamafs_tokens_in_total"] >= 5
+    assert values["llamafs_queue_length"] == 0
+    assert values['llamafs_time_to_first_token_seconds{quantile="0.5"}'] > 0
+    for name in ("llamafs_sessions", "llamafs_tokens_per_second"):
+        assert f"# TYPE {name} gauge" in text
