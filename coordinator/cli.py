@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 
@@ -11,6 +12,9 @@ import trio
 
 from styxfs import client, dial, wire
 from styxfs.node import Node, NodeOptions
+
+from .config import STRATEGIES, ConfigError, DeploymentConfig, generate
+from .deploy import DeploymentManager
 
 
 @click.group()
@@ -142,6 +146,109 @@ async def stream_reply(c: client.Client, path: str, prompt: str) -> None:
             sys.stdout.buffer.flush()
     sys.stdout.buffer.write(b"\n")
     sys.stdout.buffer.flush()
+
+
+@main.group()
+def deploy() -> None:
+    """Deployments: many nodes behind one coordinator."""
+
+
+@deploy.command("generate-config")
+@click.option("--model", type=click.Path(dir_okay=False), help="a .gguf file (default: Gemma 3 270M)")
+@click.option("--nodes", default=2, show_default=True, type=click.IntRange(1, 256))
+@click.option("--output", required=True, type=click.Path(dir_okay=False), help="the JSON file to write")
+@click.option("--strategy", default="round-robin", show_default=True, type=click.Choice(STRATEGIES))
+@click.option("--base-port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+def generate_config(model, nodes, output, strategy, base_port):
+    """Write a config with NODES nodes on localhost, ports base-port+i."""
+    if base_port + nodes - 1 > 65535:
+        raise click.BadParameter(f"ports {base_port}..{base_port + nodes - 1} go past 65535", param_hint="--base-port")
+    config = generate(os.path.abspath(model) if model else None, nodes, strategy, base_port)
+    config.save(output)
+    click.echo(f"wrote {output}: {nodes} nodes on ports {base_port}-{base_port + nodes - 1}, {strategy}")
+
+
+@deploy.command("start")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--logs", type=click.Path(file_okay=False), help="a directory for the nodes' logs")
+def deploy_start(config_path, logs):
+    """Start the nodes a config names and serve their union."""
+    try:
+        config = DeploymentConfig.load(config_path)
+        check_listen(config.network.listen)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+    if logs:
+        os.makedirs(logs, exist_ok=True)
+    manager = DeploymentManager(config, node_log_dir=logs)
+    manager.on("node-down", lambda node: click.echo(f"llamafs: node {node} is down", err=True))
+    manager.on("node-up", lambda node: click.echo(f"llamafs: node {node} is up", err=True))
+
+    async def run():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stop_on_signals, nursery.cancel_scope)
+            click.echo(f"llamafs: starting {len(config.nodes)} nodes...", err=True)
+            await manager.deploy(nursery)
+            click.echo(status_table(manager.status()))
+            click.echo(f"llamafs: coordinator serving on {manager.address}\nmount it with:\n"
+                       + mount_help(dial.parse(manager.address)), err=True)
+        # Cancelled by a signal: drain and stop what we started.
+        await manager.shutdown()
+
+    try:
+        trio.run(run)
+    except (OSError, RuntimeError) as e:
+        raise click.ClickException(str(e)) from None
+    except KeyboardInterrupt:
+        pass
+    click.echo("llamafs: deployment stopped", err=True)
+
+
+def status_table(status: dict) -> str:
+    rows = [("NODE", "ADDRESS", "STATE", "WEIGHT", "SESSIONS", "INFLIGHT", "LATENCY", "FAILURES")]
+    for n in status["nodes"]:
+        state = n["state"] + (" (draining)" if n.get("draining") else "")
+        rows.append((n["id"], n["address"], state, f"{float(n['weight']):g}", str(n["sessions"]),
+                     str(n.get("inflight", "")), f"{float(n['latency']) * 1000:.1f}ms", str(n["failures"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    head = f"{status['name']}: {status['strategy']}, {status['sessions']} sessions"
+    return head + "\n" + "\n".join(lines)
+
+
+@main.command()
+@click.option("--addr", default=dial.DEFAULT_ADDRESS, show_default=True, help="the coordinator")
+def status(addr):
+    """The nodes of a coordinator: health, load and sessions."""
+
+    async def run():
+        async with client.connect(addr) as c:
+            ctl = parse_keyed((await c.read_file("ctl")).decode())
+            if ctl.get("role") != "coordinator":
+                raise click.ClickException(f"{addr} is a node, not a coordinator")
+            nodes = []
+            for d in await c.listdir("nodes"):
+                health = parse_keyed((await c.read_file(f"nodes/{d.name}/health")).decode())
+                nodes.append({"id": d.name, "address": health.get("address", ""), "state": health.get("state", "?"),
+                              "weight": health.get("weight", "1"), "sessions": health.get("sessions", "0"),
+                              "inflight": health.get("inflight", "0"), "latency": health.get("latency", "0"),
+                              "failures": health.get("failures", "0")})
+            return {"name": ctl.get("name", ""), "strategy": ctl.get("strategy", ""),
+                    "sessions": ctl.get("sessions", "0"), "nodes": nodes}
+
+    try:
+        click.echo(status_table(trio.run(run)))
+    except client.Error as e:
+        raise click.ClickException(str(e)) from None
+
+
+def parse_keyed(text: str) -> dict[str, str]:
+    """`key value` lines; the first of a repeated key wins."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        out.setdefault(key, value)
+    return out
 
 
 if __name__ == "__main__":

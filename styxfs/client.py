@@ -58,6 +58,7 @@ class Client:
         self.send_lock = trio.StrictFIFOLock()
         self.closed: BaseException | None = None
         self.root: Fid | None = None
+        self.flush_timeout = 10.0  # how long a cancelled call waits for its Rflush
 
     # -- the connection ---------------------------------------------------------
 
@@ -134,7 +135,7 @@ class Client:
         # The old tag stays reserved until the Rflush: its reply may still come.
         self.pending.setdefault(oldtag, _Pending())
         try:
-            with trio.move_on_after(10):
+            with trio.move_on_after(self.flush_timeout):
                 await self._transact(wire.Tflush(tag, oldtag), tag)
         except Error:
             pass
@@ -363,9 +364,9 @@ async def _unwrapped():
 
 @asynccontextmanager
 async def connect(address: str | dial.Address, *, uname: str | None = None, aname: str = "",
-                  msize: int = 8192, authenticate=None) -> AsyncIterator[Client]:
+                  msize: int = 8192, authenticate=None, flush_timeout: float = 10.0) -> AsyncIterator[Client]:
     """Dial, version and attach; the client lives while the block runs.
-    `authenticate(client) -> afid` runs the auth protocol when given."""
+    `authenticate(client, uname, aname) -> afid` runs the auth protocol when given."""
     import getpass
 
     if isinstance(address, str):
@@ -375,6 +376,7 @@ async def connect(address: str | dial.Address, *, uname: str | None = None, anam
     except OSError as e:
         raise ConnectionLost(f"cannot connect to {address}: {e.strerror or e}") from None
     client = Client(stream, msize)
+    client.flush_timeout = flush_timeout
     try:
         async with _unwrapped(), trio.open_nursery() as nursery:
             nursery.start_soon(client._reader)

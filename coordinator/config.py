@@ -1,0 +1,242 @@
+"""The deployment config: the original design's JSON, camelCase keys and all.
+
+Times are milliseconds.  A node's own values override `model`'s.  Missing
+keys get defaults, so a partial config works.  A bad config raises
+ConfigError naming the key and the problem (and the line, for broken JSON).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_LISTEN = "tcp!127.0.0.1!5640"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class LoadBalancingStrategy(str, enum.Enum):
+    RoundRobin = "round-robin"
+    LeastConnections = "least-connections"
+    Random = "random"
+    WeightedRandom = "weighted-random"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+STRATEGIES = [s.value for s in LoadBalancingStrategy]
+
+
+@dataclass
+class ModelConfig:
+    contextSize: int = 2048
+    gpuLayers: int = 0
+    batchSize: int = 512
+    threads: int = 0
+    mlock: bool = False
+
+
+@dataclass
+class NetworkConfig:
+    loadBalancing: str = "round-robin"
+    healthCheckInterval: int = 30000
+    requestTimeout: int = 60000
+    enableFailover: bool = True
+    basePort: int = 8000
+    listen: str = DEFAULT_LISTEN
+
+
+@dataclass
+class NodeConfig:
+    id: str
+    address: str = "localhost"
+    port: int = 8000
+    weight: float = 1.0
+    gpuLayers: int | None = None
+    contextSize: int | None = None
+    threads: int | None = None
+    batchSize: int | None = None
+
+    @property
+    def dial(self) -> str:
+        host = "127.0.0.1" if self.address == "localhost" else self.address
+        return f"tcp!{host}!{self.port}"
+
+    @property
+    def is_local(self) -> bool:
+        return self.address in ("localhost", "::1") or self.address.startswith("127.")
+
+
+@dataclass
+class DeploymentConfig:
+    name: str = "llamafs"
+    modulePath: str = "/dis/deployment/llamacpp.dis"
+    modelPath: str | None = None  # None: the default model
+    modelsDir: str | None = None
+    isolation: str = "process"
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    nodes: list[NodeConfig] = field(default_factory=list)
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def node_value(self, node: NodeConfig, key: str):
+        """A node's own value, else the model section's."""
+        own = getattr(node, key, None)
+        return own if own is not None else getattr(self.model, key)
+
+    def to_dict(self) -> dict[str, Any]:
+        import dataclasses
+
+        data = dataclasses.asdict(self)
+        for node in data["nodes"]:
+            for key in [k for k, v in node.items() if v is None]:
+                del node[key]
+        return data
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "DeploymentConfig":
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"{path}: {e.strerror}") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: line {e.lineno} column {e.colno}: broken JSON: {e.msg}") from None
+        return cls.from_dict(data, where=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "config") -> "DeploymentConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: the config must be a JSON object")
+        check = _Checker(where)
+        config = cls(
+            name=check.string(data, "name", "llamafs"),
+            modulePath=check.string(data, "modulePath", "/dis/deployment/llamacpp.dis"),
+            modelPath=check.string(data, "modelPath", None),
+            modelsDir=check.string(data, "modelsDir", None),
+            isolation=check.choice(data, "isolation", "process", ["process", "dis"]),
+        )
+        net = check.section(data, "network")
+        config.network = NetworkConfig(
+            loadBalancing=check.choice(net, "network.loadBalancing", "round-robin", STRATEGIES),
+            healthCheckInterval=check.integer(net, "network.healthCheckInterval", 30000, 1, 86_400_000),
+            requestTimeout=check.integer(net, "network.requestTimeout", 60000, 1, 86_400_000),
+            enableFailover=check.boolean(net, "network.enableFailover", True),
+            basePort=check.integer(net, "network.basePort", 8000, 1, 65535),
+            listen=check.string(net, "network.listen", DEFAULT_LISTEN),
+        )
+        model = check.section(data, "model")
+        config.model = ModelConfig(
+            contextSize=check.integer(model, "model.contextSize", 2048, 16, 1 << 20),
+            gpuLayers=check.integer(model, "model.gpuLayers", 0, 0, 10000),
+            batchSize=check.integer(model, "model.batchSize", 512, 16, 1 << 16),
+            threads=check.integer(model, "model.threads", 0, 0, 1024),
+            mlock=check.boolean(model, "model.mlock", False),
+        )
+        nodes = data.get("nodes", [])
+        if not isinstance(nodes, list):
+            raise ConfigError(f"{where}: nodes: must be a list")
+        ids, ports = set(), set()
+        for i, node in enumerate(nodes):
+            key = f"nodes[{i}]"
+            if not isinstance(node, dict):
+                raise ConfigError(f"{where}: {key}: must be an object")
+            base = config.network.basePort
+            n = NodeConfig(
+                id=check.string(node, f"{key}.id", f"node-{i}"),
+                address=check.string(node, f"{key}.address", "localhost"),
+                port=check.integer(node, f"{key}.port", base + i, 1, 65535),
+                weight=check.number(node, f"{key}.weight", 1.0, 0.0, 1e9),
+                gpuLayers=check.integer(node, f"{key}.gpuLayers", None, 0, 10000),
+                contextSize=check.integer(node, f"{key}.contextSize", None, 16, 1 << 20),
+                threads=check.integer(node, f"{key}.threads", None, 0, 1024),
+                batchSize=check.integer(node, f"{key}.batchSize", None, 16, 1 << 16),
+            )
+            if n.id in ids:
+                raise ConfigError(f"{where}: {key}.id: duplicate node id {n.id!r}")
+            if (n.address, n.port) in ports or (n.is_local and ("local", n.port) in ports):
+                raise ConfigError(f"{where}: {key}.port: duplicate port {n.port} on {n.address}")
+            ids.add(n.id)
+            ports.add((n.address, n.port))
+            if n.is_local:
+                ports.add(("local", n.port))
+            config.nodes.append(n)
+        return config
+
+
+class _Checker:
+    def __init__(self, where: str):
+        self.where = where
+
+    def fail(self, key: str, problem: str):
+        raise ConfigError(f"{self.where}: {key}: {problem}")
+
+    def section(self, data: dict, key: str) -> dict:
+        value = data.get(key, {})
+        if not isinstance(value, dict):
+            self.fail(key, "must be an object")
+        return value
+
+    def _get(self, data: dict, key: str):
+        return data.get(key.rsplit(".", 1)[-1])
+
+    def string(self, data, key, default):
+        value = self._get(data, key)
+        if value is None:
+            return default
+        if not isinstance(value, str) or not value:
+            self.fail(key, f"must be a non-empty string, not {json.dumps(value)}")
+        return value
+
+    def choice(self, data, key, default, choices):
+        value = self.string(data, key, default)
+        if value not in choices:
+            self.fail(key, f"unknown value {value!r}: use one of {', '.join(choices)}")
+        return value
+
+    def boolean(self, data, key, default):
+        value = self._get(data, key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            self.fail(key, f"must be true or false, not {json.dumps(value)}")
+        return value
+
+    def number(self, data, key, default, low, high):
+        value = self._get(data, key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.fail(key, f"must be a number, not {json.dumps(value)}")
+        if value < low:
+            self.fail(key, f"{value} is negative" if low == 0 else f"{value} is below {low}")
+        if value > high:
+            self.fail(key, f"{value} is out of range (at most {high})")
+        return value
+
+    def integer(self, data, key, default, low, high):
+        value = self.number(data, key, default, low, high)
+        if value is not None and value != int(value):
+            self.fail(key, f"must be a whole number, not {value}")
+        if key.endswith("port") and value is not None and not 1 <= value <= 65535:
+            self.fail(key, f"port {value} out of range")
+        return None if value is None else int(value)
+
+
+def generate(model: str | None, nodes: int, strategy: str = "round-robin", base_port: int = 8000,
+             name: str = "llamafs-deployment") -> DeploymentConfig:
+    """A config with N nodes on localhost, ports basePort+i."""
+    config = DeploymentConfig(name=name, modelPath=model)
+    config.network.loadBalancing = strategy
+    config.network.basePort = base_port
+    config.nodes = [NodeConfig(id=f"node-{i}", address="localhost", port=base_port + i) for i in range(nodes)]
+    return DeploymentConfig.from_dict(config.to_dict())  # checked as a loaded file would be

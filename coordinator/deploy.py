@@ -1,0 +1,257 @@
+"""DeploymentManager: start a deployment's nodes, serve the union, scale,
+report and shut down — the original design's programmatic API, in trio.
+
+    mgr = DeploymentManager("deployment.json")
+    mgr.on("deployed", lambda: print("ready"))
+    async with trio.open_nursery() as nursery:
+        await mgr.deploy(nursery)            # or: await nursery.start(mgr.run)
+        print(await mgr.evaluate("What is the meaning of life?", temperature=0))
+        await mgr.scale(3)
+        print(mgr.status())
+        await mgr.shutdown()
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+import trio
+
+from styxfs import client, dial, wire
+from styxfs.server import Server
+
+from .config import DeploymentConfig, NodeConfig
+from .pool import NodeHandle, Pool
+from .union import make_union
+
+log = logging.getLogger("coordinator.deploy")
+
+EVENTS = ("deployed", "error", "node-up", "node-down", "scaled", "shutdown")
+
+
+def port_in_use(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+class DeploymentManager:
+    def __init__(self, config: DeploymentConfig | dict | str | os.PathLike, *, seed: int | None = None,
+                 health_timeout: float | None = None, node_log_dir: str | None = None):
+        if isinstance(config, (str, os.PathLike)):
+            config = DeploymentConfig.load(config)
+        elif isinstance(config, dict):
+            config = DeploymentConfig.from_dict(config)
+        self.config = config
+        net = config.network
+        interval = net.healthCheckInterval / 1000
+        self.pool = Pool(strategy=net.loadBalancing, health_interval=interval,
+                         health_timeout=health_timeout or min(5.0, max(0.5, interval)), seed=seed,
+                         notify=self._node_event)
+        self.backend, self.tree = make_union(self.pool, name=config.name, failover=net.enableFailover,
+                                             request_timeout=net.requestTimeout / 1000, scaler=self.scale)
+        self.server = Server(self.tree)
+        self.listeners: list = []
+        self.address = net.listen
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.handlers: dict[str, list[Callable]] = {e: [] for e in EVENTS}
+        self.node_log_dir = node_log_dir
+        self.cancel_scope: trio.CancelScope | None = None
+        self.nursery: trio.Nursery | None = None
+        self.deployed = False
+
+    # -- events --------------------------------------------------------------------
+
+    def on(self, event: str, callback: Callable) -> None:
+        if event not in self.handlers:
+            raise ValueError(f"unknown event {event!r}: use one of {', '.join(EVENTS)}")
+        self.handlers[event].append(callback)
+
+    def emit(self, event: str, *args) -> None:
+        for callback in self.handlers[event]:
+            try:
+                callback(*args)
+            except Exception:
+                log.exception("%s handler failed", event)
+
+    def _node_event(self, event: str, node: NodeHandle) -> None:
+        self.emit(event, node.id)
+
+    # -- life --------------------------------------------------------------------------
+
+    async def deploy(self, nursery: trio.Nursery, timeout: float = 180.0) -> None:
+        """Start what the config says in nursery; returns once every node is
+        healthy and the union is served.  Raises on failure (and emits error)."""
+        await nursery.start(self.run, timeout)
+
+    async def run(self, timeout: float = 180.0, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                self.cancel_scope = nursery.cancel_scope
+                for node in self.config.nodes:
+                    await self._start_node(node)
+                await nursery.start(self.pool.run)
+                await nursery.start(self.tree.run)
+                try:
+                    await self.pool.wait_healthy(timeout=timeout)
+                except trio.TooSlowError:
+                    down = ", ".join(f"{n.id} ({n.error})" for n in self.pool.nodes if n.state != "up")
+                    raise RuntimeError(f"nodes not healthy after {timeout:.0f} s: {down}") from None
+                self.listeners = await nursery.start(self.server.serve, self.address)
+                if self.listeners and dial.parse(self.address).network == "tcp":
+                    a = dial.parse(self.address)
+                    self.address = str(dial.Address("tcp", a.host, dial.listening_port(self.listeners)))
+                self.deployed = True
+                task_status.started(self)
+                self.emit("deployed")
+        except BaseException as e:
+            if not isinstance(e, trio.Cancelled):
+                self.emit("error", e)
+            raise
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._stop_processes()
+
+    def _node_command(self, node: NodeConfig) -> list[str]:
+        c = self.config
+        cmd = [sys.executable, "-m", "coordinator.cli", "serve", "--listen", node.dial,
+               "--ctx", str(c.node_value(node, "contextSize")), "--gpu-layers", str(c.node_value(node, "gpuLayers")),
+               "--threads", str(c.node_value(node, "threads")), "--batch", str(c.node_value(node, "batchSize"))]
+        if c.modelPath:
+            cmd += ["--model", c.modelPath]
+        if c.modelsDir:
+            cmd += ["--models-dir", c.modelsDir]
+        return cmd
+
+    async def _start_node(self, node: NodeConfig) -> NodeHandle:
+        """Spawn `llamafs serve` for a local node not yet listening; connect to it."""
+        host = "127.0.0.1" if node.address == "localhost" else node.address
+        if node.is_local and not port_in_use(host, node.port):
+            out = subprocess.DEVNULL
+            if self.node_log_dir:
+                out = open(os.path.join(self.node_log_dir, f"{node.id}.log"), "ab")
+            root = Path(__file__).resolve().parent.parent
+            env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+            process = subprocess.Popen(self._node_command(node), stdout=out, stderr=out, env=env,
+                                       start_new_session=True)  # Ctrl-C reaches us, and we stop it
+            self.processes[node.id] = process
+        handle = self.pool.add(node.id, node.dial, node.weight)
+        handle.process = self.processes.get(node.id)
+        return handle
+
+    async def _stop_processes(self, ids: list[str] | None = None) -> None:
+        ids = list(self.processes) if ids is None else ids
+        for node_id in ids:
+            process = self.processes.get(node_id)
+            if process is not None and process.poll() is None:
+                process.terminate()
+        for node_id in ids:
+            process = self.processes.pop(node_id, None)
+            if process is None:
+                continue
+            with trio.move_on_after(10):
+                while process.poll() is None:
+                    await trio.sleep(0.05)
+            if process.poll() is None:
+                process.kill()
+                await trio.to_thread.run_sync(process.wait)
+
+    async def drain(self, node_id: str, timeout: float = 60.0) -> None:
+        """No new sessions to the node; wait for what is in flight there."""
+        node = self.pool.get(node_id)
+        node.draining = True
+        with trio.move_on_after(timeout):
+            while node.inflight:
+                await trio.sleep(0.05)
+
+    async def shutdown(self, timeout: float = 30.0) -> None:
+        """Drain every node, stop serving, stop the node processes we started."""
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(timeout):
+                async with trio.open_nursery() as nursery:
+                    for node in list(self.pool.nodes):
+                        nursery.start_soon(self.drain, node.id, timeout)
+            if self.cancel_scope is not None:
+                self.cancel_scope.cancel()
+            await self._stop_processes()
+        self.emit("shutdown")
+
+    async def scale(self, n: int) -> None:
+        """n nodes: spawn local ones on the next free ports from basePort, or
+        drain and stop the last ones (what is in flight finishes first)."""
+        if n < 0:
+            raise ValueError("scale: a negative number of nodes")
+        while len(self.pool.nodes) < n:
+            node = self._next_node()
+            self.config.nodes.append(node)
+            await self._start_node(node)
+        if len(self.pool.nodes) > n:
+            extra = self.pool.nodes[n:]
+            async with trio.open_nursery() as nursery:
+                for node in extra:
+                    nursery.start_soon(self.drain, node.id)
+            for node in extra:
+                self.pool.remove(node.id)
+                self.config.nodes = [c for c in self.config.nodes if c.id != node.id]
+            await self._stop_processes([node.id for node in extra])
+        await self.pool.wait_healthy(timeout=180)
+        self.emit("scaled", n)
+
+    def _next_node(self) -> NodeConfig:
+        taken_ids = {n.id for n in self.config.nodes}
+        taken_ports = {n.port for n in self.config.nodes}
+        port = self.config.network.basePort
+        while port in taken_ports or port_in_use("127.0.0.1", port):
+            port += 1
+        i = len(self.config.nodes)
+        while f"node-{i}" in taken_ids:
+            i += 1
+        return NodeConfig(id=f"node-{i}", address="localhost", port=port)
+
+    # -- use ---------------------------------------------------------------------------
+
+    async def stream(self, prompt: str, **settings: Any) -> AsyncIterator[bytes]:
+        """The reply, piece by piece, through the coordinator's own files."""
+        if not self.deployed:
+            raise RuntimeError("not deployed")
+        async with client.connect(self.address) as c:
+            async with await c.open("clone", wire.ORDWR) as ctl:
+                number = (await ctl.read()).decode().strip()
+                for key, value in settings.items():
+                    await ctl.fid.write(f"{key} {value}".encode(), 0)
+                async with await c.open(f"{number}/data", wire.ORDWR) as data:
+                    await data.write(prompt)
+                    async for piece in data.stream():
+                        yield piece
+                await ctl.fid.write(b"close", 0)
+
+    async def evaluate(self, prompt: str, **settings: Any) -> str:
+        pieces = [piece async for piece in self.stream(prompt, **settings)]
+        return b"".join(pieces).decode("utf-8", errors="replace")
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "name": self.config.name,
+            "address": self.address,
+            "strategy": self.pool.strategy.name,
+            "sessions": len(self.tree.table.sessions),
+            "nodes": [{"id": n.id, "address": n.address, "state": n.state, "draining": n.draining,
+                       "weight": n.weight, "sessions": len(n.sessions), "inflight": len(n.inflight),
+                       "latency": n.latency, "failures": n.failures, "error": n.error,
+                       "pid": n.process.pid if n.process else None} for n in self.pool.nodes],
+        }
+
+    getStatus = status  # the original name
+
+
+# The original design's names.
+LimboDeploymentManager = DeploymentManager

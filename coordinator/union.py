@@ -1,0 +1,450 @@
+"""The coordinator's tree: the node's namespace (styxfs.llama.LlamaTree) over
+a backend that dispatches each session to a node and streams the node's
+reply back, plus nodes/ID/ (the node's own root, proxied, and `health`).
+
+A session stays on its node (its KV cache is there) unless the node fails.
+With failover on, a node that fails before the first byte of a reply is
+replaced invisibly; one that dies mid-reply is replaced by another that is
+given the conversation so far plus the reply so far, so the reader sees one
+continuous reply.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+
+import trio
+
+from styxfs import client, wire
+from styxfs.engine import Reply, quote
+from styxfs.errors import StyxError
+from styxfs.llama import QNODES, Backend, LlamaTree, qpath
+from styxfs.metrics import exposition
+from styxfs.sessions import Session
+from styxfs.tree import Caller, Commands, Directory, Entry, Handle, TextFile, parse_number
+from styxfs.wire import DMDIR, Dir, Qid
+
+from .config import STRATEGIES
+from .pool import NodeDown, NodeHandle, Pool
+
+log = logging.getLogger("coordinator.union")
+
+
+class Remote:
+    """A coordinator session's life on nodes."""
+
+    def __init__(self):
+        self.node: NodeHandle | None = None
+        self.number: str | None = None  # the session's number on that node
+        self.ctl: client.File | None = None  # its clone fid, held open: keeps it alive
+        self.turns: list[bytes] = []  # the conversation so far, prompts and replies
+        self.reply: Reply | None = None
+
+
+class UnionBackend(Backend):
+    role = "coordinator"
+
+    def __init__(self, pool: Pool, *, name: str = "llamafs", failover: bool = True,
+                 request_timeout: float = 60.0, scaler=None):
+        self.pool = pool
+        self.name = name
+        self.failover = failover
+        self.request_timeout = request_timeout
+        self.scaler = scaler  # async fn(n), from the deployment manager
+        self.remotes: dict[int, Remote] = {}
+        self.nursery: trio.Nursery | None = None
+        self.requests = 0
+        self.failovers = 0
+        self.qids = _QidMap()
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            await trio.sleep_forever()
+
+    # -- sessions --------------------------------------------------------------
+
+    def attach_session(self, session: Session) -> None:
+        self.remotes[session.number] = Remote()
+
+    async def submit(self, session: Session, text: bytes) -> Reply:
+        if not self.pool.healthy():
+            raise StyxError("no healthy node")
+        remote = self.remotes[session.number]
+        reply = Reply()
+        remote.reply = reply
+        self.requests += 1
+        self.nursery.start_soon(self.forward, session, remote, text, reply)
+        return reply
+
+    def cancel(self, session: Session) -> None:
+        remote = self.remotes.get(session.number)
+        if remote and remote.reply and not remote.reply.ended:
+            remote.reply.cancel_requested = True
+            if remote.ctl is not None:
+                self.nursery.start_soon(self._remote_ctl, remote, b"cancel")
+
+    async def reset(self, session: Session) -> None:
+        remote = self.remotes.get(session.number)
+        if remote is not None:
+            remote.turns = []
+            await self._remote_ctl(remote, b"reset")
+
+    async def close(self, session: Session) -> None:
+        remote = self.remotes.pop(session.number, None)
+        if remote is not None:
+            await self._drop_remote(remote, close=True)
+
+    async def _remote_ctl(self, remote: Remote, command: bytes) -> None:
+        if remote.ctl is None:
+            return
+        try:
+            with trio.move_on_after(self.pool.health_timeout):
+                await remote.ctl.fid.write(command, 0)
+        except client.Error as e:
+            log.info("%s on node %s: %s", command.decode(), remote.node.id if remote.node else "?", e)
+
+    async def _drop_remote(self, remote: Remote, close: bool) -> None:
+        node, ctl = remote.node, remote.ctl
+        remote.node, remote.number, remote.ctl = None, None, None
+        if node is not None:
+            node.sessions.discard(remote)
+        if ctl is not None:
+            with trio.move_on_after(2), trio.CancelScope(shield=True):
+                try:
+                    if close:
+                        await ctl.fid.write(b"close", 0)
+                    await ctl.close()
+                except client.Error:
+                    pass
+
+    async def _bind(self, remote: Remote, c: client.Client, node: NodeHandle) -> None:
+        """A session of ours on this node."""
+        ctl = await c.open("clone", wire.ORDWR)
+        remote.number = (await ctl.read()).decode().strip()
+        remote.node, remote.ctl = node, ctl
+        node.sessions.add(remote)
+
+    # -- forwarding ------------------------------------------------------------
+
+    async def forward(self, session: Session, remote: Remote, text: bytes, reply: Reply) -> None:
+        """Run one turn on a node, failing over as the config says."""
+        tried: set[NodeHandle] = set()
+        with trio.move_on_after(self.request_timeout) as timer:
+            while not reply.ended:
+                try:
+                    node = remote.node if remote.node in self.pool.healthy() else self.pool.choose(tried)
+                except NodeDown as e:
+                    reply.set_state("error", str(e))
+                    break
+                try:
+                    await self._turn_on(node, session, remote, text, reply)
+                except (NodeDown, client.ConnectionLost, OSError) as e:
+                    log.warning("session %d: node %s failed: %s", session.number, node.id, e)
+                    node.failed(str(e))
+                    tried.add(node)
+                    await self._drop_remote(remote, close=False)
+                    if not self.failover:
+                        reply.set_state("error", f"node {node.id} failed")
+                        break
+                    self.failovers += 1
+                except client.ServerError as e:
+                    reply.set_state("error", e.ename)
+                    break
+        if timer.cancelled_caught:
+            reply.set_state("error", "request timed out")
+            self.cancel(session)
+        if not reply.ended:
+            reply.set_state("error", "no node could answer")
+        remote.turns += [text, bytes(reply.text)]
+
+    async def _turn_on(self, node: NodeHandle, session: Session, remote: Remote, text: bytes, reply: Reply) -> None:
+        with node.request() as c:
+            reply.node = node.id
+            prompt = text
+            if remote.node is not node or remote.number is None:
+                await self._drop_remote(remote, close=True)
+                await self._bind(remote, c, node)
+                # A node new to this session: give it the conversation so far,
+                # and the reply so far when we take over in the middle of one.
+                prompt = b"".join(remote.turns) + text + bytes(reply.text)
+            await remote.ctl.fid.write(settings_text(session).encode(), 0)
+            if reply.cancel_requested:
+                reply.set_state("cancelled")
+                return
+            async with await c.open(f"{remote.number}/data", wire.ORDWR) as data:
+                await data.write(prompt)
+                if reply.state == "queued":
+                    reply.set_state("generating")
+                async for piece in data.stream():
+                    reply.append(piece, 0)
+            status = (await c.read_file(f"{remote.number}/status")).decode()
+        state, fields = parse_status(status)
+        reply.tokens_in = int(fields.get("tokens_in", 0))
+        reply.tokens_out += int(fields.get("tokens_out", 0))
+        if state == "error":
+            reply.set_state("error", fields.get("error", "generation failed"))
+        else:
+            reply.set_state("cancelled" if state == "cancelled" or reply.cancel_requested else "done")
+
+    # -- the root's files --------------------------------------------------------
+
+    def ctl_commands(self, tree: LlamaTree) -> Commands:
+        commands = Commands()
+        pool = self.pool
+
+        @commands.verb("add", "ID ADDR [weight W]", 2, 4)
+        def add(caller, args):
+            node_id, address = args[0], args[1]
+            weight = 1.0
+            if len(args) > 2:
+                if args[2] != "weight" or len(args) != 4:
+                    raise StyxError("bad ctl request: usage: add ID ADDR [weight W]")
+                weight = parse_number("add weight", args[3], float, 0.0, 1e9)
+            from styxfs import dial
+            try:
+                dial.parse(address)
+            except ValueError as e:
+                raise StyxError(f"bad ctl request: add: {e}") from None
+            try:
+                pool.add(node_id, address, weight)
+            except ValueError as e:
+                raise StyxError(f"bad ctl request: add: {e}") from None
+
+        @commands.verb("remove", "ID", 1)
+        def remove(caller, args):
+            self._node(args[0])
+            pool.remove(args[0])
+
+        @commands.verb("drain", "ID", 1)
+        def drain(caller, args):
+            self._node(args[0]).draining = True
+
+        @commands.verb("balance", "STRATEGY", 1)
+        def balance(caller, args):
+            if args[0] not in STRATEGIES:
+                raise StyxError(f"bad ctl request: balance: unknown strategy {args[0]!r}: use {' '.join(STRATEGIES)}")
+            pool.set_strategy(args[0])
+
+        @commands.verb("scale", "N", 1)
+        async def scale(caller, args):
+            n = parse_number("scale", args[0], int, 0, 256)
+            if self.scaler is None:
+                raise StyxError("scale: this coordinator starts no nodes (use deploy start)")
+            await self.scaler(n)
+
+        return commands
+
+    def _node(self, node_id: str) -> NodeHandle:
+        try:
+            return self.pool.get(node_id)
+        except KeyError:
+            raise StyxError(f"no such node: {node_id}") from None
+
+    async def ctl_text(self, tree: LlamaTree) -> str:
+        pool = self.pool
+        lines = [("role", "coordinator"), ("name", self.name), ("state", "loaded" if pool.healthy() else "unloaded"),
+                 ("strategy", pool.strategy.name), ("failover", "on" if self.failover else "off"),
+                 ("healthcheckinterval", int(pool.health_interval * 1000)),
+                 ("requesttimeout", int(self.request_timeout * 1000)),
+                 ("nodes", len(pool.nodes)), ("healthy", len(pool.healthy())),
+                 ("sessions", len(tree.table.sessions)), ("maxsessions", tree.table.max_sessions)]
+        text = "".join(f"{k} {v}\n" for k, v in lines)
+        text += "".join(f"node {n.id} {n.address} {n.state}{' draining' if n.draining else ''} weight {n.weight}\n"
+                        for n in pool.nodes)
+        return text + "".join(f"defaults {line}\n" for line in tree.defaults.lines().splitlines())
+
+    async def model_text(self) -> str:
+        for node in self.pool.healthy():
+            try:
+                with trio.fail_after(self.pool.health_timeout):
+                    return (await node.client.read_file("model")).decode() + f"node {node.id}\n"
+            except (client.Error, trio.TooSlowError):
+                continue
+        return "state unloaded\nerror no healthy node\n"
+
+    async def metrics_text(self, tree: LlamaTree) -> str:
+        own = exposition([
+            ("llamafs_coordinator_nodes", "gauge", "nodes configured", {}, len(self.pool.nodes)),
+            ("llamafs_coordinator_healthy_nodes", "gauge", "nodes up", {}, len(self.pool.healthy())),
+            ("llamafs_coordinator_sessions", "gauge", "open sessions", {}, len(tree.table.sessions)),
+            ("llamafs_coordinator_requests_total", "counter", "prompts dispatched", {}, self.requests),
+            ("llamafs_coordinator_failovers_total", "counter", "turns moved to another node", {}, self.failovers),
+        ] + [("llamafs_node_up", "gauge", "1 if the node passes its health check", {"node": n.id},
+              1 if n.state == "up" else 0) for n in self.pool.nodes])
+        parts = [own]
+        for node in self.pool.healthy():
+            try:
+                with trio.fail_after(self.pool.health_timeout):
+                    text = (await node.client.read_file("metrics")).decode()
+            except (client.Error, trio.TooSlowError):
+                continue
+            parts.append(label_metrics(text, node.id))
+        return "".join(parts)
+
+    async def extra_entries(self, caller: Caller) -> list[Entry]:
+        return [NodesDir(self)]
+
+
+def settings_text(session: Session) -> str:
+    """The session's settings as node ctl lines (stop cleared, then set)."""
+    s = session.sampling
+    lines = [f"{k} {getattr(s, k)}" for k in ("temperature", "topk", "topp", "minp", "seed", "maxtokens",
+                                             "repeatpenalty")]
+    lines.append("stop")
+    lines += [f"stop {quote(stop)}" for stop in s.stop]
+    return "\n".join(lines) + "\n"
+
+
+def parse_status(text: str) -> tuple[str, dict[str, str]]:
+    words = text.split()
+    fields = {}
+    for word in words[1:]:
+        key, _, value = word.partition("=")
+        fields[key] = value.strip("'")
+    return (words[0] if words else "error"), fields
+
+
+def label_metrics(text: str, node_id: str) -> str:
+    """A node's exposition with node="ID" added to every sample."""
+    out = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue  # the coordinator's own HELP/TYPE lines would repeat per node
+        name_labels, _, value = line.rpartition(" ")
+        if "{" in name_labels:
+            name, labels = name_labels.split("{", 1)
+            out.append(f'{name}{{node="{node_id}",{labels} {value}')
+        else:
+            out.append(f'{name_labels}{{node="{node_id}"}} {value}')
+    return "\n".join(out) + "\n" if out else ""
+
+
+# ---- nodes/: each node's own tree, proxied ------------------------------------------
+
+
+class _QidMap:
+    """Local qid paths for proxied files: stable, unique, below 2**32."""
+
+    def __init__(self):
+        self.paths: dict[tuple[str, int], int] = {}
+        self.counter = itertools.count(0x80000000)
+
+    def local(self, node_id: str, remote_path: int) -> int:
+        key = (node_id, remote_path)
+        if key not in self.paths:
+            self.paths[key] = next(self.counter) & 0xFFFFFFFF
+        return self.paths[key]
+
+
+class NodesDir(Directory):
+    def __init__(self, backend: UnionBackend):
+        super().__init__("nodes", qpath(0, QNODES))
+        self.backend = backend
+
+    async def children(self, caller: Caller) -> list[Entry]:
+        return [NodeDir(self.backend, n) for n in self.backend.pool.nodes]
+
+    async def walk(self, name: str, caller: Caller) -> Entry:
+        try:
+            return NodeDir(self.backend, self.backend.pool.get(name))
+        except KeyError:
+            raise StyxError(f"no such node: {name}") from None
+
+
+class NodeDir(Entry):
+    """nodes/ID: the node's root, proxied, plus health."""
+
+    def __init__(self, backend: UnionBackend, node: NodeHandle):
+        super().__init__(node.id, backend.qids.local(node.id, 1 << 40), DMDIR | 0o555)
+        self.backend, self.node = backend, node
+        self.health = TextFile("health", backend.qids.local(node.id, 1 << 41), read=lambda c: node.health_text())
+
+    async def children(self, caller: Caller) -> list[Entry]:
+        remote = RemoteEntry(self.backend, self.node, [], Dir(qid=Qid(0x80, 0, 0), mode=DMDIR | 0o555))
+        try:
+            entries = await remote.children(caller)
+        except StyxError:
+            entries = []
+        return [self.health] + entries
+
+    async def walk(self, name: str, caller: Caller) -> Entry:
+        if name == "health":
+            return self.health
+        root = RemoteEntry(self.backend, self.node, [], Dir(qid=Qid(0x80, 0, 0), mode=DMDIR | 0o555))
+        return await root.walk(name, caller)
+
+
+class RemoteEntry(Entry):
+    """A file of a node's tree, reached over the coordinator's connection."""
+
+    def __init__(self, backend: UnionBackend, node: NodeHandle, path: list[str], stat: Dir):
+        name = path[-1] if path else node.id
+        super().__init__(name, backend.qids.local(node.id, stat.qid.path), stat.mode, stat.uid or "llamafs")
+        self.backend, self.node, self.path, self.remote_stat = backend, node, path, stat
+
+    def stat(self, caller: Caller) -> Dir:
+        s = self.remote_stat
+        return Dir(qid=self.qid, mode=s.mode, atime=s.atime, mtime=s.mtime, length=s.length,
+                   name=self.name, uid=s.uid, gid=s.gid, muid=s.muid)
+
+    def _client(self) -> client.Client:
+        if self.node.client is None:
+            raise StyxError(f"node {self.node.id} is down")
+        return self.node.client
+
+    async def _call(self, coroutine_fn):
+        try:
+            with trio.fail_after(self.backend.request_timeout):
+                return await coroutine_fn(self._client())
+        except client.ServerError as e:
+            raise StyxError(e.ename) from None
+        except (client.Error, trio.TooSlowError) as e:
+            raise StyxError(f"node {self.node.id}: {e or 'timed out'}") from None
+
+    async def walk(self, name: str, caller: Caller) -> Entry:
+        path = self.path + [name]
+        stat = await self._call(lambda c: c.stat("/".join(path)))
+        return RemoteEntry(self.backend, self.node, path, stat)
+
+    async def children(self, caller: Caller) -> list[Entry]:
+        dirs = await self._call(lambda c: c.listdir("/".join(self.path)))
+        return [RemoteEntry(self.backend, self.node, self.path + [d.name], d) for d in dirs]
+
+    async def open(self, mode: int, caller: Caller) -> Handle:
+        if self.is_dir:
+            return await super().open(mode, caller)
+
+        async def do_open(c):
+            fid = await c.walk("/".join(self.path))
+            try:
+                await fid.open(mode)
+            except BaseException:
+                await fid.clunk_quietly()
+                raise
+            return fid
+
+        return RemoteHandle(self, await self._call(do_open))
+
+
+class RemoteHandle(Handle):
+    def __init__(self, entry: RemoteEntry, fid: client.Fid):
+        super().__init__(entry)
+        self.fid = fid
+
+    async def read(self, offset: int, count: int) -> bytes:
+        return await self.entry._call(lambda c: self.fid.read(count, offset))
+
+    async def write(self, offset: int, data: bytes) -> int:
+        return await self.entry._call(lambda c: self.fid.write(data, offset))
+
+    async def clunk(self, aborted: bool) -> None:
+        await self.fid.clunk_quietly()
+
+
+def make_union(pool: Pool, **options) -> tuple[UnionBackend, LlamaTree]:
+    tree_options = {k: options.pop(k) for k in ("max_sessions", "session_timeout") if k in options}
+    backend = UnionBackend(pool, **options)
+    return backend, LlamaTree(backend, **tree_options)
+
