@@ -1,0 +1,377 @@
+"""The coordinator over three real node processes on the tiny model."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import trio
+
+from bench.common import LLAMAFS, ROOT, free_port, start_node_process, stop_process, wait_for_port
+from coordinator import ConfigError, DeploymentConfig, DeploymentManager, LimboDeploymentManager
+from styxfs import client, wire
+
+PROMPT = "Once upon a time"
+
+
+@pytest.fixture
+def nodes(tiny_model):
+    """Three `llamafs serve` processes: [(id, process, address)]."""
+    started = []
+    try:
+        for i in range(3):
+            process, address = start_node_process(tiny_model, threads=1, slots=4)
+            started.append([f"node-{i}", process, address])
+        yield started
+    finally:
+        for _, process, _ in started:
+            if process.poll() is None:
+                os.kill(process.pid, signal.SIGCONT)
+                stop_process(process)
+
+
+def config_for(nodes, strategy="round-robin", interval_ms=200, weights=None, **network):
+    return {
+        "name": "test",
+        "network": {"loadBalancing": strategy, "healthCheckInterval": interval_ms, "requestTimeout": 20000,
+                    "listen": "tcp!127.0.0.1!0", **network},
+        "nodes": [{"id": node_id, "address": "127.0.0.1", "port": int(address.rsplit("!", 1)[1]),
+                   "weight": (weights or {}).get(node_id, 1.0)} for node_id, _, address in nodes],
+    }
+
+
+async def deploy(nursery, config, **options) -> DeploymentManager:
+    mgr = DeploymentManager(config, seed=1, **options)
+    await mgr.deploy(nursery, timeout=60)
+    return mgr
+
+
+async def run_turn(c, number: str, prompt: str) -> tuple[bytes, dict]:
+    async with await c.open(f"{number}/data", wire.ORDWR) as f:
+        await f.write(prompt)
+        text = await f.read_all()
+    return text, status_of(await c.read_file(f"{number}/status"))
+
+
+def status_of(text: bytes) -> dict:
+    words = text.decode().split()
+    fields = dict(w.split("=", 1) for w in words[1:] if "=" in w)
+    fields["state"] = words[0]
+    return fields
+
+
+async def session(c, *settings: str) -> str:
+    async with await c.open("clone", wire.ORDWR) as ctl:
+        number = (await ctl.read()).decode().strip()
+        for setting in settings:
+            await ctl.fid.write(setting.encode(), 0)
+    return number
+
+
+async def test_round_robin_order_and_affinity(nursery, nodes):
+    mgr = await deploy(nursery, config_for(nodes))
+    async with client.connect(mgr.address) as c:
+        used = []
+        numbers = []
+        for _ in range(6):
+            n = await session(c, "maxtokens 4")
+            numbers.append(n)
+            _, status = await run_turn(c, n, PROMPT)
+            used.append(status["node"])
+        assert used == ["node-0", "node-1", "node-2"] * 2
+        # Later turns stay on the session's node.
+        _, status = await run_turn(c, numbers[0], " and then")
+        assert status["node"] == "node-0" and status["state"] == "done"
+        # Settings written to the coordinator's N/ctl apply on the node.
+        n = await session(c, "maxtokens 3")
+        _, status = await run_turn(c, n, PROMPT)
+        assert status["tokens_out"] == "3"
+
+
+async def test_reply_through_coordinator_equals_node(nursery, nodes):
+    mgr = await deploy(nursery, config_for(nodes))
+    settings = ("temperature 0", "repeatpenalty 1", "maxtokens 24")
+    async with client.connect(nodes[0][2]) as direct:
+        want, _ = await run_turn(direct, await session(direct, *settings), PROMPT)
+    async with client.connect(mgr.address) as c:
+        for _ in range(3):
+            got, status = await run_turn(c, await session(c, *settings), PROMPT)
+            assert got == want and status["state"] == "done"
+        # echo prompt > new/data; cat reply — as on a node
+        await c.write_file("new/ctl", "\n".join(settings))
+        await c.write_file("ctl", "defaults temperature 0\ndefaults repeatpenalty 1\ndefaults maxtokens 24")
+        await c.write_file("new/data", PROMPT)
+        assert await c.read_file("reply") == want
+
+
+async def test_weighted_random_proportions(nursery, nodes):
+    weights = {"node-0": 1.0, "node-1": 3.0, "node-2": 6.0}
+    mgr = await deploy(nursery, config_for(nodes, "weighted-random", weights=weights))
+    counts = collections.Counter(mgr.pool.choose().id for _ in range(5000))
+    for node_id, weight in weights.items():
+        assert abs(counts[node_id] / 5000 - weight / 10) < 0.03, counts
+    # switchable at run time
+    async with client.connect(mgr.address) as c:
+        await c.write_file("ctl", "balance round-robin")
+        assert "strategy round-robin" in (await c.read_file("ctl")).decode()
+        with pytest.raises(client.ServerError, match="unknown strategy 'fastest'"):
+            await c.write_file("ctl", "balance fastest")
+
+
+async def test_least_connections_with_sessions_held(nursery, nodes):
+    mgr = await deploy(nursery, config_for(nodes, "least-connections"))
+    async with client.connect(mgr.address) as c:
+        used = {}
+        for _ in range(3):
+            n = await session(c, "maxtokens 2")
+            used[n] = (await run_turn(c, n, PROMPT))[1]["node"]
+        assert sorted(used.values()) == ["node-0", "node-1", "node-2"]
+        # Close node-1's session: the next session goes there.
+        [gone] = [n for n, node in used.items() if node == "node-1"]
+        await c.write_file(f"{gone}/ctl", "close")
+        n = await session(c, "maxtokens 2")
+        assert (await run_turn(c, n, PROMPT))[1]["node"] == "node-1"
+
+
+async def test_killed_idle_node_is_avoided_and_comes_back(nursery, nodes, tiny_model):
+    events = []
+    mgr = await deploy(nursery, config_for(nodes))
+    mgr.on("node-down", lambda node: events.append(("down", node)))
+    mgr.on("node-up", lambda node: events.append(("up", node)))
+    node_id, process, address = nodes[1]
+    process.kill()
+    process.wait()
+    with trio.fail_after(10):
+        while mgr.pool.get(node_id).state != "down":
+            await trio.sleep(0.05)
+    async with client.connect(mgr.address) as c:
+        health = (await c.read_file(f"nodes/{node_id}/health")).decode()
+        assert "state down" in health and "failures" in health
+        for _ in range(4):
+            _, status = await run_turn(c, await session(c, "maxtokens 2"), PROMPT)
+            assert status["node"] != node_id and status["state"] == "done"
+        # Restarted on its port: it rejoins.
+        port = int(address.rsplit("!", 1)[1])
+        nodes[1][1], _ = start_node_process(tiny_model, threads=1, port=port)
+        with trio.fail_after(15):
+            while mgr.pool.get(node_id).state != "up":
+                await trio.sleep(0.05)
+        assert "state up" in (await c.read_file(f"nodes/{node_id}/health")).decode()
+    assert ("down", node_id) in events and ("up", node_id) in events
+
+
+async def test_node_killed_mid_reply_reply_completes(nursery, nodes):
+    mgr = await deploy(nursery, config_for(nodes))
+    settings = ("temperature 0", "repeatpenalty 1", "maxtokens 1500")
+    async with client.connect(mgr.address) as c:
+        whole, _ = await run_turn(c, await session(c, *settings), PROMPT)  # on node-0
+        n = await session(c, *settings)  # the next goes to node-1
+        async with await c.open(f"{n}/data", wire.ORDWR) as f:
+            await f.write(PROMPT)
+            got = b""
+            while len(got) < 200:  # well into the reply
+                got += await f.read()
+            assert status_of(await c.read_file(f"{n}/status"))["node"] == "node-1"
+            nodes[1][1].kill()
+            async for piece in f.stream():
+                got += piece
+        status = status_of(await c.read_file(f"{n}/status"))
+        assert await c.read_file(f"{n}/reply") == got  # every reader sees the same one reply
+    assert status["state"] == "done" and status["node"] != "node-1"
+    # One continuous reply of about the full length: it went on from where it
+    # stopped (the greedy text after the switch may differ: the new node is
+    # given the text so far, which it tokenises afresh), and never restarted.
+    assert got[:200] == whole[:200] and got.count(whole[:60]) == 1
+    assert len(got) >= len(whole) * 0.8
+
+
+async def test_no_healthy_node_is_a_clear_error(nursery, nodes):
+    mgr = await deploy(nursery, config_for(nodes))
+    for _, process, _ in nodes:
+        process.kill()
+    with trio.fail_after(10):
+        while mgr.pool.healthy():
+            await trio.sleep(0.05)
+    async with client.connect(mgr.address) as c:
+        with pytest.raises(client.ServerError, match="no healthy node"):
+            await run_turn(c, await session(c), PROMPT)
+        assert "state unloaded" in (await c.read_file("model")).decode()
+
+
+async def test_hung_node_times_out_and_rejoins(nursery, nodes):
+    mgr = await deploy(nursery, config_for(nodes), health_timeout=0.5)
+    node_id, process, _ = nodes[2]
+    os.kill(process.pid, signal.SIGSTOP)
+    try:
+        with trio.fail_after(10):
+            while mgr.pool.get(node_id).state != "down":
+                await trio.sleep(0.05)
+        async with client.connect(mgr.address) as c:
+            for _ in range(4):
+                _, status = await run_turn(c, await session(c, "maxtokens 2"), PROMPT)
+                assert status["node"] != node_id
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
+    with trio.fail_after(15):
+        while mgr.pool.get(node_id).state != "up":
+            await trio.sleep(0.05)
+
+
+async def test_root_ctl_add_remove_drain_and_metrics(nursery, nodes):
+    mgr = await deploy(nursery, config_for(nodes[:2]))
+    async with client.connect(mgr.address) as c:
+        await c.write_file("ctl", f"add extra {nodes[2][2]} weight 2")
+        with trio.fail_after(10):
+            while "healthy 3" not in (await c.read_file("ctl")).decode():
+                await trio.sleep(0.05)
+        assert "extra" in {d.name for d in await c.listdir("nodes")}
+        await c.write_file("ctl", "drain node-0")
+        assert "draining" in (await c.read_file("nodes/node-0/health")).decode()
+        for _ in range(3):
+            _, status = await run_turn(c, await session(c, "maxtokens 2"), PROMPT)
+            assert status["node"] != "node-0"
+        await c.write_file("ctl", "remove extra")
+        assert "extra" not in {d.name for d in await c.listdir("nodes")}
+        for command, error in [("add x", "usage: add ID ADDR"), ("remove nope", "no such node: nope"),
+                               ("add node-1 tcp!127.0.0.1!1", "exists already"),
+                               ("add y bad!addr!x!y", "bad address"), ("scale -1", "out of range")]:
+            with pytest.raises(client.ServerError, match=error):
+                await c.write_file("ctl", command)
+        metrics = (await c.read_file("metrics")).decode()
+        assert 'llamafs_node_up{node="node-1"} 1' in metrics
+        assert 'llamafs_requests_total{node="node-1"}' in metrics
+        assert "llamafs_coordinator_requests_total 3" in metrics
+        # nodes/ID is the node's own root, proxied.
+        assert (await c.read_file("nodes/node-1/ctl")).decode().startswith("role node")
+        assert "architecture llama" in (await c.read_file("nodes/node-1/model")).decode()
+
+
+@pytest.mark.parametrize("mutate, error", [
+    (lambda d: d["network"].update(loadBalancing="fastest"), "network.loadBalancing: unknown value 'fastest'"),
+    (lambda d: d["nodes"][0].update(port=70000), r"nodes\[0\].port: 70000 is out of range"),
+    (lambda d: d["nodes"][1].update(id="node-0"), r"nodes\[1\].id: duplicate node id 'node-0'"),
+    (lambda d: d["nodes"][1].update(port=8000), r"nodes\[1\].port: duplicate port 8000"),
+    (lambda d: d["nodes"][0].update(weight=-1), r"nodes\[0\].weight: -1 is negative"),
+    (lambda d: d["network"].update(healthCheckInterval="soon"), "network.healthCheckInterval: must be a number"),
+    (lambda d: d.update(nodes={}), "nodes: must be a list"),
+])
+def test_config_errors_name_the_key(mutate, error):
+    data = {"name": "x", "network": {"basePort": 8000},
+            "nodes": [{"id": "node-0", "port": 8000}, {"id": "node-1", "port": 8001}]}
+    mutate(data)
+    with pytest.raises(ConfigError, match=error):
+        DeploymentConfig.from_dict(data)
+
+
+def test_config_broken_json_names_the_line(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('{\n  "name": "x",\n  "nodes": [\n    {"id": "a",}\n  ]\n}\n')
+    with pytest.raises(ConfigError, match=r"line 4 column 16: broken JSON"):
+        DeploymentConfig.load(path)
+
+
+def test_config_original_and_partial():
+    original = {"name": "my-llama-deployment", "modulePath": "/dis/deployment/llamacpp.dis",
+                "modelPath": "/path/to/model.gguf",
+                "network": {"loadBalancing": "round-robin", "healthCheckInterval": 30000, "requestTimeout": 60000,
+                            "enableFailover": True, "basePort": 8000},
+                "nodes": [{"id": "node-0", "address": "localhost", "port": 8000, "weight": 1.0, "gpuLayers": 0,
+                           "contextSize": 4096}],
+                "model": {"contextSize": 2048, "gpuLayers": 0, "batchSize": 512, "threads": 4, "mlock": False}}
+    config = DeploymentConfig.from_dict(original)
+    assert config.node_value(config.nodes[0], "contextSize") == 4096  # the node's own value wins
+    assert config.node_value(config.nodes[0], "threads") == 4
+    partial = DeploymentConfig.from_dict({"name": "p", "nodes": [{"id": "a"}, {"id": "b", "port": 8001}]})
+    assert partial.network.loadBalancing == "round-robin" and partial.nodes[0].port == 8000
+    assert LimboDeploymentManager is DeploymentManager
+
+
+async def test_python_api_end_to_end_with_scaling(nursery, tiny_model, tmp_path):
+    base = free_port()
+    config = {"name": "api", "modelPath": tiny_model,
+              "network": {"basePort": base, "healthCheckInterval": 300, "listen": "tcp!127.0.0.1!0"},
+              "nodes": [{"id": "node-0", "address": "localhost", "port": base}],
+              "model": {"threads": 1}}
+    events = []
+    mgr = DeploymentManager(config)
+    for event in ("deployed", "scaled", "node-up", "node-down", "error"):
+        mgr.on(event, lambda *args, event=event: events.append((event, *args)))
+    await mgr.deploy(nursery)
+    assert ("deployed",) in events
+    text = await mgr.evaluate(PROMPT, temperature=0, maxtokens=8)
+    assert text.strip()
+    pieces = [p async for p in mgr.stream(PROMPT, maxtokens=8)]
+    assert len(pieces) >= 1
+    await mgr.scale(2)
+    status = mgr.status()
+    assert [n["state"] for n in status["nodes"]] == ["up", "up"] and ("scaled", 2) in events
+    started = [n["pid"] for n in status["nodes"]]
+    await mgr.scale(1)
+    assert len(mgr.status()["nodes"]) == 1
+    with trio.fail_after(10):
+        while pid_alive(started[1]):
+            await trio.sleep(0.05)
+    await mgr.shutdown()
+    assert not pid_alive(started[0])
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is gone for our purposes
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_cli_generate_config_deploy_start_ask_and_ctrl_c(tiny_model, tmp_path):
+    base, port = free_port(), free_port()
+    out = tmp_path / "deployment.json"
+    subprocess.run(LLAMAFS + ["deploy", "generate-config", "--model", tiny_model, "--nodes", "2",
+                              "--output", str(out), "--base-port", str(base)], cwd=ROOT, check=True)
+    data = json.loads(out.read_text())
+    assert [n["port"] for n in data["nodes"]] == [base, base + 1]
+    data["network"]["listen"] = f"tcp!127.0.0.1!{port}"
+    data["model"]["threads"] = 1
+    out.write_text(json.dumps(data))
+    deployer = subprocess.Popen(LLAMAFS + ["deploy", "start", "--config", str(out)], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_port(port, timeout=60, process=deployer)
+        ask = subprocess.run(LLAMAFS + ["ask", "--addr", f"tcp!127.0.0.1!{port}", "--maxtokens", "6", PROMPT],
+                             cwd=ROOT, capture_output=True, text=True, timeout=30)
+        assert ask.returncode == 0 and ask.stdout.strip(), ask.stderr
+        status = subprocess.run(LLAMAFS + ["status", "--addr", f"tcp!127.0.0.1!{port}"], cwd=ROOT,
+                                capture_output=True, text=True, timeout=30)
+        assert "node-0" in status.stdout and "node-1" in status.stdout and " up " in status.stdout
+        node_pids = children_of(deployer.pid)
+        assert len(node_pids) == 2
+    finally:
+        deployer.send_signal(signal.SIGINT)
+        stdout, stderr = deployer.communicate(timeout=30)
+    assert deployer.returncode == 0, stderr
+    assert "coordinator serving on" in stderr and "node-0" in stdout
+    assert not any(pid_alive(pid) for pid in node_pids)
+
+
+def children_of(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def test_bad_config_stops_deploy_start(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"network": {"loadBalancing": "fastest"}}')
+    result = subprocess.run(LLAMAFS + ["deploy", "start", "--config", str(bad)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
+    assert "network.loadBalancing: unknown value 'fastest'" in result.stderr
+    _ = sys
