@@ -21,6 +21,8 @@ from .tree import Caller, DirHandle, Entry, Handle, read_slice
 from .wire import DMDIR, ORCLOSE, OTRUNC, QTDIR, Dir, Qid
 
 _NOCHANGE_INT = {0xFFFF, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF}
+MAX_FILE_SIZE = 64 << 20  # an in-memory test vehicle: refuse what would eat the machine
+TOO_LARGE = f"file too large: at most {MAX_FILE_SIZE} bytes"
 
 
 class RamEntry(Entry):
@@ -47,7 +49,13 @@ class RamEntry(Entry):
             del self.parent.files[self.name]
             self.parent.touch()
 
+    @property
+    def removed(self) -> bool:
+        return self.parent is not None and self.parent.files.get(self.name) is not self
+
     async def wstat(self, new: Dir, caller: Caller) -> None:
+        if self.removed:
+            raise StyxError(errors.NOT_FOUND)
         for name in ("type", "dev", "atime"):
             if getattr(new, name) not in _NOCHANGE_INT and getattr(new, name) != getattr(self.stat(caller), name):
                 raise StyxError(f"{errors.NO_WSTAT}: cannot change {name}")
@@ -62,6 +70,8 @@ class RamEntry(Entry):
                 raise StyxError(errors.EXISTS)
         if new.length not in _NOCHANGE_INT and self.is_dir and new.length != 0:
             raise StyxError(f"{errors.NO_WSTAT}: cannot set a directory's length")
+        if new.length not in _NOCHANGE_INT and new.length > MAX_FILE_SIZE:
+            raise StyxError(TOO_LARGE)
         # Every check passed: apply the changes together (wstat is all or nothing).
         if new.name and new.name != self.name:
             del self.parent.files[self.name]
@@ -101,6 +111,8 @@ class RamHandle(Handle):
 
     async def write(self, offset: int, data: bytes) -> int:
         file = self.entry
+        if offset + len(data) > MAX_FILE_SIZE:
+            raise StyxError(TOO_LARGE)
         if offset > len(file.data):
             file.data.extend(bytes(offset - len(file.data)))
         file.data[offset : offset + len(data)] = data

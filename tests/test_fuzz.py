@@ -382,8 +382,6 @@ async def _read_to_eof(stream) -> bytes:
     return out
 
 
-@pytest.mark.xfail(strict=True, reason="ramfs allocates the hole of a write at a huge offset "
-                   "(MemoryError answered as 'internal error'; at 2**34 it takes 16 GB)")
 async def test_huge_write_offset(nursery):
     server = ramfs.make_server()
     port = dial.listening_port(await nursery.start(server.serve, "tcp!127.0.0.1!0"))
@@ -398,8 +396,6 @@ async def test_huge_write_offset(nursery):
         assert info.value.ename != "internal error"
 
 
-@pytest.mark.xfail(strict=True, reason="ramfs wstat renames a removed file by name: KeyError "
-                   "('internal error'), or it unlinks the new file of that name")
 async def test_rename_through_a_fid_on_a_removed_file(nursery):
     server = ramfs.make_server()
     port = dial.listening_port(await nursery.start(server.serve, "tcp!127.0.0.1!0"))
