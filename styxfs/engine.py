@@ -230,6 +230,7 @@ class Engine:
         self.queued: list[Turn] = []  # shared with the worker under self.lock
         self.active: list[Turn] = []
         self.seq_owner: dict[int, Conversation] = {}  # worker thread only
+        self.unfinished: set[Reply] = set()  # trio side: for the queue's figures
         self.lock = threading.Lock()
         self.commands: queue.Queue = queue.Queue()
         self.wakeup = threading.Event()
@@ -302,6 +303,7 @@ class Engine:
         reply = Reply(len(tokens))
         turn = Turn(conversation, tokens, replace(sampling), reply)
         self.stats.requests += 1
+        self.unfinished.add(reply)
         # Through the command queue, so that it is ordered after a reset.
         self.commands.put(("enqueue", (turn,), None))
         self.wakeup.set()
@@ -318,10 +320,13 @@ class Engine:
         self.wakeup.set()
 
     def queue_length(self) -> int:
-        return len(self.queued)
+        """Turns waiting for a sequence (as the trio side has been told)."""
+        self.unfinished = {r for r in self.unfinished if not r.ended}
+        return sum(1 for r in self.unfinished if r.state == "queued")
 
     def generating(self) -> int:
-        return len(self.active)
+        self.unfinished = {r for r in self.unfinished if not r.ended}
+        return sum(1 for r in self.unfinished if r.state in ("prefill", "generating"))
 
     # -- worker thread --------------------------------------------------------------
 

@@ -351,3 +351,41 @@ async def test_metrics(start_node):
     assert values['llamafs_time_to_first_token_seconds{quantile="0.5"}'] > 0
     for name in ("llamafs_sessions", "llamafs_tokens_per_second"):
         assert f"# TYPE {name} gauge" in text
+
+
+async def test_evicted_session_is_reevaluated_transparently(start_node):
+    turns = [PROMPT, " and the king", " then water"]
+
+    async def conversations(address):
+        """Three sessions, interleaved turn by turn; their replies and the last turn's tokens_in."""
+        async with client.connect(address) as c:
+            await greedy(c, maxtokens=12)
+            numbers = [(await new_session(c))[1] for _ in range(3)]
+            replies = {n: [] for n in numbers}
+            for turn in turns:
+                for n in numbers:
+                    replies[n].append(await ask(c, f"{n}/data", turn))
+            last = status_fields(await c.read_file(f"{numbers[0]}/status"))
+            metrics = (await c.read_file("metrics")).decode()
+        return list(replies.values()), int(last["tokens_in"]), metrics
+
+    roomy, roomy_in, _ = await conversations((await start_node(slots=4))[0])
+    tight, tight_in, metrics = await conversations((await start_node(slots=2))[0])
+    assert tight == roomy  # eviction changes nothing a reader can see...
+    assert tight_in > roomy_in  # ...but the evicted session's whole history was evaluated again
+    assert "llamafs_evictions_total 0" not in metrics
+
+
+async def test_sessions_past_the_slots_queue(start_node):
+    address, node = await start_node(slots=1, engine=SlowEngine(slots=1))
+    async with client.connect(address) as c:
+        _, a = await new_session(c)
+        _, b = await new_session(c)
+        await c.write_file(f"{a}/ctl", "maxtokens 30")
+        await c.write_file(f"{b}/ctl", "maxtokens 3")
+        await c.write_file(f"{a}/data", PROMPT)
+        await c.write_file(f"{b}/data", PROMPT)
+        assert status_fields(await c.read_file(f"{b}/status"))["state"] == "queued"
+        assert "llamafs_queue_length 1\n" in (await c.read_file("metrics")).decode()
+        assert len(await c.read_file(f"{b}/reply")) > 0  # it runs once a is done
+        assert status_fields(await c.read_file(f"{a}/status"))["state"] == "done"
