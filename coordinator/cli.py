@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import logging
 import os
 import signal
@@ -11,6 +12,7 @@ import click
 import trio
 
 from styxfs import client, dial, wire
+from styxfs.auth import read_secret, secret_authenticator
 from styxfs.node import Node, NodeOptions
 
 from .config import STRATEGIES, ConfigError, DeploymentConfig, generate
@@ -56,12 +58,18 @@ def check_listen(listen: str) -> dial.Address:
 @click.option("--max-sessions", default=64, show_default=True, type=click.IntRange(1))
 @click.option("--session-timeout", default=600.0, show_default=True, type=click.FloatRange(0.1),
               help="seconds an idle session lives")
-def serve(model, listen, models_dir, ctx, gpu_layers, threads, batch, slots, max_sessions, session_timeout):
+@click.option("--max-connections", default=1000, show_default=True, type=click.IntRange(1))
+@click.option("--owner", default=None, help="who may write the root ctl (default: you; '*': anyone)")
+@click.option("--auth-secret-file", type=click.Path(dir_okay=False, exists=True),
+              help="require clients to prove they know this file's secret (Tauth)")
+def serve(model, listen, models_dir, ctx, gpu_layers, threads, batch, slots, max_sessions, session_timeout,
+          max_connections, owner, auth_secret_file):
     """Serve one model as a 9P file tree."""
     address = check_listen(listen)
     options = NodeOptions(model=model, listen=listen, models_dir=models_dir, ctx=ctx, gpu_layers=gpu_layers,
                           threads=threads, batch=batch, slots=slots, max_sessions=max_sessions,
-                          session_timeout=session_timeout)
+                          session_timeout=session_timeout, max_connections=max_connections,
+                          owner=owner or getpass.getuser(), auth_secret_file=auth_secret_file)
     bar = click.progressbar(length=100, label="loading model", file=sys.stderr)
 
     def progress(fraction: float) -> None:
@@ -85,7 +93,7 @@ def serve(model, listen, models_dir, ctx, gpu_layers, threads, batch, slots, max
             port = dial.listening_port(node.listeners) if address.network == "tcp" else 0
             shown = dial.Address(address.network, address.host, port, address.path)
             click.echo(f"llamafs: serving on {shown}", err=True)
-            if not dial.is_loopback(address):
+            if not dial.is_loopback(address) and not auth_secret_file:
                 click.echo("llamafs: warning: listening beyond loopback, without authentication", err=True)
             if address.network == "tcp":
                 click.echo("mount it with:\n" + mount_help(shown), err=True)
@@ -104,13 +112,24 @@ async def stop_on_signals(scope: trio.CancelScope) -> None:
             return
 
 
+def auth_option(fn):
+    return click.option("--auth-secret-file", type=click.Path(dir_okay=False, exists=True),
+                        help="authenticate with this file's secret")(fn)
+
+
+def connect(addr: str, auth_secret_file: str | None):
+    authenticate = secret_authenticator(read_secret(auth_secret_file)) if auth_secret_file else None
+    return client.connect(addr, authenticate=authenticate)
+
+
 @main.command()
 @click.option("--addr", default=dial.DEFAULT_ADDRESS, show_default=True, help="node or coordinator")
 @click.option("--temperature", type=click.FloatRange(0, 100), help="sampling temperature")
 @click.option("--maxtokens", type=click.IntRange(1), help="tokens to generate at most")
 @click.option("--seed", type=int, help="sampling seed")
+@auth_option
 @click.argument("prompt", nargs=-1)
-def ask(addr, temperature, maxtokens, seed, prompt):
+def ask(addr, temperature, maxtokens, seed, auth_secret_file, prompt):
     """Stream one reply to PROMPT (or to standard input)."""
     text = " ".join(prompt) if prompt else sys.stdin.read()
     if not text.strip():
@@ -119,7 +138,7 @@ def ask(addr, temperature, maxtokens, seed, prompt):
                 if v is not None]
 
     async def run():
-        async with client.connect(addr) as c:
+        async with connect(addr, auth_secret_file) as c:
             if settings:  # a session of our own, so that the settings apply to it
                 async with await c.open("clone", wire.ORDWR) as ctl:
                     number = (await ctl.read()).decode().strip()
@@ -218,11 +237,12 @@ def status_table(status: dict) -> str:
 
 @main.command()
 @click.option("--addr", default=dial.DEFAULT_ADDRESS, show_default=True, help="the coordinator")
-def status(addr):
+@auth_option
+def status(addr, auth_secret_file):
     """The nodes of a coordinator: health, load and sessions."""
 
     async def run():
-        async with client.connect(addr) as c:
+        async with connect(addr, auth_secret_file) as c:
             ctl = parse_keyed((await c.read_file("ctl")).decode())
             if ctl.get("role") != "coordinator":
                 raise click.ClickException(f"{addr} is a node, not a coordinator")

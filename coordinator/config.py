@@ -80,6 +80,8 @@ class DeploymentConfig:
     modelPath: str | None = None  # None: the default model
     modelsDir: str | None = None
     isolation: str = "process"
+    authSecretFile: str | None = None  # shared-secret authentication, coordinator and nodes
+    owner: str | None = None  # who may write the root ctl and see nodes/ (default: who runs it)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     nodes: list[NodeConfig] = field(default_factory=list)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -92,7 +94,7 @@ class DeploymentConfig:
     def to_dict(self) -> dict[str, Any]:
         import dataclasses
 
-        data = dataclasses.asdict(self)
+        data = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
         for node in data["nodes"]:
             for key in [k for k, v in node.items() if v is None]:
                 del node[key]
@@ -124,6 +126,8 @@ class DeploymentConfig:
             modelPath=check.string(data, "modelPath", None),
             modelsDir=check.string(data, "modelsDir", None),
             isolation=check.choice(data, "isolation", "process", ["process", "dis"]),
+            authSecretFile=check.string(data, "authSecretFile", None),
+            owner=check.string(data, "owner", None),
         )
         net = check.section(data, "network")
         config.network = NetworkConfig(

@@ -13,6 +13,7 @@ report and shut down — the original design's programmatic API, in trio.
 
 from __future__ import annotations
 
+import getpass
 import logging
 import os
 import socket
@@ -24,6 +25,7 @@ from typing import Any, AsyncIterator, Callable
 import trio
 
 from styxfs import client, dial, wire
+from styxfs.auth import SecretAuthenticator, read_secret, secret_authenticator
 from styxfs.server import Server
 
 from .config import DeploymentConfig, NodeConfig
@@ -53,12 +55,15 @@ class DeploymentManager:
         self.config = config
         net = config.network
         interval = net.healthCheckInterval / 1000
+        secret = read_secret(config.authSecretFile) if config.authSecretFile else None
+        self.authenticate = secret_authenticator(secret) if secret else None
         self.pool = Pool(strategy=net.loadBalancing, health_interval=interval,
                          health_timeout=health_timeout or min(5.0, max(0.5, interval)), seed=seed,
-                         notify=self._node_event)
+                         notify=self._node_event, authenticate=self.authenticate)
         self.backend, self.tree = make_union(self.pool, name=config.name, failover=net.enableFailover,
-                                             request_timeout=net.requestTimeout / 1000, scaler=self.scale)
-        self.server = Server(self.tree)
+                                             request_timeout=net.requestTimeout / 1000, scaler=self.scale,
+                                             owner=config.owner or getpass.getuser())
+        self.server = Server(self.tree, authenticator=SecretAuthenticator(secret) if secret else None)
         self.listeners: list = []
         self.address = net.listen
         self.processes: dict[str, subprocess.Popen] = {}
@@ -130,6 +135,8 @@ class DeploymentManager:
             cmd += ["--model", c.modelPath]
         if c.modelsDir:
             cmd += ["--models-dir", c.modelsDir]
+        if c.authSecretFile:
+            cmd += ["--auth-secret-file", c.authSecretFile]
         return cmd
 
     async def _start_node(self, node: NodeConfig) -> NodeHandle:
@@ -223,7 +230,7 @@ class DeploymentManager:
         """The reply, piece by piece, through the coordinator's own files."""
         if not self.deployed:
             raise RuntimeError("not deployed")
-        async with client.connect(self.address) as c:
+        async with client.connect(self.address, authenticate=self.authenticate) as c:
             async with await c.open("clone", wire.ORDWR) as ctl:
                 number = (await ctl.read()).decode().strip()
                 for key, value in settings.items():

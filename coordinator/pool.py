@@ -76,7 +76,8 @@ class NodeHandle:
 
     async def _connection(self) -> None:
         with trio.move_on_after(self.pool.health_timeout) as connecting:
-            async with client.connect(self.address, uname=self.pool.uname, flush_timeout=0.5) as c:
+            async with client.connect(self.address, uname=self.pool.uname, flush_timeout=0.5,
+                                      authenticate=self.pool.authenticate) as c:
                 connecting.deadline = math.inf  # connected: no deadline but the checks' own
                 self.client = c
                 try:
@@ -147,13 +148,14 @@ class NodeHandle:
 class Pool:
     def __init__(self, *, strategy: str = "round-robin", health_interval: float = 30.0,
                  health_timeout: float = 5.0, seed: int | None = None,
-                 notify: Callable[[str, NodeHandle], None] | None = None):
+                 notify: Callable[[str, NodeHandle], None] | None = None, authenticate=None):
         self.nodes: list[NodeHandle] = []
         self.strategy = make_strategy(strategy, seed)
         self.seed = seed
         self.health_interval = health_interval
         self.health_timeout = health_timeout
         self.uname = getpass.getuser()
+        self.authenticate = authenticate  # styxfs.auth.secret_authenticator(...) or None
         self.nursery: trio.Nursery | None = None
         self.listeners: list[Callable[[str, NodeHandle], None]] = [notify] if notify else []
 

@@ -57,6 +57,7 @@ class UnionBackend(Backend):
         self.requests = 0
         self.failovers = 0
         self.qids = _QidMap()
+        self.tree: LlamaTree | None = None  # make_union sets it
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -339,14 +340,18 @@ class _QidMap:
 
 
 class NodesDir(Directory):
+    """nodes/: the deployment's owner's only."""
+
     def __init__(self, backend: UnionBackend):
         super().__init__("nodes", qpath(0, QNODES))
         self.backend = backend
 
     async def children(self, caller: Caller) -> list[Entry]:
+        self.backend.tree.check_owner(caller)
         return [NodeDir(self.backend, n) for n in self.backend.pool.nodes]
 
     async def walk(self, name: str, caller: Caller) -> Entry:
+        self.backend.tree.check_owner(caller)
         try:
             return NodeDir(self.backend, self.backend.pool.get(name))
         except KeyError:
@@ -444,7 +449,8 @@ class RemoteHandle(Handle):
 
 
 def make_union(pool: Pool, **options) -> tuple[UnionBackend, LlamaTree]:
-    tree_options = {k: options.pop(k) for k in ("max_sessions", "session_timeout") if k in options}
+    tree_options = {k: options.pop(k) for k in ("max_sessions", "session_timeout", "owner") if k in options}
     backend = UnionBackend(pool, **options)
-    return backend, LlamaTree(backend, **tree_options)
+    backend.tree = LlamaTree(backend, **tree_options)
+    return backend, backend.tree
 

@@ -81,8 +81,10 @@ class Backend:
 
 class LlamaTree:
     def __init__(self, backend: Backend, *, max_sessions: int = 64, session_timeout: float = 600.0,
-                 max_prompt_bytes: int = MAX_PROMPT_BYTES, defaults: Sampling | None = None):
+                 max_prompt_bytes: int = MAX_PROMPT_BYTES, defaults: Sampling | None = None,
+                 owner: str = "*"):
         self.backend = backend
+        self.owner = owner  # who may write the root ctl and see nodes/; "*": anyone
         self.table: SessionTable[Session] = SessionTable(max_sessions, session_timeout)
         self.defaults = defaults or Sampling()
         self.max_prompt_bytes = max_prompt_bytes
@@ -158,6 +160,10 @@ class LlamaTree:
 
         return commands
 
+    def check_owner(self, caller: Caller) -> None:
+        if self.owner != "*" and caller.uname != self.owner:
+            raise StyxError(errors.PERM)
+
     def defaults_verb(self, caller: Caller, args: list[str]) -> None:
         apply_setting(self.defaults, args[0], args[1:])
 
@@ -177,6 +183,7 @@ class RootDir(Directory):
         self.static = [self.ctl, RootData(tree), RootReply(), CloneFile(tree), NewDir(tree), self.model, self.metrics]
 
     async def _ctl_write(self, caller: Caller, data: bytes) -> None:
+        self.tree.check_owner(caller)
         commands = self.tree.backend.ctl_commands(self.tree)
         commands.verb("defaults", "KEY VALUE", 1, -1)(self.tree.defaults_verb)
         await commands.run(caller, data)

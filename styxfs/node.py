@@ -9,6 +9,7 @@ from pathlib import Path
 
 import trio
 
+from .auth import SecretAuthenticator, read_secret
 from .engine import Engine, ModelSettings
 from .errors import StyxError
 from .llama import LlamaTree, NodeBackend
@@ -30,6 +31,8 @@ class NodeOptions:
     max_sessions: int = 64
     session_timeout: float = 600.0
     max_connections: int = 1000
+    owner: str = "*"  # who may write the root ctl; "*": anyone
+    auth_secret_file: str | None = None  # require shared-secret authentication
 
 
 def default_model_path() -> Path:
@@ -51,8 +54,11 @@ class Node:
         models_dir = options.models_dir or (os.path.dirname(os.path.abspath(model)) if model else None)
         self.backend = NodeBackend(self.engine, None, models_dir, load_progress)
         self.tree = LlamaTree(self.backend, max_sessions=options.max_sessions,
-                              session_timeout=options.session_timeout)
-        self.server = Server(self.tree, max_connections=options.max_connections)
+                              session_timeout=options.session_timeout, owner=options.owner)
+        authenticator = None
+        if options.auth_secret_file:
+            authenticator = SecretAuthenticator(read_secret(options.auth_secret_file))
+        self.server = Server(self.tree, max_connections=options.max_connections, authenticator=authenticator)
         self.listeners = []
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:

@@ -1,0 +1,299 @@
+"""The benchmark suite: llamafs against its peers, on the default model.
+
+    .venv/bin/python bench/suite.py [--tokens 128] [--runs 3] [--json bench/results/suite.json]
+
+a. one session: tokens/s through the 9P data file vs llama-cpp-python directly
+b. 1, 2, 4, 8 concurrent sessions of 128 tokens: aggregate tokens/s and p50/p99
+   time to first token, llamafs vs `python -m llama_cpp.server` (same model and
+   build), and vs `llama-server --parallel N` when one is on PATH
+c. a coordinator over 2 nodes vs 1 node at 8 concurrent sessions
+d. a node's resident memory, idle and at 8 sessions
+
+It installs what it needs (llama-cpp-python's [server] extra, no rebuild),
+prints a table and writes the figures as JSON.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+import click
+import trio
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.common import ROOT, free_port, machine_line, start_node_process, stop_process, wait_for_port  # noqa: E402
+from styxfs import client, wire  # noqa: E402
+
+PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle."
+SERVER_EXTRAS = ["uvicorn>=0.22.0", "fastapi>=0.100.0", "pydantic-settings>=2.0.1", "sse-starlette>=1.6.1",
+                 "starlette-context>=0.3.6,<0.4", "PyYAML>=5.1"]
+
+
+def setup() -> None:
+    try:
+        import fastapi, sse_starlette, starlette_context, uvicorn  # noqa: F401, E401
+    except ImportError:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q"] + SERVER_EXTRAS, check=True)
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    if not values:
+        return 0.0
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+# ---- llamafs clients ------------------------------------------------------------------
+
+
+async def llamafs_one(c, tokens: int, results: list) -> None:
+    async with await c.open("clone", wire.ORDWR) as ctl:
+        n = (await ctl.read()).decode().strip()
+        await ctl.fid.write(f"temperature 0\nrepeatpenalty 1\nmaxtokens {tokens}".encode(), 0)
+        start = time.perf_counter()
+        first = None
+        async with await c.open(f"{n}/data", wire.ORDWR) as f:
+            await f.write(PROMPT)
+            async for _ in f.stream():
+                if first is None:
+                    first = time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        status = (await c.read_file(f"{n}/status")).decode()
+        await ctl.fid.write(b"close", 0)
+    out = int(status.split("tokens_out=")[1].split()[0])
+    results.append((out, first or elapsed, elapsed))
+
+
+async def llamafs_concurrent(address: str, sessions: int, tokens: int) -> dict:
+    results: list = []
+    start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(sessions):
+            async def one():
+                async with client.connect(address) as c:
+                    await llamafs_one(c, tokens, results)
+            nursery.start_soon(one)
+    wall = time.perf_counter() - start
+    return summarise(results, wall)
+
+
+def summarise(results: list, wall: float) -> dict:
+    total = sum(r[0] for r in results)
+    ttfts = [r[1] for r in results]
+    return {"tokens": total, "seconds": wall, "aggregate_tps": total / wall,
+            "ttft_p50": percentile(ttfts, 0.5), "ttft_p99": percentile(ttfts, 0.99)}
+
+
+# ---- llama_cpp.server (OpenAI-style HTTP) clients ------------------------------------
+
+
+def http_one(port: int, tokens: int, results: list, lock: threading.Lock) -> None:
+    body = json.dumps({"prompt": PROMPT, "max_tokens": tokens, "temperature": 0, "repeat_penalty": 1.0,
+                       "stream": True})
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    start = time.perf_counter()
+    conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    first, count = None, 0
+    for line in response:
+        if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
+            continue
+        chunk = json.loads(line[6:])
+        if chunk["choices"][0].get("text"):
+            count += 1
+            if first is None:
+                first = time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    conn.close()
+    with lock:
+        results.append((count, first or elapsed, elapsed))
+
+
+def http_concurrent(port: int, sessions: int, tokens: int) -> dict:
+    results: list = []
+    lock = threading.Lock()
+    threads = [threading.Thread(target=http_one, args=(port, tokens, results, lock)) for _ in range(sessions)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return summarise(results, time.perf_counter() - start)
+
+
+def start_peer(model: str, threads: int) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", model, "--n_ctx", "2048",
+                                "--n_threads", str(threads), "--n_threads_batch", str(threads),
+                                "--port", str(port), "--host", "127.0.0.1"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port(port, process=process)
+    return process, port
+
+
+def start_llama_server(model: str, threads: int, parallel: int) -> tuple[subprocess.Popen, int] | None:
+    binary = shutil.which("llama-server")
+    if not binary:
+        return None
+    port = free_port()
+    process = subprocess.Popen([binary, "-m", model, "-c", str(2048 * parallel), "-t", str(threads),
+                                "--parallel", str(parallel), "--port", str(port), "--host", "127.0.0.1"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port(port, process=process)
+    return process, port
+
+
+# ---- the suite ---------------------------------------------------------------------------
+
+
+@click.command()
+@click.option("--tokens", default=128, show_default=True)
+@click.option("--runs", default=3, show_default=True, help="alternating runs for part a")
+@click.option("--threads", default=os.cpu_count() or 2, show_default=True)
+@click.option("--model", default=None, help="default: Gemma 3 270M")
+@click.option("--json", "json_path", default=os.path.join(ROOT, "bench", "results", "suite.json"), show_default=True)
+@click.option("--sessions", default="1,2,4,8", show_default=True)
+def main(tokens, runs, threads, model, json_path, sessions):
+    from llama_cpp import Llama
+
+    from styxfs.node import default_model_path
+
+    setup()
+    model = model or str(default_model_path())
+    levels = [int(s) for s in sessions.split(",")]
+    figures: dict = {"machine": machine_line(), "model": os.path.basename(model), "tokens": tokens,
+                     "threads": threads}
+    node, address = start_node_process(model, threads=threads, slots=max(levels))
+    try:
+        figures["rss_idle_mb"] = rss_mb(node.pid)
+        # a. one session, alternating with llama-cpp-python directly
+        from bench.bench_node import direct, through_9p
+
+        llm = Llama(model, n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
+        trio.run(through_9p, address, 8)
+        direct(llm, 8)
+        a9, ad = [], []
+        for _ in range(runs):
+            n, t = trio.run(through_9p, address, tokens)
+            a9.append(n / t)
+            n, t = direct(llm, tokens)
+            ad.append(n / t)
+        del llm
+        figures["a"] = {"llamafs_tps": statistics.median(a9), "direct_tps": statistics.median(ad),
+                        "ratio": statistics.median(a9) / statistics.median(ad)}
+        # b. concurrency, llamafs first
+        figures["b"] = {"llamafs": {}, "llama_cpp.server": {}, "llama-server": {}}
+        peak = [0.0]
+
+        def watch():
+            while not stop_watch.is_set():
+                peak[0] = max(peak[0], rss_mb(node.pid))
+                time.sleep(0.1)
+
+        stop_watch = threading.Event()
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        for level in levels:
+            figures["b"]["llamafs"][level] = trio.run(llamafs_concurrent, address, level, tokens)
+        stop_watch.set()
+        watcher.join()
+        figures["rss_8_sessions_mb"] = peak[0]
+    finally:
+        stop_process(node)
+    peer, port = start_peer(model, threads)
+    try:
+        http_concurrent(port, 1, 8)
+        for level in levels:
+            figures["b"]["llama_cpp.server"][level] = http_concurrent(port, level, tokens)
+    finally:
+        stop_process(peer)
+    for level in levels:
+        started = start_llama_server(model, threads, level)
+        if started is None:
+            figures["b"]["llama-server"] = "not on PATH"
+            break
+        process, port = started
+        try:
+            figures["b"]["llama-server"][level] = http_concurrent(port, level, tokens)
+        finally:
+            stop_process(process)
+    # c. a coordinator over 2 nodes vs 1 node, 8 sessions
+    figures["c"] = coordinator_figures(model, threads, tokens, max(levels))
+    report(figures)
+    os.makedirs(os.path.dirname(json_path), exist_ok=True)
+    with open(json_path, "w") as f:
+        json.dump(figures, f, indent=2)
+    print(f"figures written to {json_path}")
+
+
+def coordinator_figures(model: str, threads: int, tokens: int, sessions: int) -> dict:
+    from coordinator import DeploymentManager
+
+    out = {}
+    for count in (1, 2):
+        per_node = max(1, threads // count)
+        processes = [start_node_process(model, threads=per_node, slots=sessions) for _ in range(count)]
+        try:
+            config = {"name": "bench", "network": {"listen": "tcp!127.0.0.1!0", "healthCheckInterval": 5000,
+                                                   "loadBalancing": "least-connections"},
+                      "nodes": [{"id": f"n{i}", "address": "127.0.0.1", "port": int(a.rsplit("!", 1)[1])}
+                                for i, (_, a) in enumerate(processes)]}
+
+            async def run():
+                mgr = DeploymentManager(config)
+                async with trio.open_nursery() as nursery:
+                    await mgr.deploy(nursery)
+                    figures = await llamafs_concurrent(mgr.address, sessions, tokens)
+                    nursery.cancel_scope.cancel()
+                return figures
+
+            out[f"{count}_nodes"] = trio.run(run)
+        finally:
+            for process, _ in processes:
+                stop_process(process)
+    out["ratio"] = out["2_nodes"]["aggregate_tps"] / out["1_nodes"]["aggregate_tps"]
+    return out
+
+
+def report(f: dict) -> None:
+    print(f["machine"])
+    print(f"model {f['model']}, {f['tokens']} tokens a session, {f['threads']} threads")
+    a = f["a"]
+    print(f"\na. one session: llamafs {a['llamafs_tps']:.1f} tok/s, direct {a['direct_tps']:.1f} tok/s, "
+          f"ratio {a['ratio']:.3f} (goal >= 0.98)")
+    print("\nb. sessions  server             aggregate tok/s  ttft p50   ttft p99")
+    for name, rows in f["b"].items():
+        if not isinstance(rows, dict):
+            print(f"   -         {name:<18} {rows}")
+            continue
+        for level, r in rows.items():
+            print(f"   {level:<9} {name:<18} {r['aggregate_tps']:>15.1f}  {r['ttft_p50']:>7.3f}s  {r['ttft_p99']:>7.3f}s")
+    four = f["b"]["llamafs"].get(4), f["b"]["llama_cpp.server"].get(4)
+    if all(four):
+        print(f"   at 4 sessions llamafs / llama_cpp.server = {four[0]['aggregate_tps'] / four[1]['aggregate_tps']:.2f}"
+              " (goal >= 2)")
+    c = f["c"]
+    print(f"\nc. coordinator at 8 sessions: 1 node {c['1_nodes']['aggregate_tps']:.1f} tok/s, "
+          f"2 nodes {c['2_nodes']['aggregate_tps']:.1f} tok/s, ratio {c['ratio']:.2f}")
+    print(f"\nd. node resident memory: idle {f['rss_idle_mb']:.0f} MB, at 8 sessions {f['rss_8_sessions_mb']:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

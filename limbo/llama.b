@@ -1,0 +1,209 @@
+implement Llama;
+
+#
+# llama [-m mountpoint] [-a tcp!host!port] [-t temperature] [-n maxtokens] [prompt ...]
+#
+# Ask a llamafs node or coordinator: a session of its own (clone), the
+# settings written to its ctl, the prompt (the arguments, or else standard
+# input) written to its data file, and the reply copied to standard output
+# as it arrives.  The session is closed at the end.
+#
+
+include "sys.m";
+	sys: Sys;
+include "draw.m";
+include "arg.m";
+
+Llama: module
+{
+	init: fn(nil: ref Draw->Context, argv: list of string);
+};
+
+Cs: module
+{
+	PATH: con "/dis/ndb/cs.dis";
+	init: fn(nil: ref Draw->Context, nil: list of string);
+};
+
+stderr: ref Sys->FD;
+
+init(nil: ref Draw->Context, argv: list of string)
+{
+	sys = load Sys Sys->PATH;
+	stderr = sys->fildes(2);
+	arg := load Arg Arg->PATH;
+	if(arg == nil)
+		fail(sys->sprint("can't load %s: %r", Arg->PATH));
+	arg->init(argv);
+	arg->setusage("llama [-m mountpoint] [-a tcp!host!port] [-t temperature] [-n maxtokens] [prompt ...]");
+	mnt := "";
+	addr := "";
+	settings: list of string;
+	while((c := arg->opt()) != 0)
+		case c {
+		'm' =>
+			mnt = arg->earg();
+		'a' =>
+			addr = arg->earg();
+		't' =>
+			settings = "temperature " + number(arg->earg(), "temperature") :: settings;
+		'n' =>
+			settings = "maxtokens " + number(arg->earg(), "maxtokens") :: settings;
+		* =>
+			arg->usage();
+		}
+	argv = arg->argv();
+	arg = nil;
+
+	if(addr != nil){
+		# Mount the server in a namespace of our own.
+		sys->pctl(Sys->FORKNS, nil);
+		if(mnt == nil)
+			mnt = "/n";
+		if(!numeric(addr) && sys->stat("/net/cs").t0 < 0)
+			startcs();
+		(ok, conn) := sys->dial(addr, nil);
+		if(ok < 0)
+			fail(sys->sprint("can't dial %s: %r", addr));
+		if(sys->mount(conn.dfd, nil, mnt, Sys->MREPL, nil) < 0)
+			fail(sys->sprint("can't mount %s on %s: %r", addr, mnt));
+	}else if(mnt == nil)
+		mnt = "/n/llama";
+
+	prompt: array of byte;
+	if(argv != nil){
+		s := hd argv;
+		for(argv = tl argv; argv != nil; argv = tl argv)
+			s += " " + hd argv;
+		prompt = array of byte s;
+	}else
+		prompt = readall(sys->fildes(0));
+	if(len prompt == 0)
+		fail("no prompt: give one as arguments or on standard input");
+
+	ctl := sys->open(mnt + "/clone", Sys->ORDWR);
+	if(ctl == nil)
+		fail(sys->sprint("can't open %s/clone: %r", mnt));
+	buf := array[64] of byte;
+	n := sys->read(ctl, buf, len buf);
+	if(n <= 0)
+		fail(sys->sprint("can't read %s/clone: %r", mnt));
+	(nil, f) := sys->tokenize(string buf[0:n], " \t\n");
+	if(f == nil)
+		fail("no session number from " + mnt + "/clone");
+	session := mnt + "/" + hd f;
+	for(settings = reverse(settings); settings != nil; settings = tl settings)
+		if(sys->fprint(ctl, "%s", hd settings) < 0)
+			fail(sys->sprint("%s: %r", hd settings));
+
+	err := stream(session + "/data", prompt);
+	sys->fprint(ctl, "close");
+	if(err != nil)
+		fail(err);
+}
+
+# Send the prompt through a data file; copy the reply to stdout as it comes.
+stream(data: string, prompt: array of byte): string
+{
+	fd := sys->open(data, Sys->ORDWR);
+	if(fd == nil)
+		return sys->sprint("can't open %s: %r", data);
+	if(sys->write(fd, prompt, len prompt) != len prompt)
+		return sys->sprint("can't write prompt: %r");
+	stdout := sys->fildes(1);
+	buf := array[Sys->ATOMICIO] of byte;
+	for(;;){
+		n := sys->read(fd, buf, len buf);
+		if(n < 0)
+			return sys->sprint("%r");
+		if(n == 0)
+			return nil;
+		if(sys->write(stdout, buf, n) != n)
+			return sys->sprint("write error: %r");
+	}
+}
+
+readall(fd: ref Sys->FD): array of byte
+{
+	buf := array[Sys->ATOMICIO] of byte;
+	all := array[0] of byte;
+	nall := 0;
+	for(;;){
+		n := sys->read(fd, buf, len buf);
+		if(n < 0)
+			fail(sys->sprint("can't read standard input: %r"));
+		if(n == 0)
+			return all[0:nall];
+		if(nall + n > len all){
+			a := array[2 * (nall + n)] of byte;
+			a[0:] = all[0:nall];
+			all = a;
+		}
+		all[nall:] = buf[0:n];
+		nall += n;
+	}
+}
+
+number(s: string, what: string): string
+{
+	if(s == nil)
+		fail("bad " + what + ": empty");
+	for(i := 0; i < len s; i++)
+		if(!(s[i] >= '0' && s[i] <= '9' || s[i] == '.' || s[i] == '-' && i == 0))
+			fail("bad " + what + ": " + s);
+	return s;
+}
+
+# A dial string whose host needs no translation by ndb/cs.
+numeric(dest: string): int
+{
+	(n, f) := sys->tokenize(dest, "!");
+	if(n < 2)
+		return 1;
+	host := hd tl f;
+	for(i := 0; i < len host; i++){
+		ch := host[i];
+		if(!(ch >= '0' && ch <= '9' || ch == '.' || ch == ':' || ch == '*'))
+			return 0;
+	}
+	return 1;
+}
+
+# Names need ndb/cs: start it (in our own namespace) when it isn't running.
+startcs()
+{
+	cs := load Cs Cs->PATH;
+	if(cs == nil)
+		fail(sys->sprint("can't load %s: %r", Cs->PATH));
+	done := chan of string;
+	spawn runcs(cs, done);
+	err := <-done;
+	if(err != nil)
+		fail("ndb/cs: " + err);
+}
+
+runcs(cs: Cs, done: chan of string)
+{
+	{
+		cs->init(nil, "cs" :: nil);
+	} exception e {
+	"*" =>
+		done <-= e;
+		return;
+	}
+	done <-= nil;
+}
+
+reverse(l: list of string): list of string
+{
+	r: list of string;
+	for(; l != nil; l = tl l)
+		r = hd l :: r;
+	return r;
+}
+
+fail(msg: string)
+{
+	sys->fprint(stderr, "llama: %s\n", msg);
+	raise "fail:" + msg;
+}

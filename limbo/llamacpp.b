@@ -1,0 +1,502 @@
+implement Llamacpp;
+
+#
+# The llamafs tree (README: the namespace) behind the original design's
+# ADTs.  Errors are returned Limbo's way (nil or -1, reason in %r); every
+# entry point catches exceptions so none escapes into the caller.
+#
+
+include "sys.m";
+	sys: Sys;
+include "draw.m";
+include "llamacpp.m";
+
+# ndb/cs, started in a DisNode's private namespace when it must dial a
+# name and there is no /net/cs.
+Cs: module
+{
+	PATH: con "/dis/ndb/cs.dis";
+	init: fn(nil: ref Draw->Context, nil: list of string);
+};
+
+NODEMNT: con "/n";	# where a DisNode mounts its node, in its own namespace
+
+init()
+{
+	sys = load Sys Sys->PATH;
+}
+
+# Sys, for callers that forgot init (the only module-level state).
+S()
+{
+	if(sys == nil)
+		sys = load Sys Sys->PATH;
+}
+
+#
+# ModelContext
+#
+
+ModelContext.loadmodel(path: string, ctxSize: int, layers: int): ref ModelContext
+{
+	S();
+	{
+		if(path == nil){
+			sys->werrstr("no model path");
+			return nil;
+		}
+		cmd := "load " + quote(path);
+		if(ctxSize > 0)
+			cmd += " ctx " + string ctxSize;
+		if(layers >= 0)
+			cmd += " gpulayers " + string layers;
+		err := writectl(MNT, cmd);
+		if(err != nil){
+			sys->werrstr(err);
+			return nil;
+		}
+		return ref ModelContext(MNT, path, ctxSize, layers);
+	} exception e {
+	"*" =>
+		sys->werrstr("llamacpp: " + e);
+	}
+	return nil;
+}
+
+ModelContext.unload(ctx: self ref ModelContext)
+{
+	S();
+	{
+		err := writectl(ctx.mnt, "unload");
+		if(err != nil)
+			sys->werrstr(err);
+	} exception e {
+	"*" =>
+		sys->werrstr("llamacpp: " + e);
+	}
+}
+
+ModelContext.evaluate(ctx: self ref ModelContext, input: string): string
+{
+	S();
+	{
+		(reply, err) := talk(ctx.mnt, input);
+		if(err != nil){
+			sys->werrstr(err);
+			return nil;
+		}
+		return reply;
+	} exception e {
+	"*" =>
+		sys->werrstr("llamacpp: " + e);
+	}
+	return nil;
+}
+
+#
+# DisNode
+#
+
+DisNode.init(id: string, addr: string, p: int): ref DisNode
+{
+	return ref DisNode(id, addr, p, 0, 0, nil, nil, nil);
+}
+
+DisNode.dialstring(node: self ref DisNode): string
+{
+	for(i := 0; i < len node.addr; i++)
+		if(node.addr[i] == '!')
+			return node.addr;	# already a dial string
+	return "tcp!" + node.addr + "!" + string node.port;
+}
+
+DisNode.connect(node: self ref DisNode): int
+{
+	S();
+	{
+		if(node.connected)
+			return 0;
+		dest := node.dialstring();
+		reqc := chan of (string, chan of (string, string, int));
+		quitc := chan of chan of int;
+		sync := chan of string;
+		spawn nodeproc(dest, reqc, quitc, sync);
+		err := <-sync;
+		if(err != nil){
+			node.failed = 1;
+			node.err = err;
+			sys->werrstr(err);
+			return -1;
+		}
+		node.reqc = reqc;
+		node.quitc = quitc;
+		node.connected = 1;
+		node.failed = 0;
+		node.err = nil;
+		return 0;
+	} exception e {
+	"*" =>
+		sys->werrstr("llamacpp: " + e);
+	}
+	return -1;
+}
+
+DisNode.disconnect(node: self ref DisNode)
+{
+	S();
+	{
+		if(!node.connected)
+			return;
+		done := chan of int;
+		node.quitc <-= done;
+		<-done;
+		node.connected = 0;
+		node.reqc = nil;
+		node.quitc = nil;
+	} exception e {
+	"*" =>
+		sys->werrstr("llamacpp: " + e);
+	}
+}
+
+DisNode.sendRequest(node: self ref DisNode, req: string): string
+{
+	S();
+	{
+		(reply, err) := noderequest(node, req);
+		if(err != nil){
+			sys->werrstr(err);
+			return nil;
+		}
+		return reply;
+	} exception e {
+	"*" =>
+		sys->werrstr("llamacpp: " + e);
+	}
+	return nil;
+}
+
+# (reply, nil) or (nil, error): an empty reply is not an error.
+noderequest(node: ref DisNode, req: string): (string, string)
+{
+	if(node == nil)
+		return (nil, "nil node");
+	if(!node.connected)
+		return (nil, "node " + node.id + " not connected");
+	rc := chan[1] of (string, string, int);
+	node.reqc <-= (req, rc);
+	(reply, err, dead) := <-rc;
+	if(err == nil)
+		return (reply, nil);
+	err = "node " + node.id + ": " + err;
+	if(dead){
+		node.failed = 1;
+		node.err = err;
+		node.disconnect();
+	}
+	return (nil, err);
+}
+
+# The node's own process: a private namespace with the node mounted on
+# NODEMNT; each request is served by a process of its own, in the same
+# namespace.
+nodeproc(dest: string, reqc: chan of (string, chan of (string, string, int)),
+	quitc: chan of chan of int, sync: chan of string)
+{
+	c: Sys->Connection;
+	{
+		sys->pctl(Sys->NEWFD|Sys->FORKNS, nil);
+		if(!numeric(dest) && sys->stat("/net/cs").t0 < 0){
+			err := startcs();
+			if(err != nil){
+				sync <-= sys->sprint("can't dial %s: no /net/cs and ndb/cs failed: %s", dest, err);
+				return;
+			}
+		}
+		ok: int;
+		(ok, c) = sys->dial(dest, nil);
+		if(ok < 0){
+			sync <-= sys->sprint("can't dial %s: %r", dest);
+			return;
+		}
+		if(sys->mount(c.dfd, nil, NODEMNT, Sys->MREPL, nil) < 0){
+			sync <-= sys->sprint("can't mount %s: %r", dest);
+			hangup(c);
+			return;
+		}
+		c.dfd = nil;
+	} exception e {
+	"*" =>
+		sync <-= "llamacpp: " + e;
+		return;
+	}
+	sync <-= nil;
+	for(;;) alt {
+	(req, rc) := <-reqc =>
+		spawn worker(req, rc);
+	done := <-quitc =>
+		sys->unmount(nil, NODEMNT);
+		hangup(c);
+		done <-= 0;
+		return;
+	}
+}
+
+worker(req: string, rc: chan of (string, string, int))
+{
+	{
+		(reply, err) := talk(NODEMNT, req);
+		if(err == nil){
+			rc <-= (reply, nil, 0);
+			return;
+		}
+		# An error from a live node is the request's; if the node no
+		# longer answers, the node has failed.
+		dead := sys->stat(NODEMNT + "/ctl").t0 < 0;
+		rc <-= (nil, err, dead);
+	} exception e {
+	"*" =>
+		rc <-= (nil, "llamacpp: " + e, 0);
+	}
+}
+
+hangup(c: Sys->Connection)
+{
+	if(c.cfd != nil)
+		sys->fprint(c.cfd, "hangup");
+}
+
+# A dial string whose host needs no translation by cs.
+numeric(dest: string): int
+{
+	(n, f) := sys->tokenize(dest, "!");
+	if(n < 2)
+		return 1;	# a bare name: let dial complain
+	host := hd tl f;
+	if(host == "*")
+		return 1;
+	for(i := 0; i < len host; i++){
+		ch := host[i];
+		if(!(ch >= '0' && ch <= '9' || ch == '.' || ch == ':'))
+			return 0;
+	}
+	return 1;
+}
+
+startcs(): string
+{
+	done := chan of string;
+	spawn runcs(done);
+	err := <-done;
+	if(err == nil && sys->stat("/net/cs").t0 < 0)
+		err = "/net/cs did not appear";
+	return err;
+}
+
+runcs(done: chan of string)
+{
+	{
+		cs := load Cs Cs->PATH;
+		if(cs == nil){
+			done <-= sys->sprint("can't load %s: %r", Cs->PATH);
+			return;
+		}
+		cs->init(nil, "cs" :: nil);
+	} exception e {
+	"*" =>
+		done <-= e;
+		return;
+	}
+	done <-= nil;
+}
+
+#
+# NetworkCoordinator
+#
+
+NetworkCoordinator.init(): ref NetworkCoordinator
+{
+	return ref NetworkCoordinator(array[0] of ref DisNode, 0, chan[1] of int);
+}
+
+NetworkCoordinator.addNode(nc: self ref NetworkCoordinator, node: ref DisNode)
+{
+	S();
+	{
+		if(node == nil){
+			sys->werrstr("nil node");
+			return;
+		}
+		nc.lock <-= 1;
+		for(i := 0; i < len nc.nodes; i++)
+			if(nc.nodes[i].id == node.id)
+				break;
+		if(i < len nc.nodes)
+			nc.nodes[i] = node;
+		else{
+			a := array[len nc.nodes + 1] of ref DisNode;
+			a[0:] = nc.nodes;
+			a[len nc.nodes] = node;
+			nc.nodes = a;
+		}
+		<-nc.lock;
+	} exception e {
+	"*" =>
+		sys->werrstr("llamacpp: " + e);
+	}
+}
+
+NetworkCoordinator.removeNode(nc: self ref NetworkCoordinator, nodeId: string)
+{
+	S();
+	{
+		nc.lock <-= 1;
+		a := array[len nc.nodes] of ref DisNode;
+		n := 0;
+		for(i := 0; i < len nc.nodes; i++){
+			if(nc.nodes[i].id != nodeId)
+				a[n++] = nc.nodes[i];
+			else if(i < nc.next)
+				nc.next--;
+		}
+		if(n == len nc.nodes)
+			sys->werrstr("no node " + nodeId);
+		nc.nodes = a[0:n];
+		if(nc.next >= n)
+			nc.next = 0;
+		<-nc.lock;
+	} exception e {
+	"*" =>
+		sys->werrstr("llamacpp: " + e);
+	}
+}
+
+NetworkCoordinator.balance(nc: self ref NetworkCoordinator): ref DisNode
+{
+	S();
+	{
+		nc.lock <-= 1;
+		n := len nc.nodes;
+		for(i := 0; i < n; i++){
+			k := (nc.next + i) % n;
+			node := nc.nodes[k];
+			if(node.connected && !node.failed){
+				nc.next = (k + 1) % n;
+				<-nc.lock;
+				return node;
+			}
+		}
+		<-nc.lock;
+		if(n == 0)
+			sys->werrstr("no nodes");
+		else
+			sys->werrstr("no connected node has not failed");
+	} exception e {
+	"*" =>
+		sys->werrstr("llamacpp: " + e);
+	}
+	return nil;
+}
+
+NetworkCoordinator.dispatch(nc: self ref NetworkCoordinator, request: string): string
+{
+	S();
+	{
+		tried: list of ref DisNode;
+		errs: string;
+		for(i := 0; i < 2 * len nc.nodes + 1; i++){
+			node := nc.balance();
+			if(node == nil)
+				break;
+			if(member(node, tried))
+				continue;
+			tried = node :: tried;
+			(reply, err) := noderequest(node, request);
+			if(err == nil)
+				return reply;
+			if(errs != nil)
+				errs += "; ";
+			errs += err;
+		}
+		if(errs == nil)
+			sys->werrstr(sys->sprint("no node to dispatch to: %r"));
+		else
+			sys->werrstr("all nodes failed: " + errs);
+	} exception e {
+	"*" =>
+		sys->werrstr("llamacpp: " + e);
+	}
+	return nil;
+}
+
+member(node: ref DisNode, l: list of ref DisNode): int
+{
+	for(; l != nil; l = tl l)
+		if(hd l == node)
+			return 1;
+	return 0;
+}
+
+#
+# The files
+#
+
+# Write one ctl request; nil or the server's error.
+writectl(mnt: string, cmd: string): string
+{
+	fd := sys->open(mnt + "/ctl", Sys->OWRITE);
+	if(fd == nil)
+		return sys->sprint("can't open %s/ctl: %r", mnt);
+	b := array of byte cmd;
+	if(sys->write(fd, b, len b) != len b)
+		return sys->sprint("%r");
+	return nil;
+}
+
+# Send a prompt through mnt/data and read the whole reply.
+talk(mnt: string, input: string): (string, string)
+{
+	fd := sys->open(mnt + "/data", Sys->ORDWR);
+	if(fd == nil)
+		return (nil, sys->sprint("can't open %s/data: %r", mnt));
+	b := array of byte input;
+	if(len b > 0 && sys->write(fd, b, len b) != len b)
+		return (nil, sys->sprint("%r"));
+	buf := array[8192] of byte;
+	reply := array[0] of byte;
+	nr := 0;
+	for(;;){
+		n := sys->read(fd, buf, len buf);
+		if(n < 0)
+			return (nil, sys->sprint("%r"));
+		if(n == 0)
+			break;
+		if(nr + n > len reply){
+			r := array[2 * (nr + n)] of byte;
+			r[0:] = reply[0:nr];
+			reply = r;
+		}
+		reply[nr:] = buf[0:n];
+		nr += n;
+	}
+	return (string reply[0:nr], nil);
+}
+
+# A word as Plan 9's tokenize/parsecmd reads it.
+quote(s: string): string
+{
+	if(s == nil)
+		return "''";
+	for(i := 0; i < len s; i++)
+		case s[i] {
+		' ' or '\t' or '\n' or '\r' or '\'' =>
+			q := "'";
+			for(j := 0; j < len s; j++){
+				if(s[j] == '\'')
+					q += "'";
+				q[len q] = s[j];
+			}
+			return q + "'";
+		}
+	return s;
+}
