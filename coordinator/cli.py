@@ -55,7 +55,7 @@ def check_listen(listen: str) -> dial.Address:
 @click.option("--batch", default=512, show_default=True, type=click.IntRange(16, 1 << 16))
 @click.option("--slots", default=4, show_default=True, type=click.IntRange(1, 256),
               help="sessions decoded together")
-@click.option("--max-sessions", default=64, show_default=True, type=click.IntRange(1))
+@click.option("--max-sessions", default=256, show_default=True, type=click.IntRange(1))
 @click.option("--session-timeout", default=600.0, show_default=True, type=click.FloatRange(0.1),
               help="seconds an idle session lives")
 @click.option("--max-connections", default=1000, show_default=True, type=click.IntRange(1))

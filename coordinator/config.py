@@ -50,6 +50,8 @@ class NetworkConfig:
     enableFailover: bool = True
     basePort: int = 8000
     listen: str = DEFAULT_LISTEN
+    sessionTimeout: int = 600000  # an idle session's life on the coordinator
+    maxSessions: int = 1024  # sessions the coordinator holds at once
 
 
 @dataclass
@@ -137,6 +139,8 @@ class DeploymentConfig:
             enableFailover=check.boolean(net, "network.enableFailover", True),
             basePort=check.integer(net, "network.basePort", 8000, 1, 65535),
             listen=check.string(net, "network.listen", DEFAULT_LISTEN),
+            sessionTimeout=check.integer(net, "network.sessionTimeout", 600000, 100, 86_400_000),
+            maxSessions=check.integer(net, "network.maxSessions", 1024, 1, 1_000_000),
         )
         model = check.section(data, "model")
         config.model = ModelConfig(

@@ -62,8 +62,11 @@ class DeploymentManager:
                          notify=self._node_event, authenticate=self.authenticate)
         self.backend, self.tree = make_union(self.pool, name=config.name, failover=net.enableFailover,
                                              request_timeout=net.requestTimeout / 1000, scaler=self.scale,
-                                             owner=config.owner or getpass.getuser())
+                                             owner=config.owner or getpass.getuser(),
+                                             session_timeout=net.sessionTimeout / 1000,
+                                             max_sessions=net.maxSessions)
         self.server = Server(self.tree, authenticator=SecretAuthenticator(secret) if secret else None)
+        self.tree.server = self.server
         self.listeners: list = []
         self.address = net.listen
         self.processes: dict[str, subprocess.Popen] = {}

@@ -20,7 +20,7 @@ from styxfs import client, wire
 from styxfs.engine import Reply, quote
 from styxfs.errors import StyxError
 from styxfs.llama import QNODES, Backend, LlamaTree, qpath
-from styxfs.metrics import exposition
+from styxfs.metrics import exposition, server_samples
 from styxfs.sessions import Session
 from styxfs.tree import Caller, Commands, Directory, Entry, Handle, TextFile, parse_number
 from styxfs.wire import DMDIR, Dir, Qid
@@ -272,8 +272,9 @@ class UnionBackend(Backend):
             ("llamafs_coordinator_sessions", "gauge", "open sessions", {}, len(tree.table.sessions)),
             ("llamafs_coordinator_requests_total", "counter", "prompts dispatched", {}, self.requests),
             ("llamafs_coordinator_failovers_total", "counter", "turns moved to another node", {}, self.failovers),
-        ] + [("llamafs_node_up", "gauge", "1 if the node passes its health check", {"node": n.id},
-              1 if n.state == "up" else 0) for n in self.pool.nodes])
+        ] + server_samples(tree.server) + [
+            ("llamafs_node_up", "gauge", "1 if the node passes its health check", {"node": n.id},
+             1 if n.state == "up" else 0) for n in self.pool.nodes])
         parts = [own]
         for node in self.pool.healthy():
             try:

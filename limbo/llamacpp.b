@@ -19,6 +19,7 @@ Cs: module
 	init: fn(nil: ref Draw->Context, nil: list of string);
 };
 
+MNT: con "/n/llama";	# where ModelContext finds the tree
 NODEMNT: con "/n";	# where a DisNode mounts its node, in its own namespace
 
 init()
@@ -68,8 +69,7 @@ ModelContext.unload(ctx: self ref ModelContext)
 	S();
 	{
 		err := writectl(ctx.mnt, "unload");
-		if(err != nil)
-			sys->werrstr(err);
+		sys->werrstr(err);	# "" when it worked: unload returns nothing else
 	} exception e {
 	"*" =>
 		sys->werrstr("llamacpp: " + e);
@@ -99,10 +99,10 @@ ModelContext.evaluate(ctx: self ref ModelContext, input: string): string
 
 DisNode.init(id: string, addr: string, p: int): ref DisNode
 {
-	return ref DisNode(id, addr, p, 0, 0, nil, nil, nil);
+	return ref DisNode(id, addr, p, 0, 0, nil, nil, nil, chan[1] of int);
 }
 
-DisNode.dialstring(node: self ref DisNode): string
+dialstring(node: ref DisNode): string
 {
 	for(i := 0; i < len node.addr; i++)
 		if(node.addr[i] == '!')
@@ -110,29 +110,19 @@ DisNode.dialstring(node: self ref DisNode): string
 	return "tcp!" + node.addr + "!" + string node.port;
 }
 
+# connect, disconnect and the hand-over of a request to the node's process
+# hold node.lock, so that none of them meets a process that has gone.
 DisNode.connect(node: self ref DisNode): int
 {
 	S();
 	{
-		if(node.connected)
-			return 0;
-		dest := node.dialstring();
-		reqc := chan of (string, chan of (string, string, int));
-		quitc := chan of chan of int;
-		sync := chan of string;
-		spawn nodeproc(dest, reqc, quitc, sync);
-		err := <-sync;
+		node.lock <-= 1;
+		err := connect(node);
+		<-node.lock;
 		if(err != nil){
-			node.failed = 1;
-			node.err = err;
 			sys->werrstr(err);
 			return -1;
 		}
-		node.reqc = reqc;
-		node.quitc = quitc;
-		node.connected = 1;
-		node.failed = 0;
-		node.err = nil;
 		return 0;
 	} exception e {
 	"*" =>
@@ -141,22 +131,52 @@ DisNode.connect(node: self ref DisNode): int
 	return -1;
 }
 
+connect(node: ref DisNode): string
+{
+	if(node.connected)
+		return nil;
+	dest := dialstring(node);
+	reqc := chan of (string, chan of (string, string, int));
+	quitc := chan of chan of int;
+	sync := chan of string;
+	spawn nodeproc(dest, reqc, quitc, sync);
+	err := <-sync;
+	if(err != nil){
+		node.failed = 1;
+		node.err = err;
+		return err;
+	}
+	node.reqc = reqc;
+	node.quitc = quitc;
+	node.connected = 1;
+	node.failed = 0;
+	node.err = nil;
+	return nil;
+}
+
 DisNode.disconnect(node: self ref DisNode)
 {
 	S();
 	{
-		if(!node.connected)
-			return;
-		done := chan of int;
-		node.quitc <-= done;
-		<-done;
-		node.connected = 0;
-		node.reqc = nil;
-		node.quitc = nil;
+		node.lock <-= 1;
+		disconnect(node);
+		<-node.lock;
 	} exception e {
 	"*" =>
 		sys->werrstr("llamacpp: " + e);
 	}
+}
+
+disconnect(node: ref DisNode)
+{
+	if(!node.connected)
+		return;
+	done := chan of int;
+	node.quitc <-= done;
+	<-done;
+	node.connected = 0;
+	node.reqc = nil;
+	node.quitc = nil;
 }
 
 DisNode.sendRequest(node: self ref DisNode, req: string): string
@@ -181,18 +201,24 @@ noderequest(node: ref DisNode, req: string): (string, string)
 {
 	if(node == nil)
 		return (nil, "nil node");
-	if(!node.connected)
-		return (nil, "node " + node.id + " not connected");
 	rc := chan[1] of (string, string, int);
-	node.reqc <-= (req, rc);
+	node.lock <-= 1;
+	connected := node.connected;
+	if(connected)
+		node.reqc <-= (req, rc);
+	<-node.lock;
+	if(!connected)
+		return (nil, "node " + node.id + " not connected");
 	(reply, err, dead) := <-rc;
 	if(err == nil)
 		return (reply, nil);
 	err = "node " + node.id + ": " + err;
 	if(dead){
+		node.lock <-= 1;
 		node.failed = 1;
 		node.err = err;
-		node.disconnect();
+		disconnect(node);
+		<-node.lock;
 	}
 	return (nil, err);
 }
@@ -340,6 +366,7 @@ NetworkCoordinator.addNode(nc: self ref NetworkCoordinator, node: ref DisNode)
 			nc.nodes = a;
 		}
 		<-nc.lock;
+		sys->werrstr("");
 	} exception e {
 	"*" =>
 		sys->werrstr("llamacpp: " + e);
@@ -361,6 +388,8 @@ NetworkCoordinator.removeNode(nc: self ref NetworkCoordinator, nodeId: string)
 		}
 		if(n == len nc.nodes)
 			sys->werrstr("no node " + nodeId);
+		else
+			sys->werrstr("");
 		nc.nodes = a[0:n];
 		if(nc.next >= n)
 			nc.next = 0;

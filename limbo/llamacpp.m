@@ -9,13 +9,12 @@
 Llamacpp: module
 {
 	PATH: con "/dis/deployment/llamacpp.dis";
-	MNT: con "/n/llama";	# where ModelContext expects the tree
 
 	init: fn();
 
-	# The model of the tree mounted at MNT: loadmodel writes
-	# "load PATH ctx N gpulayers N" to MNT/ctl (PATH is resolved in the
-	# node's models directory); evaluate sends input through MNT/data and
+	# The model of the tree mounted at /n/llama: loadmodel writes
+	# "load PATH ctx N gpulayers N" to /n/llama/ctl (PATH is resolved in the
+	# node's models directory); evaluate sends input through /n/llama/data and
 	# returns the whole reply; unload writes "unload".
 	ModelContext: adt {
 		mnt:	string;
@@ -43,12 +42,12 @@ Llamacpp: module
 		err:	string;	# why it failed
 		reqc:	chan of (string, chan of (string, string, int));
 		quitc:	chan of chan of int;
+		lock:	chan of int;	# buffered, one slot
 
 		init: fn(id: string, addr: string, p: int): ref DisNode;
 		connect: fn(node: self ref DisNode): int;
 		disconnect: fn(node: self ref DisNode);
 		sendRequest: fn(node: self ref DisNode, req: string): string;
-		dialstring: fn(node: self ref DisNode): string;
 	};
 
 	# Round-robin over the connected nodes that have not failed; dispatch

@@ -41,3 +41,7 @@ NO_REMOVE = "cannot remove this file"
 NO_WSTAT = "wstat not allowed"
 BAD_NAME = "bad file name"
 BAD_COUNT = "bad count"
+NAME_TOO_LONG = "file name too long"
+UNAME_TOO_LONG = "user name too long"
+REPLY_TOO_LARGE = "reply too large for msize"
+MAX_NAME = 255  # bytes of a file or user name: a stat record then stays small

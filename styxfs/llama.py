@@ -80,7 +80,7 @@ class Backend:
 
 
 class LlamaTree:
-    def __init__(self, backend: Backend, *, max_sessions: int = 64, session_timeout: float = 600.0,
+    def __init__(self, backend: Backend, *, max_sessions: int = 256, session_timeout: float = 600.0,
                  max_prompt_bytes: int = MAX_PROMPT_BYTES, defaults: Sampling | None = None,
                  owner: str = "*"):
         self.backend = backend
@@ -89,6 +89,7 @@ class LlamaTree:
         self.defaults = defaults or Sampling()
         self.max_prompt_bytes = max_prompt_bytes
         self.root = RootDir(self)
+        self.server = None  # the 9P server serving this tree, for its figures in metrics
 
     async def attach(self, caller: Caller) -> Entry:
         return self.root

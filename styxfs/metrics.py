@@ -29,6 +29,28 @@ def _number(value: float) -> str:
     return f"{value:.6g}"
 
 
+def count_tasks() -> int:
+    """Tasks alive in this trio run (for leak checks)."""
+    import trio
+
+    def walk(task) -> int:
+        return 1 + sum(walk(child) for nursery in task.child_nurseries for child in nursery.child_tasks)
+
+    return walk(trio.lowlevel.current_root_task())
+
+
+def server_samples(server) -> list:
+    """The 9P server's own figures: what a leak would show in."""
+    if server is None:
+        return []
+    return [
+        ("llamafs_connections", "gauge", "9P connections open", {}, len(server.connections)),
+        ("llamafs_fids", "gauge", "fids held on all connections", {}, server.fid_count()),
+        ("llamafs_outstanding_requests", "gauge", "9P requests being answered", {}, server.outstanding_count()),
+        ("llamafs_tasks", "gauge", "trio tasks alive", {}, count_tasks()),
+    ]
+
+
 def node_metrics(backend, tree) -> str:
     engine = backend.engine
     stats = engine.stats
@@ -47,7 +69,7 @@ def node_metrics(backend, tree) -> str:
         ("llamafs_slots", "gauge", "sequences decoded together at most", {}, engine.slots),
         ("llamafs_evictions_total", "counter", "idle sessions whose KV cache was evicted", {}, stats.evictions),
         ("llamafs_decode_steps_total", "counter", "llama_decode calls", {}, stats.steps),
-    ]
+    ] + server_samples(tree.server)
     for q in (0.5, 0.9, 0.99):
         value = _quantile(ttfts, q)
         samples.append(("llamafs_time_to_first_token_seconds", "summary",

@@ -28,7 +28,7 @@ class NodeOptions:
     threads: int = 0
     batch: int = 512
     slots: int = 4
-    max_sessions: int = 64
+    max_sessions: int = 256
     session_timeout: float = 600.0
     max_connections: int = 1000
     owner: str = "*"  # who may write the root ctl; "*": anyone
@@ -59,6 +59,7 @@ class Node:
         if options.auth_secret_file:
             authenticator = SecretAuthenticator(read_secret(options.auth_secret_file))
         self.server = Server(self.tree, max_connections=options.max_connections, authenticator=authenticator)
+        self.tree.server = self.server
         self.listeners = []
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:

@@ -22,7 +22,9 @@ from .wire import DMDIR, ORCLOSE, OTRUNC, QTDIR, Dir, Qid
 
 _NOCHANGE_INT = {0xFFFF, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF}
 MAX_FILE_SIZE = 64 << 20  # an in-memory test vehicle: refuse what would eat the machine
+MAX_TOTAL_SIZE = 256 << 20
 TOO_LARGE = f"file too large: at most {MAX_FILE_SIZE} bytes"
+FULL = f"file system full: at most {MAX_TOTAL_SIZE} bytes in all"
 
 
 class RamEntry(Entry):
@@ -48,6 +50,9 @@ class RamEntry(Entry):
         if self.parent.files.get(self.name) is self:
             del self.parent.files[self.name]
             self.parent.touch()
+            if isinstance(self, RamFile):
+                self.fs.reserve(-len(self.data))
+                self.data = bytearray()
 
     @property
     def removed(self) -> bool:
@@ -66,12 +71,16 @@ class RamEntry(Entry):
                 raise StyxError(f"{errors.NO_WSTAT}: cannot rename the root")
             if "/" in new.name or new.name in (".", ".."):
                 raise StyxError(errors.BAD_NAME)
+            if len(new.name.encode()) > errors.MAX_NAME:
+                raise StyxError(errors.NAME_TOO_LONG)
             if new.name in self.parent.files:
                 raise StyxError(errors.EXISTS)
         if new.length not in _NOCHANGE_INT and self.is_dir and new.length != 0:
             raise StyxError(f"{errors.NO_WSTAT}: cannot set a directory's length")
         if new.length not in _NOCHANGE_INT and new.length > MAX_FILE_SIZE:
             raise StyxError(TOO_LARGE)
+        if new.length not in _NOCHANGE_INT and isinstance(self, RamFile):
+            self.fs.reserve(new.length - len(self.data))
         # Every check passed: apply the changes together (wstat is all or nothing).
         if new.name and new.name != self.name:
             del self.parent.files[self.name]
@@ -96,6 +105,7 @@ class RamFile(RamEntry):
 
     async def open(self, mode: int, caller: Caller) -> Handle:
         if mode & OTRUNC:
+            self.fs.reserve(-len(self.data))
             del self.data[:]
             self.touch()
         return RamHandle(self, remove_on_close=bool(mode & ORCLOSE), caller=caller)
@@ -113,6 +123,7 @@ class RamHandle(Handle):
         file = self.entry
         if offset + len(data) > MAX_FILE_SIZE:
             raise StyxError(TOO_LARGE)
+        file.fs.reserve(max(0, offset + len(data) - len(file.data)))
         if offset > len(file.data):
             file.data.extend(bytes(offset - len(file.data)))
         file.data[offset : offset + len(data)] = data
@@ -159,9 +170,15 @@ class RamDir(RamEntry):
 
 class RamFS:
     def __init__(self, owner: str = "ramfs"):
+        self.used = 0  # bytes held by all files
         self.paths = itertools.count(0)
         self.root = RamDir(self, "/", 0o777, owner, None)
         assert self.root.qid.type == QTDIR
+
+    def reserve(self, growth: int) -> None:
+        if self.used + growth > MAX_TOTAL_SIZE:
+            raise StyxError(FULL)
+        self.used += growth
 
 
 def make_server(**options) -> Server:

@@ -147,7 +147,9 @@ class ServerConnection:
             log.info("connection %d: lost: %s", self.info.id, e)
 
     async def send(self, message: Message, retiring: Request | None = None) -> None:
-        data = wire.encode(message)
+        await self.send_bytes(wire.encode(message), retiring)
+
+    async def send_bytes(self, data: bytes, retiring: Request | None = None) -> None:
         async with self.send_lock:
             if retiring is not None:
                 # The tag is free before the client can see the reply and reuse it.
@@ -207,12 +209,23 @@ class ServerConnection:
             if request.scope.cancelled_caught:
                 reply = None if request.silent else wire.Rerror(message.tag, errors.INTERRUPTED)
             if reply is not None:
-                await self.send(reply, retiring=request)
+                await self.send_bytes(self.encode_reply(reply), retiring=request)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             self.nursery.cancel_scope.cancel()  # the client is gone
         finally:
             self.retire(request)
             request.done.set()
+
+    def encode_reply(self, reply: Message) -> bytes:
+        """The reply's frame, or an Rerror's when it cannot be sent whole."""
+        try:
+            data = wire.encode(reply)
+        except wire.LocalProtocolError as e:
+            log.warning("connection %d: cannot encode %s: %s", self.info.id, reply.type_name, e)
+            return wire.encode(wire.Rerror(reply.tag, "internal error"))
+        if len(data) > (self.msize or self.server.max_msize):
+            return wire.encode(wire.Rerror(reply.tag, errors.REPLY_TOO_LARGE))
+        return data
 
     async def handle(self, m: Message) -> Message:
         handler = getattr(self, "do_" + m.type_name[1:].lower())
@@ -263,6 +276,8 @@ class ServerConnection:
 
     async def do_attach(self, m: wire.Tattach) -> Message:
         self.check_new_fid(m.fid)
+        if len(m.uname.encode()) > errors.MAX_NAME or len(m.aname.encode()) > errors.MAX_NAME:
+            raise StyxError(errors.UNAME_TOO_LONG)
         if self.server.authenticator is not None:
             await self.server.authenticator.check_attach(self, m)
         caller = Caller(m.uname, self.info, m.aname)
@@ -352,6 +367,8 @@ class ServerConnection:
             raise StyxError(errors.NOT_DIR)
         if m.name in ("", ".", "..") or "/" in m.name:
             raise StyxError(errors.BAD_NAME)
+        if len(m.name.encode()) > errors.MAX_NAME:
+            raise StyxError(errors.NAME_TOO_LONG)
         fid.opening = True
         try:
             handle = await fid.entry.create(m.name, m.perm, m.mode, fid.caller)

@@ -129,6 +129,8 @@ class Dir:
             _put_int(out, kind, getattr(self, name), name)
         for name in ("name", "uid", "gid", "muid"):
             _put_string(out, getattr(self, name), name)
+        if len(out) > 0xFFFF:
+            raise LocalProtocolError(f"stat record of {len(out)} bytes is more than 9P allows")
         return struct.pack("<H", len(out)) + bytes(out)
 
     @classmethod

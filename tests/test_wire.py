@@ -301,7 +301,7 @@ def test_stat_size_mismatch_inside_rstat():
     frame = wire.encode(wire.Rstat(1, Dir(name="x")))
     body = frame[7:9] + bytes(raw)
     bad = struct.pack("<IBH", 9 + len(raw), wire.Rstat.TYPE, 1) + body
-    with pytest.raises(RemoteProtocolError):
+    with pytest.raises(RemoteProtocolError, match="stat size 49 does not match its 48 bytes"):
         wire.decode(bad)
     with pytest.raises(RemoteProtocolError, match="truncated stat"):
         wire.decode_dirs(Dir(name="x").encode() + b"\x01")
