@@ -58,7 +58,7 @@ class DeploymentManager:
         secret = read_secret(config.authSecretFile) if config.authSecretFile else None
         self.authenticate = secret_authenticator(secret) if secret else None
         self.pool = Pool(strategy=net.loadBalancing, health_interval=interval,
-                         health_timeout=health_timeout or min(5.0, max(0.5, interval)), seed=seed,
+                         health_timeout=health_timeout or min(10.0, max(2.0, interval)), seed=seed,
                          notify=self._node_event, authenticate=self.authenticate)
         self.backend, self.tree = make_union(self.pool, name=config.name, failover=net.enableFailover,
                                              request_timeout=net.requestTimeout / 1000, scaler=self.scale,

@@ -112,7 +112,7 @@ class UnionBackend(Backend):
         if node is not None:
             node.sessions.discard(remote)
         if ctl is not None:
-            with trio.move_on_after(2), trio.CancelScope(shield=True):
+            with trio.CancelScope(shield=True), trio.move_on_after(2):  # the deadline inside the shield
                 try:
                     if close:
                         await ctl.fid.write(b"close", 0)

@@ -82,7 +82,8 @@ class Client:
             self._fail(e if isinstance(e, Error) else Error(str(e)))
 
     def _fail(self, exc: BaseException) -> None:
-        self.closed = exc
+        if self.closed is None:
+            self.closed = exc
         for waiter in self.pending.values():
             waiter.event.set()
 
@@ -159,6 +160,7 @@ class Client:
         return self.root
 
     async def aclose(self) -> None:
+        self._fail(ConnectionLost("connection closed"))  # nobody waits on a reply that cannot come
         await trio.aclose_forcefully(self.stream)
 
     @property
@@ -290,7 +292,9 @@ class Fid:
             await self.client.rpc(wire.Tclunk(0, self.num))
 
     async def clunk_quietly(self) -> None:
-        with trio.CancelScope(shield=True):
+        """Clunk, even when cancelled, ignoring errors; a server that does not
+        answer is given up on after a few seconds."""
+        with trio.CancelScope(shield=True), trio.move_on_after(5):
             try:
                 await self.clunk()
             except Error:
