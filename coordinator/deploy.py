@@ -98,11 +98,12 @@ class DeploymentManager:
     async def deploy(self, nursery: trio.Nursery, timeout: float = 180.0) -> None:
         """Start what the config says in nursery; returns once every node is
         healthy and the union is served.  Raises on failure (and emits error)."""
-        await nursery.start(self.run, timeout)
+        async with client.unwrapped():
+            await nursery.start(self.run, timeout)
 
     async def run(self, timeout: float = 180.0, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         try:
-            async with trio.open_nursery() as nursery:
+            async with client.unwrapped(), trio.open_nursery() as nursery:
                 self.nursery = nursery
                 self.cancel_scope = nursery.cancel_scope
                 for node in self.config.nodes:

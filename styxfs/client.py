@@ -356,8 +356,8 @@ class File:
 
 
 @asynccontextmanager
-async def _unwrapped():
-    """Let the caller's own exception out of the client's nursery unwrapped."""
+async def unwrapped():
+    """Let a single exception out of a nursery unwrapped (the caller's own, say)."""
     try:
         yield
     except BaseExceptionGroup as group:
@@ -382,7 +382,7 @@ async def connect(address: str | dial.Address, *, uname: str | None = None, anam
     client = Client(stream, msize)
     client.flush_timeout = flush_timeout
     try:
-        async with _unwrapped(), trio.open_nursery() as nursery:
+        async with unwrapped(), trio.open_nursery() as nursery:
             nursery.start_soon(client._reader)
             await client.version(msize)
             uname = uname or getpass.getuser()

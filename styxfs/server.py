@@ -234,6 +234,9 @@ class ServerConnection:
     # -- version, auth, attach, flush -----------------------------------------
 
     async def version(self, m: wire.Tversion) -> None:
+        if m.msize < MIN_MSIZE:  # refused before anything changes, as lib9p does
+            await self.send(wire.Rerror(m.tag, f"msize {m.msize} too small: at least {MIN_MSIZE}"))
+            return
         # Abort everything outstanding, unanswered, and clunk every fid.
         for request in list(self.outstanding.values()):
             request.silent = True
@@ -242,9 +245,6 @@ class ServerConnection:
             await request.done.wait()
         self.flushes.clear()
         await self.clunk_all()
-        if m.msize < MIN_MSIZE:
-            await self.send(wire.Rerror(m.tag, f"msize {m.msize} too small: at least {MIN_MSIZE}"))
-            return
         msize = min(m.msize, self.server.max_msize)
         if m.version.startswith(wire.VERSION):
             version = wire.VERSION  # 9P2000.u and 9P2000.L are answered 9P2000

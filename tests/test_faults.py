@@ -1,0 +1,111 @@
+"""Faults: killed nodes under load, vanished clients, a restarted coordinator,
+a node without its model.  (SIGSTOP and a node killed mid-reply are in
+test_coordinator.py.)"""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+import trio
+
+from bench.common import start_node_process, stop_process
+from coordinator import DeploymentManager
+from styxfs import client, wire
+
+from .test_coordinator import config_for, nodes, run_turn, session  # noqa: F401 (nodes: a fixture)
+from .test_node import SlowEngine
+
+PROMPTS = ["Once upon a time", "the king was", "water and people"]
+GREEDY = ("temperature 0", "repeatpenalty 1", "maxtokens 8")
+
+
+async def test_node_killed_during_load_every_request_completes_once(nursery, nodes):  # noqa: F811
+    mgr = await deploy(nursery, nodes)
+    async with client.connect(nodes[0][2]) as direct:
+        expected = {p: (await run_turn(direct, await session(direct, *GREEDY), p))[0] for p in PROMPTS}
+    results = []
+
+    async def one_client(i):
+        async with client.connect(mgr.address) as c:
+            for k in range(4):
+                prompt = PROMPTS[(i + k) % 3]
+                results.append((prompt, *(await run_turn(c, await session(c, *GREEDY), prompt))))
+
+    async with trio.open_nursery() as load:
+        for i in range(30):
+            load.start_soon(one_client, i)
+        await trio.sleep(0.3)
+        nodes[1][1].send_signal(signal.SIGKILL)
+    assert len(results) == 120
+    assert all(status["state"] == "done" for _, _, status in results)
+    assert all(reply for _, reply, _ in results)
+    assert not any(reply.count(expected[p]) > 1 for p, reply, _ in results)  # none twice
+    exact = sum(reply == expected[p] for p, reply, _ in results)
+    assert exact >= 100, exact  # the rest moved mid-reply, re-tokenised on another node
+    assert mgr.pool.get("node-1").state == "down"
+
+
+async def deploy(nursery, nodes, **options):  # noqa: F811
+    mgr = DeploymentManager(config_for(nodes), seed=1, **options)
+    await mgr.deploy(nursery, timeout=60)
+    return mgr
+
+
+async def test_client_that_vanishes_mid_generation_frees_its_slot(start_node):
+    address, node = await start_node(engine=SlowEngine(slots=2), slots=2)
+    c_stream = await trio.open_tcp_stream("127.0.0.1", int(address.rsplit("!", 1)[1]))
+    c = client.Client(c_stream)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(c._reader)
+        await c.version()
+        await c.attach("glenda")
+        f = await c.open("new/data", wire.ORDWR)
+        await f.write("Once upon a time")
+        assert await f.read()  # it is generating
+        nursery.cancel_scope.cancel()
+    await c_stream.aclose()  # gone, without a clunk
+    with trio.fail_after(5):
+        while node.engine.generating() or node.server.connections:
+            await trio.sleep(0.02)
+    [session_] = node.tree.table.sessions.values()
+    assert session_.reply.state == "cancelled" and session_.reply.tokens_out < 50
+    assert node.server.fid_count() == 0
+
+
+async def test_coordinator_restarted_reconnects(nursery, nodes):  # noqa: F811
+    first = await deploy(nursery, nodes)
+    assert (await first.evaluate("Once upon a time", maxtokens=4)).strip()
+    await first.shutdown()  # the nodes were not started by it: they keep running
+    assert all(process.poll() is None for _, process, _ in nodes)
+    second = await deploy(nursery, nodes)
+    assert (await second.evaluate("Once upon a time", maxtokens=4)).strip()
+    assert len(second.pool.healthy()) == 3
+
+
+async def test_node_without_its_model_reports_it_and_gets_no_traffic(nursery, nodes, tmp_path):  # noqa: F811
+    process, address = start_node_process(str(tmp_path / "missing.gguf"), threads=1)
+    try:
+        async with client.connect(address) as c:
+            ctl = (await c.read_file("ctl")).decode()
+            assert "state unloaded" in ctl and "error no such model file: missing.gguf" in ctl
+        mgr = DeploymentManager({**config_for(nodes[:2]), "nodes": config_for(nodes[:2])["nodes"] + [
+            {"id": "empty", "address": "127.0.0.1", "port": int(address.rsplit("!", 1)[1])}]}, seed=1)
+        async with trio.open_nursery() as n:
+            with pytest.raises(RuntimeError, match=r"empty \(model not loaded: no such model file"):
+                await mgr.deploy(n, timeout=3)  # all nodes must come up: this one never does
+        mgr = DeploymentManager(config_for(nodes[:2]), seed=1)
+        await mgr.deploy(nursery, timeout=30)
+        async with client.connect(mgr.address) as c:
+            await c.write_file("ctl", f"add empty {address}")
+            with trio.fail_after(10):
+                while "model not loaded" not in (await c.read_file("nodes/empty/health")).decode():
+                    await trio.sleep(0.05)
+            health = (await c.read_file("nodes/empty/health")).decode()
+            assert "state down" in health and "no such model file" in health
+            for _ in range(6):
+                _, status = await run_turn(c, await session(c, "maxtokens 2"), "Once upon a time")
+                assert status["node"] != "empty"
+    finally:
+        stop_process(process)
+
