@@ -249,7 +249,8 @@ class SessionHandle(Handle):
     async def clunk(self, aborted: bool) -> None:
         self.session.open_files -= 1
         self.session.touch()
-        if self.session.ephemeral and not self.session.open_files and not self.session.generating:
+        unused = aborted and self.session.reply is None  # its client vanished before a prompt
+        if (self.session.ephemeral or unused) and not self.session.open_files and not self.session.generating:
             await self.entry.tree.close_session(self.session)  # else the reaper will
 
 
