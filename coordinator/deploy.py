@@ -37,6 +37,12 @@ log = logging.getLogger("coordinator.deploy")
 EVENTS = ("deployed", "error", "node-up", "node-down", "scaled", "shutdown")
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def port_in_use(host: str, port: int) -> bool:
     try:
         socket.create_connection((host, port), timeout=0.5).close()
@@ -70,6 +76,7 @@ class DeploymentManager:
         self.listeners: list = []
         self.address = net.listen
         self.processes: dict[str, subprocess.Popen] = {}
+        self.isolates: dict = {}  # node id -> isolation.Isolate, with isolation "dis"
         self.handlers: dict[str, list[Callable]] = {e: [] for e in EVENTS}
         self.node_log_dir = node_log_dir
         self.cancel_scope: trio.CancelScope | None = None
@@ -130,9 +137,9 @@ class DeploymentManager:
             with trio.CancelScope(shield=True):
                 await self._stop_processes()
 
-    def _node_command(self, node: NodeConfig) -> list[str]:
+    def _node_command(self, node: NodeConfig, listen: str) -> list[str]:
         c = self.config
-        cmd = [sys.executable, "-m", "coordinator.cli", "serve", "--listen", node.dial,
+        cmd = [sys.executable, "-m", "coordinator.cli", "serve", "--listen", listen,
                "--ctx", str(c.node_value(node, "contextSize")), "--gpu-layers", str(c.node_value(node, "gpuLayers")),
                "--threads", str(c.node_value(node, "threads")), "--batch", str(c.node_value(node, "batchSize"))]
         if c.modelPath:
@@ -144,23 +151,65 @@ class DeploymentManager:
         return cmd
 
     async def _start_node(self, node: NodeConfig) -> NodeHandle:
-        """Spawn `llamafs serve` for a local node not yet listening; connect to it."""
+        """Spawn `llamafs serve` for a local node not yet listening (behind an
+        isolate with isolation "dis"); connect to it."""
         host = "127.0.0.1" if node.address == "localhost" else node.address
         if node.is_local and not port_in_use(host, node.port):
-            out = subprocess.DEVNULL
-            if self.node_log_dir:
-                out = open(os.path.join(self.node_log_dir, f"{node.id}.log"), "ab")
+            isolated = self.config.isolation == "dis"
+            listen = f"tcp!127.0.0.1!{free_port()}" if isolated else node.dial
             root = Path(__file__).resolve().parent.parent
             env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-            process = subprocess.Popen(self._node_command(node), stdout=out, stderr=out, env=env,
+            process = subprocess.Popen(self._node_command(node, listen), stdout=self._log(node.id),
+                                       stderr=subprocess.STDOUT, env=env,
                                        start_new_session=True)  # Ctrl-C reaches us, and we stop it
             self.processes[node.id] = process
+            if isolated:
+                await self._isolate(node, listen, process)
         handle = self.pool.add(node.id, node.dial, node.weight)
         handle.process = self.processes.get(node.id)
         return handle
 
+    def _log(self, name: str):
+        if not self.node_log_dir:
+            return subprocess.DEVNULL
+        return open(os.path.join(self.node_log_dir, f"{name}.log"), "ab")
+
+    async def _isolate(self, node: NodeConfig, node_dial: str, process: subprocess.Popen) -> None:
+        """An Inferno emu in front of the node, serving on the node's port."""
+        from styxfs.node import default_model_path
+
+        from .isolation import Isolate
+
+        port = int(node_dial.rsplit("!", 1)[1])
+        with trio.fail_after(180):
+            while not port_in_use("127.0.0.1", port):
+                if process.poll() is not None:
+                    raise RuntimeError(f"node {node.id} exited before listening")
+                await trio.sleep(0.05)
+        model = self.config.modelPath or str(await trio.to_thread.run_sync(default_model_path))
+        log_path = os.path.join(self.node_log_dir, f"{node.id}-isolate.log") if self.node_log_dir else None
+        isolate = Isolate(node.id, log_path=log_path)
+        await isolate.start_async(node_dial, os.path.abspath(model), self.config.node_value(node, "contextSize"),
+                                  self.config.node_value(node, "gpuLayers"), node.port)
+        self.isolates[node.id] = isolate
+        self.nursery.start_soon(self._watch_isolate, node.id, isolate)
+
+    async def _watch_isolate(self, node_id: str, isolate) -> None:
+        reason = await isolate.wait_dead()
+        if self.isolates.get(node_id) is isolate:  # not stopped by us
+            log.error("the isolate of node %s died: %s", node_id, reason)
+            self.emit("error", RuntimeError(f"the isolate of node {node_id} died: {reason}"))
+            try:
+                self.pool.get(node_id).failed(f"isolate died: {reason}")
+            except KeyError:
+                pass
+
     async def _stop_processes(self, ids: list[str] | None = None) -> None:
-        ids = list(self.processes) if ids is None else ids
+        ids = list(set(self.processes) | set(self.isolates)) if ids is None else ids
+        for node_id in ids:
+            isolate = self.isolates.pop(node_id, None)
+            if isolate is not None:
+                await trio.to_thread.run_sync(isolate.stop)
         for node_id in ids:
             process = self.processes.get(node_id)
             if process is not None and process.poll() is None:
