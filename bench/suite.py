@@ -142,7 +142,8 @@ def start_peer(model: str, threads: int) -> tuple[subprocess.Popen, int]:
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", model, "--n_ctx", "2048",
                                 "--n_threads", str(threads), "--n_threads_batch", str(threads),
-                                "--port", str(port), "--host", "127.0.0.1"],
+                                "--port", str(port), "--host", "127.0.0.1",
+                                "--interrupt_requests", "False"],  # else a new request cuts the running one short
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_port(port, process=process)
     return process, port

@@ -304,6 +304,16 @@ class SessionReply(SessionEntry):
         return ReplyHandle(self, caller, self.session.reply)
 
 
+async def read_reply(reply: Reply | None, offset: int, count: int) -> bytes:
+    """Text of a reply from offset, waiting for it; none at all is empty."""
+    if reply is None:
+        return b""
+    try:
+        return await reply.read(offset, count)
+    except EngineError as e:
+        raise StyxError(str(e)) from None
+
+
 class ReplyHandle(SessionHandle):
     """The reply current at open, from its first byte, streaming."""
 
@@ -312,12 +322,7 @@ class ReplyHandle(SessionHandle):
         self.reply = reply
 
     async def read(self, offset: int, count: int) -> bytes:
-        if self.reply is None:
-            return b""
-        try:
-            return await self.reply.read(offset, count)
-        except EngineError as e:
-            raise StyxError(str(e)) from None
+        return await read_reply(self.reply, offset, count)
 
 
 class SessionData(SessionEntry):
@@ -357,12 +362,11 @@ class DataHandle(SessionHandle):
                 raise StyxError("no prompt: write one before reading")
             await self._submit()
         try:
-            data = await self.reply.read(self.position, count)
+            data = await read_reply(self.reply, self.position, count)
         except trio.Cancelled:
-            self.entry.tree.backend.cancel(self.session) if self.session.reply is self.reply else None
+            if self.session.reply is self.reply:  # flushed while waiting on its own generation
+                self.entry.tree.backend.cancel(self.session)
             raise
-        except EngineError as e:
-            raise StyxError(str(e)) from None
         self.position += len(data)
         return data
 
@@ -408,12 +412,7 @@ class ConnReplyHandle(Handle):
         self.reply = reply
 
     async def read(self, offset: int, count: int) -> bytes:
-        if self.reply is None:
-            return b""
-        try:
-            return await self.reply.read(offset, count)
-        except EngineError as e:
-            raise StyxError(str(e)) from None
+        return await read_reply(self.reply, offset, count)
 
 
 class CloneFile(Entry):

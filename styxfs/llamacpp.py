@@ -66,7 +66,10 @@ class Llama:
         self.batch_size = max(16, settings.batch)
         cparams = lc.llama_context_default_params()
         cparams.n_seq_max = slots
-        cparams.kv_unified = False  # each sequence has a whole context of its own
+        # One KV buffer shared by every sequence: measured here with Gemma 3 270M,
+        # 4 sessions decode at 84 tok/s together so, 48 with a stream per sequence.
+        # Each session is held to ctx tokens, so slots x ctx cells always suffice.
+        cparams.kv_unified = True
         cparams.n_ctx = self.seq_context * slots
         cparams.n_batch = self.batch_size
         cparams.n_ubatch = self.batch_size

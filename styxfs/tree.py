@@ -19,7 +19,7 @@ from typing import Any, Awaitable, Callable
 
 from . import errors
 from .errors import StyxError
-from .wire import DMDIR, OREAD, ORDWR, OTRUNC, OWRITE, QTDIR, Dir, Qid
+from .wire import DMDIR, ORDWR, OTRUNC, OWRITE, QTDIR, Dir, Qid
 
 START_TIME = int(time.time())
 

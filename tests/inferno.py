@@ -55,7 +55,6 @@ refused`` and sets status ``dial failed``.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -65,55 +64,13 @@ import pytest
 
 __all__ = ["InfernoResult", "find_emu", "requires_emu", "run_inferno", "quote"]
 
-_NAMES = ("emu", "emu-g")
-
-
-def _is_exe(p: Path) -> bool:
-    return p.is_file() and os.access(p, os.X_OK)
-
-
-def _root_of(binary: Path) -> Path | None:
-    """ROOT from ROOT/<SYSHOST>/<OBJTYPE>/bin/emu, if it looks like a tree."""
-    real = binary.resolve()
-    if len(real.parents) < 4:
-        return None
-    root = real.parents[3]
-    return root if (root / "dis" / "sh.dis").is_file() else None
-
-
-def find_emu() -> tuple[str, str] | None:
-    """Return ``(emu_path, inferno_root)``, or None when no emu is found."""
-    env_root = os.environ.get("INFERNO_ROOT")
-    if env_root:
-        root = Path(env_root)
-        if not (root / "dis" / "sh.dis").is_file():
-            return None
-        host = os.environ.get("SYSHOST", "Linux")
-        objtype = os.environ.get("OBJTYPE", "386")
-        dirs = [root / "Linux" / "386" / "bin", root / host / objtype / "bin"]
-        for d in dirs:
-            for name in _NAMES:
-                if _is_exe(d / name):
-                    return str(d / name), str(root)
-        for name in _NAMES:
-            found = shutil.which(name)
-            if found:
-                return found, str(root)
-        return None
-    for name in _NAMES:
-        found = shutil.which(name)
-        if found:
-            root = _root_of(Path(found))
-            if root is not None:
-                return found, str(root)
-    return None
-
+# One way to find emu, shared with the isolates.
+from coordinator.isolation import find_emu  # noqa: E402
 
 requires_emu = pytest.mark.skipif(
     find_emu() is None,
     reason="Inferno emu not found: set INFERNO_ROOT or put emu on PATH",
 )
-
 
 def quote(s: str) -> str:
     """Quote one word for Inferno sh ('' doubles a quote inside quotes)."""

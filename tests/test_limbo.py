@@ -331,7 +331,7 @@ async def test_model_context(start_node, dis):
     await greedy(address)
     want = await ask(address, PROMPT)
     out = await drive(dis, [
-        f"load tiny.gguf 512 0",
+        "load tiny.gguf 512 0",
         f"eval {PROMPT}",
         "load nosuch.gguf 512 0",  # the server's error as %r; the model stays
         f"eval {PROMPT}",

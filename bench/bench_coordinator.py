@@ -1,0 +1,92 @@
+"""What a coordinator adds: time to first byte and total time of a short
+greedy reply through a coordinator versus straight to a node, on the tiny
+model, median and p99 over 200 requests each (alternating).  The goal: at
+most 2 ms more at the median.
+
+    .venv/bin/python bench/bench_coordinator.py [--requests 200] [--maxtokens 8]
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import click
+import trio
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.common import ROOT, machine_line, start_node_process, stop_process  # noqa: E402
+from styxfs import client, wire  # noqa: E402
+
+
+async def one(c, maxtokens: int) -> tuple[float, float]:
+    """A reply on a fresh session: (time to first byte, total), from the write."""
+    async with await c.open("clone", wire.ORDWR) as ctl:
+        n = (await ctl.read()).decode().strip()
+        await ctl.fid.write(f"temperature 0\nmaxtokens {maxtokens}".encode(), 0)
+        async with await c.open(f"{n}/data", wire.ORDWR) as f:
+            start = time.perf_counter()
+            await f.write("Once upon a time")
+            first = None
+            async for _ in f.stream():
+                first = first or time.perf_counter() - start
+            total = time.perf_counter() - start
+        await ctl.fid.write(b"close", 0)
+    return first or total, total
+
+
+def p99(values):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(0.99 * len(values)))]
+
+
+@click.command()
+@click.option("--requests", default=200, show_default=True)
+@click.option("--maxtokens", default=8, show_default=True)
+def main(requests: int, maxtokens: int) -> None:
+    sys.path.insert(0, ROOT)
+    from coordinator import DeploymentManager
+    from tests.tinymodel import write_tiny_model
+
+    model = str(write_tiny_model(os.path.join(tempfile.mkdtemp(), "tiny.gguf")))
+    node, node_address = start_node_process(model, threads=1, slots=4)
+    try:
+        async def run():
+            config = {"name": "bench", "network": {"listen": "tcp!127.0.0.1!0", "healthCheckInterval": 5000},
+                      "nodes": [{"id": "n0", "address": "127.0.0.1", "port": int(node_address.rsplit("!", 1)[1])}]}
+            mgr = DeploymentManager(config)
+            figures = {"node": ([], []), "coordinator": ([], [])}
+            async with trio.open_nursery() as nursery:
+                await mgr.deploy(nursery)
+                async with client.connect(node_address) as direct, client.connect(mgr.address) as via:
+                    for _ in range(10):  # warm up both paths
+                        await one(direct, maxtokens)
+                        await one(via, maxtokens)
+                    for _ in range(requests):
+                        for name, c in (("node", direct), ("coordinator", via)):
+                            ttfb, total = await one(c, maxtokens)
+                            figures[name][0].append(ttfb)
+                            figures[name][1].append(total)
+                nursery.cancel_scope.cancel()
+            return figures
+
+        figures = trio.run(run)
+    finally:
+        stop_process(node)
+    print(machine_line())
+    print(f"{requests} requests each, {maxtokens} greedy tokens, tiny model, 1 node")
+    print(f"{'path':<12} {'ttfb p50':>10} {'ttfb p99':>10} {'total p50':>10} {'total p99':>10}")
+    for name, (ttfb, total) in figures.items():
+        print(f"{name:<12} {statistics.median(ttfb) * 1000:>8.2f}ms {p99(ttfb) * 1000:>8.2f}ms "
+              f"{statistics.median(total) * 1000:>8.2f}ms {p99(total) * 1000:>8.2f}ms")
+    added = [statistics.median(figures["coordinator"][i]) - statistics.median(figures["node"][i]) for i in (0, 1)]
+    print(f"the coordinator adds {added[0] * 1000:.2f} ms to the first byte and {added[1] * 1000:.2f} ms "
+          f"to the whole reply at the median (goal: at most 2 ms)")
+
+
+if __name__ == "__main__":
+    main()
