@@ -8,8 +8,10 @@ most 2 ms more at the median.
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -19,7 +21,8 @@ import trio
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import ROOT, machine_line, start_node_process, stop_process  # noqa: E402
+from bench.common import (  # noqa: E402
+    LLAMAFS, ROOT, free_port, machine_line, start_node_process, stop_process, wait_for_port)
 from styxfs import client, wire  # noqa: E402
 
 
@@ -49,33 +52,37 @@ def p99(values):
 @click.option("--maxtokens", default=8, show_default=True)
 def main(requests: int, maxtokens: int) -> None:
     sys.path.insert(0, ROOT)
-    from coordinator import DeploymentManager
     from tests.tinymodel import write_tiny_model
 
     model = str(write_tiny_model(os.path.join(tempfile.mkdtemp(), "tiny.gguf")))
     node, node_address = start_node_process(model, threads=1, slots=4)
+    port = free_port()
+    config_path = os.path.join(tempfile.mkdtemp(), "deployment.json")
+    with open(config_path, "w") as f:  # the coordinator in a process of its own, as deployed
+        json.dump({"name": "bench", "network": {"listen": f"tcp!127.0.0.1!{port}", "healthCheckInterval": 5000},
+                   "nodes": [{"id": "n0", "address": "127.0.0.1",
+                              "port": int(node_address.rsplit("!", 1)[1])}]}, f)
+    coordinator = subprocess.Popen(LLAMAFS + ["deploy", "start", "--config", config_path], cwd=ROOT,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+        wait_for_port(port, timeout=60, process=coordinator)
+
         async def run():
-            config = {"name": "bench", "network": {"listen": "tcp!127.0.0.1!0", "healthCheckInterval": 5000},
-                      "nodes": [{"id": "n0", "address": "127.0.0.1", "port": int(node_address.rsplit("!", 1)[1])}]}
-            mgr = DeploymentManager(config)
             figures = {"node": ([], []), "coordinator": ([], [])}
-            async with trio.open_nursery() as nursery:
-                await mgr.deploy(nursery)
-                async with client.connect(node_address) as direct, client.connect(mgr.address) as via:
-                    for _ in range(10):  # warm up both paths
-                        await one(direct, maxtokens)
-                        await one(via, maxtokens)
-                    for _ in range(requests):
-                        for name, c in (("node", direct), ("coordinator", via)):
-                            ttfb, total = await one(c, maxtokens)
-                            figures[name][0].append(ttfb)
-                            figures[name][1].append(total)
-                nursery.cancel_scope.cancel()
+            async with client.connect(node_address) as direct, client.connect(f"tcp!127.0.0.1!{port}") as via:
+                for _ in range(10):  # warm up both paths
+                    await one(direct, maxtokens)
+                    await one(via, maxtokens)
+                for _ in range(requests):
+                    for name, c in (("node", direct), ("coordinator", via)):
+                        ttfb, total = await one(c, maxtokens)
+                        figures[name][0].append(ttfb)
+                        figures[name][1].append(total)
             return figures
 
         figures = trio.run(run)
     finally:
+        stop_process(coordinator)
         stop_process(node)
     print(machine_line())
     print(f"{requests} requests each, {maxtokens} greedy tokens, tiny model, 1 node")

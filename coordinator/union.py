@@ -30,16 +30,64 @@ from .pool import NodeDown, NodeHandle, Pool
 
 log = logging.getLogger("coordinator.union")
 
+SPARES = 4  # sessions made ahead on each node: a new session's first turn need not wait to make one
+
+
+class Binding:
+    """A session on a node, ready for turns: its ctl (the clone fid, held
+    open, which keeps the session alive), its status open for re-reading,
+    and its data file opened ahead for the next turn."""
+
+    def __init__(self, node: NodeHandle, number: str, ctl: client.File, status: client.File, data: client.Fid):
+        self.node, self.number, self.ctl, self.status = node, number, ctl, status
+        self.data: client.Fid | None = data  # None while the next one is being opened
+        self.settings: str | None = None  # the settings last written to its ctl
+        self.released = False
+
+    @classmethod
+    async def make(cls, node: NodeHandle, c: client.Client) -> "Binding":
+        ctl = await c.open("clone", wire.ORDWR)
+        opened: dict[str, client.File] = {}
+
+        async def open_file(name: str, mode: int) -> None:
+            opened[name] = await c.open(f"{number}/{name}", mode)
+
+        try:
+            number = (await ctl.read()).decode().strip()
+            async with client.unwrapped(), trio.open_nursery() as nursery:  # both at once
+                nursery.start_soon(open_file, "status", wire.OREAD)
+                nursery.start_soon(open_file, "data", wire.ORDWR)
+        except BaseException:
+            for f in [*opened.values(), ctl]:
+                await f.fid.clunk_quietly()
+            raise
+        return cls(node, number, ctl, opened["status"], opened["data"].fid)
+
+    async def release(self, close: bool) -> None:
+        """Let go of it (and close the session on the node), within 2 s."""
+        self.released = True
+        with trio.CancelScope(shield=True), trio.move_on_after(2):  # the deadline inside the shield
+            try:
+                if close:
+                    await self.ctl.fid.write(b"close", 0)
+            except client.Error:
+                pass
+            for fid in (self.data, self.status.fid, self.ctl.fid):
+                if fid is not None:
+                    await fid.clunk_quietly()
+
 
 class Remote:
     """A coordinator session's life on nodes."""
 
     def __init__(self):
-        self.node: NodeHandle | None = None
-        self.number: str | None = None  # the session's number on that node
-        self.ctl: client.File | None = None  # its clone fid, held open: keeps it alive
+        self.binding: Binding | None = None
         self.turns: list[bytes] = []  # the conversation so far, prompts and replies
         self.reply: Reply | None = None
+
+    @property
+    def node(self) -> NodeHandle | None:
+        return self.binding.node if self.binding else None
 
 
 class UnionBackend(Backend):
@@ -58,11 +106,13 @@ class UnionBackend(Backend):
         self.failovers = 0
         self.qids = _QidMap()
         self.tree: LlamaTree | None = None  # make_union sets it
+        self.spares: dict[NodeHandle, list[Binding]] = {}
+        self.spare_wanted = trio.Event()
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
-            await trio.sleep_forever()
+            await self.keep_spares()
 
     # -- sessions --------------------------------------------------------------
 
@@ -83,49 +133,63 @@ class UnionBackend(Backend):
         remote = self.remotes.get(session.number)
         if remote and remote.reply and not remote.reply.ended:
             remote.reply.cancel_requested = True
-            if remote.ctl is not None:
-                self.nursery.start_soon(self._remote_ctl, remote, b"cancel")
+            if remote.binding is not None:
+                self.nursery.start_soon(self._remote_ctl, remote.binding, b"cancel")
 
     async def reset(self, session: Session) -> None:
         remote = self.remotes.get(session.number)
         if remote is not None:
             remote.turns = []
-            await self._remote_ctl(remote, b"reset")
+            if remote.binding is not None:
+                await self._remote_ctl(remote.binding, b"reset")
 
     async def close(self, session: Session) -> None:
         remote = self.remotes.pop(session.number, None)
         if remote is not None:
-            await self._drop_remote(remote, close=True)
+            await self._unbind(remote, close=True)
 
-    async def _remote_ctl(self, remote: Remote, command: bytes) -> None:
-        if remote.ctl is None:
-            return
+    async def _remote_ctl(self, binding: Binding, command: bytes) -> None:
         try:
             with trio.move_on_after(self.pool.health_timeout):
-                await remote.ctl.fid.write(command, 0)
+                await binding.ctl.fid.write(command, 0)
         except client.Error as e:
-            log.info("%s on node %s: %s", command.decode(), remote.node.id if remote.node else "?", e)
+            log.info("%s on node %s: %s", command.decode(), binding.node.id, e)
 
-    async def _drop_remote(self, remote: Remote, close: bool) -> None:
-        node, ctl = remote.node, remote.ctl
-        remote.node, remote.number, remote.ctl = None, None, None
-        if node is not None:
-            node.sessions.discard(remote)
-        if ctl is not None:
-            with trio.CancelScope(shield=True), trio.move_on_after(2):  # the deadline inside the shield
-                try:
-                    if close:
-                        await ctl.fid.write(b"close", 0)
-                    await ctl.close()
-                except client.Error:
-                    pass
+    async def _unbind(self, remote: Remote, close: bool) -> None:
+        binding, remote.binding = remote.binding, None
+        if binding is not None:
+            binding.node.sessions.discard(remote)
+            await binding.release(close)
 
-    async def _bind(self, remote: Remote, c: client.Client, node: NodeHandle) -> None:
-        """A session of ours on this node."""
-        ctl = await c.open("clone", wire.ORDWR)
-        remote.number = (await ctl.read()).decode().strip()
-        remote.node, remote.ctl = node, ctl
+    async def _bind(self, remote: Remote, c: client.Client, node: NodeHandle) -> Binding:
+        """A session on this node for remote: a spare one made ahead, or a new one."""
+        spares = self.spares.get(node, [])
+        binding = spares.pop() if spares else await Binding.make(node, c)
+        self.spare_wanted.set()
+        remote.binding = binding
         node.sessions.add(remote)
+        return binding
+
+    async def keep_spares(self) -> None:
+        """Keep SPARES sessions made ahead on every usable node, so that a new
+        session's first turn does not wait for clone, walk and open."""
+        while True:
+            self.spare_wanted = trio.Event()
+            for node in list(self.spares):
+                if node not in self.pool.nodes or not node.usable:
+                    for binding in self.spares.pop(node):
+                        self.nursery.start_soon(binding.release, True)
+            for node in self.pool.healthy():
+                spares = self.spares.setdefault(node, [])
+                while len(spares) < SPARES and node.usable and (c := node.client) is not None:
+                    try:
+                        with trio.fail_after(self.pool.health_timeout):
+                            spares.append(await Binding.make(node, c))
+                    except (client.Error, trio.TooSlowError) as e:
+                        log.info("no spare session on node %s: %s", node.id, e)
+                        break
+            with trio.move_on_after(1):
+                await self.spare_wanted.wait()
 
     # -- forwarding ------------------------------------------------------------
 
@@ -145,7 +209,7 @@ class UnionBackend(Backend):
                     log.warning("session %d: node %s failed: %s", session.number, node.id, e)
                     node.failed(str(e))
                     tried.add(node)
-                    await self._drop_remote(remote, close=False)
+                    await self._unbind(remote, close=False)
                     if not self.failover:
                         reply.set_state("error", f"node {node.id} failed")
                         break
@@ -164,23 +228,36 @@ class UnionBackend(Backend):
         with node.request() as c:
             reply.node = node.id
             prompt = text
-            if remote.node is not node or remote.number is None:
-                await self._drop_remote(remote, close=True)
+            if remote.node is not node:
+                await self._unbind(remote, close=True)
                 await self._bind(remote, c, node)
                 # A node new to this session: give it the conversation so far,
                 # and the reply so far when we take over in the middle of one.
                 prompt = b"".join(remote.turns) + text + bytes(reply.text)
-            await remote.ctl.fid.write(settings_text(session).encode(), 0)
+            b = remote.binding
+            data, b.data = b.data, None
+            if data is None:
+                data = (await c.open(f"{b.number}/data", wire.ORDWR)).fid
+            settings = settings_text(session)
+            f = client.File(data)
+            # The node takes a turn's settings when the turn is submitted, at the
+            # first read: so settings and prompt go at once, one round trip.
+            async with client.unwrapped(), trio.open_nursery() as nursery:
+                if settings != b.settings:
+                    nursery.start_soon(b.ctl.fid.write, settings.encode(), 0)
+                nursery.start_soon(f.write, prompt)
+            b.settings = settings
             if reply.cancel_requested:
+                await data.clunk_quietly()
                 reply.set_state("cancelled")
                 return
-            async with await c.open(f"{remote.number}/data", wire.ORDWR) as data:
-                await data.write(prompt)
-                if reply.state == "queued":
-                    reply.set_state("generating")
-                async for piece in data.stream():
+            if reply.state == "queued":
+                reply.set_state("generating")
+            async with f:
+                async for piece in f.stream():
                     reply.append(piece, 0)
-            status = (await c.read_file(f"{remote.number}/status")).decode()
+            status = (await b.status.fid.read(256, 0)).decode()
+            self.nursery.start_soon(self._next_data, b, c)
         state, fields = parse_status(status)
         reply.tokens_in = int(fields.get("tokens_in", 0))
         reply.tokens_out += int(fields.get("tokens_out", 0))
@@ -188,6 +265,18 @@ class UnionBackend(Backend):
             reply.set_state("error", fields.get("error", "generation failed"))
         else:
             reply.set_state("cancelled" if state == "cancelled" or reply.cancel_requested else "done")
+
+    async def _next_data(self, binding: Binding, c: client.Client) -> None:
+        """The data file for the binding's next turn, opened ahead."""
+        try:
+            with trio.fail_after(self.pool.health_timeout):
+                fid = (await c.open(f"{binding.number}/data", wire.ORDWR)).fid
+        except (client.Error, trio.TooSlowError):
+            return
+        if binding.data is None and not binding.released:
+            binding.data = fid
+        else:
+            await fid.clunk_quietly()
 
     # -- the root's files --------------------------------------------------------
 
