@@ -83,15 +83,28 @@ async def llamafs_one(c, tokens: int, results: list) -> None:
 
 async def llamafs_concurrent(address: str, sessions: int, tokens: int) -> dict:
     results: list = []
+    probes: list[float] = []  # how long a read of metrics takes while the node is busy
     start = time.perf_counter()
     async with trio.open_nursery() as nursery:
-        for _ in range(sessions):
-            async def one():
+        async with trio.open_nursery() as clients:
+            for _ in range(sessions):
+                async def one():
+                    async with client.connect(address) as c:
+                        await llamafs_one(c, tokens, results)
+                clients.start_soon(one)
+
+            async def probe():
                 async with client.connect(address) as c:
-                    await llamafs_one(c, tokens, results)
-            nursery.start_soon(one)
+                    while True:
+                        t = time.perf_counter()
+                        await c.read_file("metrics")
+                        probes.append(time.perf_counter() - t)
+                        await trio.sleep(0.05)
+            nursery.start_soon(probe)
+        nursery.cancel_scope.cancel()
     wall = time.perf_counter() - start
-    return summarise(results, wall)
+    return summarise(results, wall) | {"metrics_read_p50": percentile(probes, 0.5),
+                                       "metrics_read_p99": percentile(probes, 0.99)}
 
 
 def summarise(results: list, wall: float) -> dict:
@@ -286,6 +299,9 @@ def report(f: dict) -> None:
             continue
         for level, r in rows.items():
             print(f"   {level:<9} {name:<18} {r['aggregate_tps']:>15.1f}  {r['ttft_p50']:>7.3f}s  {r['ttft_p99']:>7.3f}s")
+    busy = f["b"]["llamafs"][max(f["b"]["llamafs"])]
+    print(f"   reading metrics while llamafs is busy: p50 {busy['metrics_read_p50'] * 1000:.1f} ms, "
+          f"p99 {busy['metrics_read_p99'] * 1000:.1f} ms")
     four = f["b"]["llamafs"].get(4), f["b"]["llama_cpp.server"].get(4)
     if all(four):
         print(f"   at 4 sessions llamafs / llama_cpp.server = {four[0]['aggregate_tps'] / four[1]['aggregate_tps']:.2f}"
