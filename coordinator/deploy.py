@@ -167,6 +167,8 @@ class DeploymentManager:
                 await self._isolate(node, listen, process)
         handle = self.pool.add(node.id, node.dial, node.weight)
         handle.process = self.processes.get(node.id)
+        if node.id in self.isolates:
+            handle.authenticate = None  # the isolate authenticates to the node; its export is local
         return handle
 
     def _log(self, name: str):
@@ -190,7 +192,8 @@ class DeploymentManager:
         log_path = os.path.join(self.node_log_dir, f"{node.id}-isolate.log") if self.node_log_dir else None
         isolate = Isolate(node.id, log_path=log_path)
         await isolate.start_async(node_dial, os.path.abspath(model), self.config.node_value(node, "contextSize"),
-                                  self.config.node_value(node, "gpuLayers"), node.port)
+                                  self.config.node_value(node, "gpuLayers"), node.port,
+                                  auth_secret_file=self.config.authSecretFile)
         self.isolates[node.id] = isolate
         self.nursery.start_soon(self._watch_isolate, node.id, isolate)
 

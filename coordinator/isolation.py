@@ -8,12 +8,18 @@ its own (as ``styxlisten -A … export`` would; each client connection gets its
 own connection to the node). The coordinator then dials the isolate instead of
 the node.
 
+A node started with ``--auth-secret-file`` is reached with the same secret
+(``auth_secret_file``: ``isolate -k``, Tauth as in :mod:`styxfs.auth`). The
+isolate's own export is not authenticated: it listens on loopback (``host``,
+127.0.0.1 by default), for the coordinator on the same machine.
+
 Inferno is never shipped with llamafs: emu is looked for on PATH or under
 ``$INFERNO_ROOT`` (:func:`find_emu`), and our Limbo programs are compiled with
 that Inferno's ``limbo`` the first time they are needed (:func:`build_dis`).
 
     iso = Isolate("node-0")
     iso.start("tcp!127.0.0.1!8000", "model.gguf", 2048, 0, 0)  # 0: any free port
+    iso.start(..., auth_secret_file="secret")  # a node with --auth-secret-file
     iso.address        # "tcp!127.0.0.1!PORT": dial this instead of the node
     iso.alive()        # False once emu has gone (a dead isolate is a dead node)
     iso.stop()
@@ -219,8 +225,11 @@ class Isolate:
         return f"{name} ({self.node_dial} -> {self.address})"
 
     def start(self, node_dial: str, model_path: str, ctx: int, layers: int, export_port: int,
-              timeout: float = 60.0) -> subprocess.Popen:
+              timeout: float = 60.0, auth_secret_file: str | os.PathLike | None = None) -> subprocess.Popen:
         """Start emu; return once the isolate serves on ``export_port`` (0: a free port).
+
+        ``auth_secret_file``: the node's secret (its ``--auth-secret-file``), or
+        None for a node without authentication.
 
         Blocks (use :meth:`start_async` from trio). Raises :class:`EmuNotFound`
         when there is no emu, :class:`IsolationError` when the isolate exits or
@@ -236,8 +245,10 @@ class Isolate:
             self._tmp = tempfile.TemporaryDirectory(prefix="llamafs-isolate-")
             self._log_path = Path(self._tmp.name) / "emu.log"
         self._log_file = open(self._log_path, "wb")
-        words = [host_path(dis / "isolate.dis"), "-M", host_path(dis / "llamacpp.dis"),
-                 node_dial, model_path, str(int(ctx)), str(int(layers)), f"tcp!{self.host}!{self.port}"]
+        words = [host_path(dis / "isolate.dis"), "-M", host_path(dis / "llamacpp.dis")]
+        if auth_secret_file is not None:
+            words += ["-k", host_path(auth_secret_file)]
+        words += [node_dial, model_path, str(int(ctx)), str(int(layers)), f"tcp!{self.host}!{self.port}"]
         script = " ".join(inferno_quote(w) for w in words) + "; echo halt > /dev/sysctl"
         env = {k: v for k, v in os.environ.items() if k != "EMU"}
         self.process = subprocess.Popen(
@@ -260,11 +271,12 @@ class Isolate:
             time.sleep(0.05)
 
     async def start_async(self, node_dial: str, model_path: str, ctx: int, layers: int, export_port: int,
-                          timeout: float = 60.0) -> subprocess.Popen:
+                          timeout: float = 60.0, auth_secret_file: str | os.PathLike | None = None
+                          ) -> subprocess.Popen:
         """:meth:`start` in a worker thread (cancellation stops the isolate)."""
         try:
             return await trio.to_thread.run_sync(self.start, node_dial, model_path, ctx, layers,
-                                                 export_port, timeout, abandon_on_cancel=False)
+                                                 export_port, timeout, auth_secret_file, abandon_on_cancel=False)
         except BaseException:
             self.stop()
             raise

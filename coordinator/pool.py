@@ -45,6 +45,7 @@ class NodeHandle:
         self.scope = trio.CancelScope()
         self.checked = trio.Event()  # set after each health check
         self.process = None  # a local node process we started (deploy.py)
+        self.authenticate = pool.authenticate  # None for an isolate: its export is on loopback, without Tauth
 
     @property
     def connections(self) -> int:
@@ -77,7 +78,7 @@ class NodeHandle:
     async def _connection(self) -> None:
         with trio.move_on_after(self.pool.health_timeout) as connecting:
             async with client.connect(self.address, uname=self.pool.uname, flush_timeout=0.5,
-                                      authenticate=self.pool.authenticate) as c:
+                                      authenticate=self.authenticate) as c:
                 connecting.deadline = math.inf  # connected: no deadline but the checks' own
                 self.client = c
                 try:

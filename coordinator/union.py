@@ -134,7 +134,10 @@ class UnionBackend(Backend):
         if remote and remote.reply and not remote.reply.ended:
             remote.reply.cancel_requested = True
             if remote.binding is not None:
-                self.nursery.start_soon(self._remote_ctl, remote.binding, b"cancel")
+                try:
+                    self.nursery.start_soon(self._remote_ctl, remote.binding, b"cancel")
+                except RuntimeError:  # shutting down: the node's session goes too
+                    pass
 
     async def reset(self, session: Session) -> None:
         remote = self.remotes.get(session.number)
@@ -187,6 +190,9 @@ class UnionBackend(Backend):
                             spares.append(await Binding.make(node, c))
                     except (client.Error, trio.TooSlowError) as e:
                         log.info("no spare session on node %s: %s", node.id, e)
+                        break
+                    except Exception:  # a bug here must not take the coordinator down
+                        log.exception("making a spare session on node %s", node.id)
                         break
             with trio.move_on_after(1):
                 await self.spare_wanted.wait()

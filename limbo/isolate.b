@@ -1,7 +1,7 @@
 implement Isolate;
 
 #
-# isolate [-M modulepath] nodeaddr modelpath ctx layers exportaddr
+# isolate [-M modulepath] [-k secretfile] nodeaddr modelpath ctx layers exportaddr
 #
 # A Dis-VM isolate in front of one llamafs node: mounts the node at
 # /n/llama in a namespace of its own, loads the model through
@@ -10,7 +10,11 @@ implement Isolate;
 # connection gets a connection of its own to the node, so that per-
 # connection files (reply) keep their meaning.  It prints one line,
 # "isolate: serving ...", once it listens; errors go to stderr and end it
-# with a fail: status.
+# with a fail: status.  With -k, every connection to the node
+# authenticates with the secret in secretfile (a node started with
+# --auth-secret-file; Llamacpp's authmount); the export itself stays
+# unauthenticated: it is meant for loopback, where only this machine's
+# users (the coordinator) can reach it.
 #
 
 include "sys.m";
@@ -41,6 +45,7 @@ Cs: module
 MNT: con "/n/llama";	# where Llamacpp's ModelContext finds the tree
 
 stderr: ref Sys->FD;
+secret: array of byte;	# for the node (-k), or nil
 
 init(nil: ref Draw->Context, argv: list of string)
 {
@@ -50,12 +55,15 @@ init(nil: ref Draw->Context, argv: list of string)
 	if(arg == nil)
 		fail(sys->sprint("can't load %s: %r", Arg->PATH));
 	arg->init(argv);
-	arg->setusage("isolate [-M modulepath] nodeaddr modelpath ctx layers exportaddr");
+	arg->setusage("isolate [-M modulepath] [-k secretfile] nodeaddr modelpath ctx layers exportaddr");
 	modpath := Llamacpp->PATH;
+	secretfile := "";
 	while((c := arg->opt()) != 0)
 		case c {
 		'M' =>
 			modpath = arg->earg();
+		'k' =>
+			secretfile = arg->earg();
 		* =>
 			arg->usage();
 		}
@@ -73,6 +81,11 @@ init(nil: ref Draw->Context, argv: list of string)
 	if(llamacpp == nil)
 		fail(sys->sprint("can't load %s: %r", modpath));
 	llamacpp->init();
+	if(secretfile != nil){
+		secret = llamacpp->readsecret(secretfile);
+		if(secret == nil)
+			fail(sys->sprint("%r"));
+	}
 
 	sys->pctl(Sys->FORKNS, nil);
 	if(!numeric(nodeaddr) && sys->stat("/net/cs").t0 < 0)
@@ -132,8 +145,12 @@ mountnode(addr: string): (ref Sys->FD, string)
 	(ok, c) := sys->dial(addr, nil);
 	if(ok < 0)
 		return (nil, sys->sprint("can't dial node %s: %r", addr));
-	if(sys->mount(c.dfd, nil, MNT, Sys->MREPL, nil) < 0)
-		return (nil, sys->sprint("can't mount node %s on %s: %r", addr, MNT));
+	if(llamacpp->authmount(c.dfd, secret, MNT, Sys->MREPL, nil) < 0){
+		err := sys->sprint("can't mount node %s on %s: %r", addr, MNT);
+		if(c.cfd != nil)
+			sys->fprint(c.cfd, "hangup");
+		return (nil, err);
+	}
 	return (c.cfd, nil);
 }
 

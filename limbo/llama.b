@@ -1,18 +1,23 @@
 implement Llama;
 
 #
-# llama [-m mountpoint] [-a tcp!host!port] [-t temperature] [-n maxtokens] [prompt ...]
+# llama [-m mountpoint] [-a tcp!host!port [-k secretfile] [-M modulepath]]
+#	[-t temperature] [-n maxtokens] [prompt ...]
 #
 # Ask a llamafs node or coordinator: a session of its own (clone), the
 # settings written to its ctl, the prompt (the arguments, or else standard
 # input) written to its data file, and the reply copied to standard output
-# as it arrives.  The session is closed at the end.
+# as it arrives.  The session is closed at the end.  With -a, -k
+# authenticates with the secret in secretfile (to a server started with
+# --auth-secret-file) through Llamacpp's authmount: the module from -M,
+# else Llamacpp->PATH, else llamacpp.dis beside this command.
 #
 
 include "sys.m";
 	sys: Sys;
 include "draw.m";
 include "arg.m";
+include "llamacpp.m";
 
 Llama: module
 {
@@ -35,9 +40,12 @@ init(nil: ref Draw->Context, argv: list of string)
 	if(arg == nil)
 		fail(sys->sprint("can't load %s: %r", Arg->PATH));
 	arg->init(argv);
-	arg->setusage("llama [-m mountpoint] [-a tcp!host!port] [-t temperature] [-n maxtokens] [prompt ...]");
+	arg->setusage("llama [-m mountpoint] [-a tcp!host!port [-k secretfile] [-M modulepath]] [-t temperature] [-n maxtokens] [prompt ...]");
 	mnt := "";
 	addr := "";
+	secretfile := "";
+	modpath := "";
+	argv0 := hd argv;
 	settings: list of string;
 	while((c := arg->opt()) != 0)
 		case c {
@@ -45,6 +53,10 @@ init(nil: ref Draw->Context, argv: list of string)
 			mnt = arg->earg();
 		'a' =>
 			addr = arg->earg();
+		'k' =>
+			secretfile = arg->earg();
+		'M' =>
+			modpath = arg->earg();
 		't' =>
 			settings = "temperature " + number(arg->earg(), "temperature") :: settings;
 		'n' =>
@@ -53,6 +65,8 @@ init(nil: ref Draw->Context, argv: list of string)
 			arg->usage();
 		}
 	argv = arg->argv();
+	if(secretfile != nil && addr == nil)
+		fail("-k needs -a");
 	arg = nil;
 
 	if(addr != nil){
@@ -65,8 +79,17 @@ init(nil: ref Draw->Context, argv: list of string)
 		(ok, conn) := sys->dial(addr, nil);
 		if(ok < 0)
 			fail(sys->sprint("can't dial %s: %r", addr));
-		if(sys->mount(conn.dfd, nil, mnt, Sys->MREPL, nil) < 0)
-			fail(sys->sprint("can't mount %s on %s: %r", addr, mnt));
+		if(secretfile == nil){
+			if(sys->mount(conn.dfd, nil, mnt, Sys->MREPL, nil) < 0)
+				fail(sys->sprint("can't mount %s on %s: %r", addr, mnt));
+		}else{
+			llamacpp := loadllamacpp(modpath, argv0);
+			secret := llamacpp->readsecret(secretfile);
+			if(secret == nil)
+				fail(sys->sprint("%r"));
+			if(llamacpp->authmount(conn.dfd, secret, mnt, Sys->MREPL, nil) < 0)
+				fail(sys->sprint("can't mount %s on %s: %r", addr, mnt));
+		}
 	}else if(mnt == nil)
 		mnt = "/n/llama";
 
@@ -100,6 +123,35 @@ init(nil: ref Draw->Context, argv: list of string)
 	sys->fprint(ctl, "close");
 	if(err != nil)
 		fail(err);
+}
+
+# The module: from modpath if given, else its installed PATH, else
+# llamacpp.dis in the directory this command was run from.
+loadllamacpp(modpath: string, argv0: string): Llamacpp
+{
+	paths := Llamacpp->PATH :: nil;
+	if(modpath != nil)
+		paths = modpath :: nil;
+	else{
+		for(i := len argv0 - 1; i >= 0; i--)
+			if(argv0[i] == '/'){
+				paths = Llamacpp->PATH :: argv0[0:i+1] + "llamacpp.dis" :: nil;
+				break;
+			}
+	}
+	err := "";
+	for(; paths != nil; paths = tl paths){
+		m := load Llamacpp hd paths;
+		if(m != nil){
+			m->init();
+			return m;
+		}
+		if(err != nil)
+			err += "; ";
+		err += sys->sprint("can't load %s: %r", hd paths);
+	}
+	fail(err);
+	return nil;
 }
 
 # Send the prompt through a data file; copy the reply to stdout as it comes.

@@ -9,6 +9,7 @@ implement Llamacpp;
 include "sys.m";
 	sys: Sys;
 include "draw.m";
+include "keyring.m";
 include "llamacpp.m";
 
 # ndb/cs, started in a DisNode's private namespace when it must dial a
@@ -99,7 +100,7 @@ ModelContext.evaluate(ctx: self ref ModelContext, input: string): string
 
 DisNode.init(id: string, addr: string, p: int): ref DisNode
 {
-	return ref DisNode(id, addr, p, 0, 0, nil, nil, nil, chan[1] of int);
+	return ref DisNode(id, addr, p, nil, 0, 0, nil, nil, nil, chan[1] of int);
 }
 
 dialstring(node: ref DisNode): string
@@ -139,7 +140,7 @@ connect(node: ref DisNode): string
 	reqc := chan of (string, chan of (string, string, int));
 	quitc := chan of chan of int;
 	sync := chan of string;
-	spawn nodeproc(dest, reqc, quitc, sync);
+	spawn nodeproc(dest, node.secret, reqc, quitc, sync);
 	err := <-sync;
 	if(err != nil){
 		node.failed = 1;
@@ -226,7 +227,7 @@ noderequest(node: ref DisNode, req: string): (string, string)
 # The node's own process: a private namespace with the node mounted on
 # NODEMNT; each request is served by a process of its own, in the same
 # namespace.
-nodeproc(dest: string, reqc: chan of (string, chan of (string, string, int)),
+nodeproc(dest: string, secret: array of byte, reqc: chan of (string, chan of (string, string, int)),
 	quitc: chan of chan of int, sync: chan of string)
 {
 	c: Sys->Connection;
@@ -245,7 +246,7 @@ nodeproc(dest: string, reqc: chan of (string, chan of (string, string, int)),
 			sync <-= sys->sprint("can't dial %s: %r", dest);
 			return;
 		}
-		if(sys->mount(c.dfd, nil, NODEMNT, Sys->MREPL, nil) < 0){
+		if(authmount(c.dfd, secret, NODEMNT, Sys->MREPL, nil) < 0){
 			sync <-= sys->sprint("can't mount %s: %r", dest);
 			hangup(c);
 			return;
@@ -334,6 +335,207 @@ runcs(done: chan of string)
 		return;
 	}
 	done <-= nil;
+}
+
+#
+# Shared-secret authentication (llamafs-secret-1; styxfs/auth.py):
+#	read	"challenge SNONCE\n"
+#	write	"response CNONCE MAC(client)\n"
+#	read	"proof MAC(server)\n"
+# over the afid, MAC(role) = hex HMAC-SHA256(secret, "role SNONCE CNONCE
+# uname aname").  Keyring is loaded where it is needed (no module state).
+#
+
+readsecret(file: string): array of byte
+{
+	S();
+	{
+		fd := sys->open(file, Sys->OREAD);
+		if(fd == nil){
+			sys->werrstr(sys->sprint("can't open secret file %s: %r", file));
+			return nil;
+		}
+		(b, ok) := readall(fd);
+		if(ok < 0){
+			sys->werrstr(sys->sprint("can't read secret file %s: %r", file));
+			return nil;
+		}
+		n := len b;
+		while(n > 0 && (b[n-1] == byte '\n' || b[n-1] == byte '\r'))
+			n--;
+		if(n == 0){
+			sys->werrstr(sys->sprint("%s: the secret file is empty", file));
+			return nil;
+		}
+		return b[0:n];
+	} exception e {
+	"*" =>
+		sys->werrstr("llamacpp: " + e);
+	}
+	return nil;
+}
+
+authmount(fd: ref Sys->FD, secret: array of byte, old: string, flag: int, aname: string): int
+{
+	S();
+	{
+		if(secret == nil)
+			return sys->mount(fd, nil, old, flag, aname);
+		(afd, err) := authenticate(fd, secret, aname);
+		if(err != nil){
+			sys->werrstr(err);
+			return -1;
+		}
+		return sys->mount(fd, afd, old, flag, aname);
+	} exception e {
+	"*" =>
+		sys->werrstr("llamacpp: " + e);
+	}
+	return -1;
+}
+
+AUTHFAILED: con "authentication failed";
+
+# The afid, authenticated, or (nil, error).
+authenticate(fd: ref Sys->FD, secret: array of byte, aname: string): (ref Sys->FD, string)
+{
+	kr := load Keyring Keyring->PATH;
+	if(kr == nil)
+		return (nil, sys->sprint("can't load %s: %r", Keyring->PATH));
+	uname := user();
+	if(uname == nil)
+		return (nil, sys->sprint("can't read /dev/user: %r"));
+	cnonce := nonce(kr);
+	if(cnonce == nil)
+		return (nil, sys->sprint("no random nonce: %r"));
+
+	afd := sys->fauth(fd, aname);
+	if(afd == nil)
+		return (nil, sys->sprint(AUTHFAILED + ": the server said %r"));
+	buf := array[256] of byte;
+	n := sys->read(afd, buf, len buf);
+	if(n < 0)
+		return (nil, sys->sprint(AUTHFAILED + ": the server said %r"));
+	(nf, f) := sys->tokenize(string buf[0:n], " \t\r\n");
+	if(nf != 2 || hd f != "challenge")
+		return (nil, AUTHFAILED + ": not a llamafs secret challenge");
+	snonce := hd tl f;
+
+	b := array of byte ("response " + cnonce + " " + mac(kr, secret, "client", snonce, cnonce, uname, aname) + "\n");
+	if(sys->write(afd, b, len b) != len b){
+		err := sys->sprint("%r");
+		if(err != AUTHFAILED)
+			err = AUTHFAILED + ": the server said " + err;
+		return (nil, err);
+	}
+	n = sys->read(afd, buf, len buf);
+	if(n < 0)
+		return (nil, sys->sprint(AUTHFAILED + ": the server said %r"));
+	(nf, f) = sys->tokenize(string buf[0:n], " \t\r\n");
+	want := mac(kr, secret, "server", snonce, cnonce, uname, aname);
+	if(nf != 2 || hd f != "proof" || !same(hd tl f, want))
+		return (nil, AUTHFAILED + ": the server does not know the secret");
+	return (afd, nil);
+}
+
+# hex HMAC-SHA256(secret, "role snonce cnonce uname aname")
+mac(kr: Keyring, secret: array of byte, role, snonce, cnonce, uname, aname: string): string
+{
+	msg := array of byte (role + " " + snonce + " " + cnonce + " " + uname + " " + aname);
+	return hex(hmacsha256(kr, secret, msg));
+}
+
+# RFC 2104 over Keyring's sha256 (Keyring has no hmac_sha256).
+hmacsha256(kr: Keyring, key, msg: array of byte): array of byte
+{
+	BLOCK: con 64;
+	if(len key > BLOCK){
+		d := array[Keyring->SHA256dlen] of byte;
+		kr->sha256(key, len key, d, nil);
+		key = d;
+	}
+	ipad := array[BLOCK] of {* => byte 16r36};
+	opad := array[BLOCK] of {* => byte 16r5c};
+	for(i := 0; i < len key; i++){
+		ipad[i] ^= key[i];
+		opad[i] ^= key[i];
+	}
+	inner := array[Keyring->SHA256dlen] of byte;
+	kr->sha256(msg, len msg, inner, kr->sha256(ipad, BLOCK, nil, nil));
+	digest := array[Keyring->SHA256dlen] of byte;
+	kr->sha256(inner, len inner, digest, kr->sha256(opad, BLOCK, nil, nil));
+	return digest;
+}
+
+hex(b: array of byte): string
+{
+	s := "";
+	for(i := 0; i < len b; i++)
+		s += sys->sprint("%.2ux", int b[i]);
+	return s;
+}
+
+# Equal strings, in time that does not depend on where they differ.
+same(a, b: string): int
+{
+	if(len a != len b)
+		return 0;
+	d := 0;
+	for(i := 0; i < len a; i++)
+		d |= a[i] ^ b[i];
+	return d == 0;
+}
+
+# 16 random bytes, in hex: from /dev/random, else Keyring's generator.
+nonce(kr: Keyring): string
+{
+	b := array[16] of byte;
+	fd := sys->open("/dev/random", Sys->OREAD);
+	for(n := 0; fd != nil && n < len b; ){
+		m := sys->read(fd, b[n:], len b - n);
+		if(m <= 0)
+			fd = nil;
+		else
+			n += m;
+	}
+	if(fd == nil){
+		IPint: import kr;
+		b = IPint.random(128, 128).iptobebytes();
+	}
+	return hex(b);
+}
+
+user(): string
+{
+	fd := sys->open("/dev/user", Sys->OREAD);
+	if(fd == nil)
+		return nil;
+	(b, ok) := readall(fd);
+	if(ok < 0)
+		return nil;
+	return string b;
+}
+
+# The whole file and 0, or -1 on error.
+readall(fd: ref Sys->FD): (array of byte, int)
+{
+	buf := array[8192] of byte;
+	all := array[0] of byte;
+	nall := 0;
+	for(;;){
+		n := sys->read(fd, buf, len buf);
+		if(n < 0)
+			return (nil, -1);
+		if(n == 0)
+			return (all[0:nall], 0);
+		if(nall + n > len all){
+			a := array[2 * (nall + n)] of byte;
+			a[0:] = all[0:nall];
+			all = a;
+		}
+		all[nall:] = buf[0:n];
+		nall += n;
+	}
 }
 
 #

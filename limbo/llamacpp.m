@@ -1,6 +1,10 @@
 # llamafs from Limbo: the /n/llama file tree (a llamafs node or
 # coordinator, mounted with mount -A) wrapped in the original design's ADTs.
 #
+# A node (or coordinator) started with --auth-secret-file is reached with
+# its shared secret: DisNode's secret, or authmount (llamafs-secret-1 over
+# 9P's Tauth, as in styxfs/auth.py; the secret never crosses the wire).
+#
 # Every function reports failure Limbo's way: a nil (or -1) result with the
 # reason in the process's error string (%r); no exception leaves the module.
 # There is no module-level state besides the loaded Sys: several
@@ -32,11 +36,13 @@ Llamacpp: module
 	# that serves the node's requests); sendRequest sends a prompt through
 	# its data file and returns the whole reply; disconnect unmounts and
 	# hangs up.  A node whose transport fails is marked failed (and
-	# disconnected) until it is connected again.
+	# disconnected) until it is connected again.  Set secret (readsecret)
+	# before connect to authenticate; nil: no authentication.
 	DisNode: adt {
 		id:	string;
 		addr:	string;
 		port:	int;
+		secret:	array of byte;	# the shared secret, or nil
 		connected:	int;
 		failed:	int;
 		err:	string;	# why it failed
@@ -49,6 +55,17 @@ Llamacpp: module
 		disconnect: fn(node: self ref DisNode);
 		sendRequest: fn(node: self ref DisNode, req: string): string;
 	};
+
+	# The secret in file: its bytes, trailing CR/LF stripped; nil and %r
+	# when it cannot be read or is empty.
+	readsecret: fn(file: string): array of byte;
+
+	# sys->mount(fd, nil, old, flag, aname) when secret is nil; else
+	# sys->fauth, the llamafs-secret-1 exchange over the afid (checking
+	# that the server knows the secret too), and the mount with that afid.
+	# As sys->mount: -1 and %r ("authentication failed: ..." when the
+	# server refuses the secret or its proof is wrong).
+	authmount: fn(fd: ref Sys->FD, secret: array of byte, old: string, flag: int, aname: string): int;
 
 	# Round-robin over the connected nodes that have not failed; dispatch
 	# fails over to the next node until one answers.

@@ -361,8 +361,12 @@ async def unwrapped():
     try:
         yield
     except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
+        # One failure, or several plain errors at once (two calls on one lost
+        # connection, say): the first tells what happened.
+        errors = group.exceptions
+        if len(errors) == 1 or all(isinstance(e, Exception) and not isinstance(e, BaseExceptionGroup)
+                                   for e in errors):
+            raise errors[0] from None
         raise
 
 

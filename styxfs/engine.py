@@ -30,6 +30,7 @@ import trio
 log = logging.getLogger("styxfs.engine")
 
 DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp: pick a random seed
+STREAM_INTERVAL = 0.05  # seconds between wake-ups of a reply's readers while it streams
 
 
 class EngineError(Exception):
@@ -98,6 +99,7 @@ class Reply:
         self.first_token: float | None = None
         self.finished: float | None = None
         self.node = ""  # the coordinator fills this in
+        self._woken = 0.0
         self.cancel_requested = False
         self._changed = trio.Event()
 
@@ -111,12 +113,17 @@ class Reply:
 
     # Called on the trio thread (the worker goes through run_sync_soon).
     def append(self, data: bytes, tokens: int) -> None:
+        now = time.monotonic()
         if data:
             self.text += data
         if self.first_token is None and tokens:
-            self.first_token = time.monotonic()
+            self.first_token = now
         self.tokens_out += tokens
-        self._wake()
+        # Readers wake for the first text, then at most every STREAM_INTERVAL:
+        # fewer round trips per token leave the CPU to llama.cpp's threads.
+        if now - self._woken >= STREAM_INTERVAL or len(self.text) == len(data):
+            self._woken = now
+            self._wake()
 
     def set_state(self, state: str, error: str | None = None) -> None:
         if self.ended:

@@ -91,6 +91,13 @@ init(nil: ref Draw->Context, argv: list of string)
 		"disconnect" =>
 			find(nodes, hd tl f).disconnect();
 			sys->print("done\n");
+		"secret" =>	# secret NODE FILE: the node authenticates with it
+			n := find(nodes, hd tl f);
+			n.secret = llamacpp->readsecret(hd tl tl f);
+			if(n.secret == nil)
+				sys->print("nil: %r\n");
+			else
+				sys->print("ok %d\n", len n.secret);
 		"state" =>
 			n := find(nodes, hd tl f);
 			sys->print("connected %d failed %d\n", n.connected, n.failed);
