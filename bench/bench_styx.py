@@ -24,15 +24,10 @@ sys.path.insert(0, str(REPO))
 
 import trio  # noqa: E402
 
+from bench.common import free_port, stop_process  # noqa: E402
 from styxfs import client, wire  # noqa: E402
 
 FILE = "bench"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(connect, proc: subprocess.Popen, what: str, timeout: float = 15) -> None:
@@ -79,15 +74,6 @@ def start_plan9port_ramfs() -> tuple[subprocess.Popen, str, str]:
 
     wait_for(connect, proc, "plan9port ramfs")
     return proc, f"unix!{path}", path
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 # ---- (a) the styxfs trio client -------------------------------------------------------
@@ -191,7 +177,7 @@ def main() -> None:
         measure(server, "styxfs trio, 16 in flight", lambda: bench_styx(address, args.seconds, 16))
         measure(server, "python-9p", lambda: bench_py9p(address, args.seconds))
     finally:
-        stop(proc)
+        stop_process(proc)
 
     try:
         proc, address, path = start_plan9port_ramfs()
@@ -203,7 +189,7 @@ def main() -> None:
             measure(server, "styxfs trio client", lambda: bench_styx(address, args.seconds))
             measure(server, "python-9p", lambda: bench_py9p(address, args.seconds))
         finally:
-            stop(proc)
+            stop_process(proc)
             if os.path.exists(path):
                 os.unlink(path)
 

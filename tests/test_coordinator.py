@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 
 import pytest
 import trio
@@ -374,4 +373,3 @@ def test_bad_config_stops_deploy_start(tmp_path):
                             capture_output=True, text=True, timeout=30)
     assert result.returncode != 0
     assert "network.loadBalancing: unknown value 'fastest'" in result.stderr
-    _ = sys
