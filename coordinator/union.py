@@ -196,6 +196,9 @@ class UnionBackend(Backend):
                         break
             with trio.move_on_after(1):
                 await self.spare_wanted.wait()
+                # Not while the turn that took a spare is starting: let it go first.
+                while any(node.inflight for node in self.pool.nodes):
+                    await trio.sleep(0.005)
 
     # -- forwarding ------------------------------------------------------------
 
