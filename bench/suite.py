@@ -194,7 +194,7 @@ def main(tokens, runs, threads, model, json_path, sessions):
     levels = [int(s) for s in sessions.split(",")]
     figures: dict = {"machine": machine_line(), "model": os.path.basename(model), "tokens": tokens,
                      "threads": threads}
-    node, address = start_node_process(model, threads=threads, slots=max(levels))
+    node, address = start_node_process(model, threads=threads, slots=1)
     try:
         figures["rss_idle_mb"] = rss_mb(node.pid)
         # a. one session, alternating with llama-cpp-python directly
@@ -212,25 +212,30 @@ def main(tokens, runs, threads, model, json_path, sessions):
         del llm
         figures["a"] = {"llamafs_tps": statistics.median(a9), "direct_tps": statistics.median(ad),
                         "ratio": statistics.median(a9) / statistics.median(ad)}
-        # b. concurrency, llamafs first
-        figures["b"] = {"llamafs": {}, "llama_cpp.server": {}, "llama-server": {}}
+    finally:
+        stop_process(node)
+    # b. concurrency: a node with --slots N for N sessions, as llama-server gets --parallel N
+    figures["b"] = {"llamafs": {}, "llama_cpp.server": {}, "llama-server": {}}
+    for level in levels:
+        node, address = start_node_process(model, threads=threads, slots=level)
         peak = [0.0]
+        stop_watch = threading.Event()
 
         def watch():
             while not stop_watch.is_set():
                 peak[0] = max(peak[0], rss_mb(node.pid))
                 time.sleep(0.1)
 
-        stop_watch = threading.Event()
         watcher = threading.Thread(target=watch)
         watcher.start()
-        for level in levels:
+        try:
+            trio.run(through_9p, address, 8)  # warm up
             figures["b"]["llamafs"][level] = trio.run(llamafs_concurrent, address, level, tokens)
-        stop_watch.set()
-        watcher.join()
-        figures["rss_8_sessions_mb"] = peak[0]
-    finally:
-        stop_process(node)
+        finally:
+            stop_watch.set()
+            watcher.join()
+            stop_process(node)
+        figures[f"rss_{level}_sessions_mb"] = peak[0]
     peer, port = start_peer(model, threads)
     try:
         http_concurrent(port, 1, 8)
@@ -309,7 +314,9 @@ def report(f: dict) -> None:
     c = f["c"]
     print(f"\nc. coordinator at 8 sessions: 1 node {c['1_nodes']['aggregate_tps']:.1f} tok/s, "
           f"2 nodes {c['2_nodes']['aggregate_tps']:.1f} tok/s, ratio {c['ratio']:.2f}")
-    print(f"\nd. node resident memory: idle {f['rss_idle_mb']:.0f} MB, at 8 sessions {f['rss_8_sessions_mb']:.0f} MB")
+    top = max(f["b"]["llamafs"])
+    print(f"\nd. node resident memory: idle {f['rss_idle_mb']:.0f} MB, at {top} sessions "
+          f"{f[f'rss_{top}_sessions_mb']:.0f} MB")
 
 
 if __name__ == "__main__":
