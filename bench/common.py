@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import os
 import platform
-import socket
 import subprocess
 import sys
 import time
 
+from styxfs.dial import free_port, port_open  # noqa: F401 (free_port: for the benchmarks)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LLAMAFS = [sys.executable, "-m", "coordinator.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_port(port: int, timeout: float = 120.0, process: subprocess.Popen | None = None) -> None:
@@ -24,11 +19,9 @@ def wait_for_port(port: int, timeout: float = 120.0, process: subprocess.Popen |
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"process exited with {process.returncode} before listening on {port}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        if port_open("127.0.0.1", port):
             return
-        except OSError:
-            time.sleep(0.05)
+        time.sleep(0.05)
     raise TimeoutError(f"nothing listening on port {port} after {timeout} s")
 
 

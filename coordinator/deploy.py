@@ -16,7 +16,6 @@ from __future__ import annotations
 import getpass
 import logging
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -35,20 +34,6 @@ from .union import make_union
 log = logging.getLogger("coordinator.deploy")
 
 EVENTS = ("deployed", "error", "node-up", "node-down", "scaled", "shutdown")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def port_in_use(host: str, port: int) -> bool:
-    try:
-        socket.create_connection((host, port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
 
 
 class DeploymentManager:
@@ -154,9 +139,9 @@ class DeploymentManager:
         """Spawn `llamafs serve` for a local node not yet listening (behind an
         isolate with isolation "dis"); connect to it."""
         host = "127.0.0.1" if node.address == "localhost" else node.address
-        if node.is_local and not port_in_use(host, node.port):
+        if node.is_local and not dial.port_open(host, node.port):
             isolated = self.config.isolation == "dis"
-            listen = f"tcp!127.0.0.1!{free_port()}" if isolated else node.dial
+            listen = f"tcp!127.0.0.1!{dial.free_port()}" if isolated else node.dial
             root = Path(__file__).resolve().parent.parent
             env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
             process = subprocess.Popen(self._node_command(node, listen), stdout=self._log(node.id),
@@ -184,7 +169,7 @@ class DeploymentManager:
 
         port = int(node_dial.rsplit("!", 1)[1])
         with trio.fail_after(180):
-            while not port_in_use("127.0.0.1", port):
+            while not dial.port_open("127.0.0.1", port):
                 if process.poll() is not None:
                     raise RuntimeError(f"node {node.id} exited before listening")
                 await trio.sleep(0.05)
@@ -273,7 +258,7 @@ class DeploymentManager:
         taken_ids = {n.id for n in self.config.nodes}
         taken_ports = {n.port for n in self.config.nodes}
         port = self.config.network.basePort
-        while port in taken_ports or port_in_use("127.0.0.1", port):
+        while port in taken_ports or dial.port_open("127.0.0.1", port):
             port += 1
         i = len(self.config.nodes)
         while f"node-{i}" in taken_ids:

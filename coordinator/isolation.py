@@ -32,7 +32,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -40,6 +39,8 @@ import time
 from pathlib import Path
 
 import trio
+
+from styxfs.dial import free_port, port_open
 
 __all__ = ["IsolationError", "EmuNotFound", "Isolate", "find_emu", "find_limbo", "build_dis", "LIMBO_SOURCES"]
 
@@ -173,20 +174,6 @@ def host_path(p: Path | str) -> str:
     return "#U*" + str(Path(p).resolve())
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def _port_open(port: int, host: str = "127.0.0.1") -> bool:
-    try:
-        socket.create_connection((host, port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
-
-
 class Isolate:
     """One emu running ``isolate.dis`` in front of one node."""
 
@@ -262,7 +249,7 @@ class Isolate:
                 log = self.log()
                 self._reap()
                 raise IsolationError(f"{self._describe()} exited before serving:\n{_tail(log)}")
-            if READY in self.log() and _port_open(self.port, self.host):
+            if READY in self.log() and port_open(self.host, self.port):
                 return self.process
             if time.monotonic() > deadline:
                 log = self.log()

@@ -43,7 +43,6 @@ class NodeHandle:
         self.error = "not yet checked"
         self.draining = False
         self.scope = trio.CancelScope()
-        self.checked = trio.Event()  # set after each health check
         self.process = None  # a local node process we started (deploy.py)
         self.authenticate = pool.authenticate  # None for an isolate: its export is on loopback, without Tauth
 
@@ -110,8 +109,6 @@ class NodeHandle:
                             cancel_inflight=False)
         else:
             self._mark_up()
-        self.checked.set()
-        self.checked = trio.Event()
 
     def _mark_up(self) -> None:
         self.failures = 0
@@ -130,8 +127,6 @@ class NodeHandle:
             log.warning("node %s is down: %s", self.id, why)
             self.state = "down"
             self.pool.notify("node-down", self)
-        self.checked.set()
-        self.checked = trio.Event()
 
     def failed(self, why: str) -> None:
         """A request saw this node fail: down until a health check passes."""

@@ -17,12 +17,12 @@ import logging
 import trio
 
 from styxfs import client, wire
-from styxfs.engine import Reply, quote
+from styxfs.engine import Reply
 from styxfs.errors import StyxError
 from styxfs.llama import QNODES, Backend, LlamaTree, qpath
 from styxfs.metrics import exposition, server_samples
 from styxfs.sessions import Session
-from styxfs.tree import Caller, Commands, Directory, Entry, Handle, TextFile, parse_number
+from styxfs.tree import Caller, Commands, Directory, Entry, Handle, TextFile, parse_number, quote
 from styxfs.wire import DMDIR, Dir, Qid
 
 from .config import STRATEGIES

@@ -80,6 +80,22 @@ async def connect(address: Address) -> trio.abc.Stream:
     return await trio.open_tcp_stream(host, address.port)
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now (for tests and local nodes)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def port_open(host: str, port: int) -> bool:
+    """Whether something accepts connections on host:port."""
+    try:
+        socket.create_connection((host, port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
 def listening_port(listeners: list[trio.SocketListener]) -> int:
     """The TCP port actually bound (for port 0 in tests)."""
     return listeners[0].socket.getsockname()[1]

@@ -27,6 +27,8 @@ from typing import Callable
 
 import trio
 
+from .tree import quote
+
 log = logging.getLogger("styxfs.engine")
 
 DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp: pick a random seed
@@ -62,13 +64,6 @@ class Sampling:
             else:
                 out.append(f"{f.name} {value}")
         return "\n".join(out) + "\n"
-
-
-def quote(text: str) -> str:
-    """Quote a ctl field as Plan 9's quotestrdup does."""
-    if text and not any(c in text for c in " \t\n'"):
-        return text
-    return "'" + text.replace("'", "''") + "'"
 
 
 # Ranges of the numeric settings: (type, low, high).

@@ -422,6 +422,3 @@ class ServerConnection:
         return wire.Rwstat(m.tag)
 
 
-async def serve_tree(tree: Tree, address: str, **options) -> None:
-    await Server(tree, **options).serve(address)
-

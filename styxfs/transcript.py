@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 
 from . import wire
-from .tree import tokenize
+from .tree import quote, tokenize
 from .wire import DMDIR, NOFID, NOTAG, QTAUTH, QTDIR, Dir, Message, Qid
 
 _OCTAL_FIELDS = {"perm"}
@@ -116,25 +116,19 @@ def _parse_int(name: str, text: str) -> int:
     return int(text, 0)
 
 
-def _quote(text: str) -> str:
-    if text and not any(c in text for c in " \t'"):
-        return text
-    return "'" + text.replace("'", "''") + "'"
-
-
 def format_message(m: Message) -> str:
     parts = [m.type_name]
     for f in dataclasses.fields(m):
         value = getattr(m, f.name)
         kind = f.metadata["kind"]
         if kind == "s":
-            text = _quote(value)
+            text = quote(value)
         elif kind == "qid":
             text = format_qid(value)
         elif kind == "qids":
             text = ",".join(format_qid(q) for q in value) or "''"
         elif kind == "strings":
-            text = _quote("/".join(value))
+            text = quote("/".join(value))
         elif kind == "data":
             text = format_data(value)
         elif kind == "stat":

@@ -256,6 +256,13 @@ def tokenize(line: str) -> list[str]:
         fields.append("".join(token))
 
 
+def quote(text: str) -> str:
+    """A field as tokenize reads it back (Plan 9's quotestrdup)."""
+    if text and not any(c in text for c in " \t\r\n'"):
+        return text
+    return "'" + text.replace("'", "''") + "'"
+
+
 def parse_commands(data: bytes) -> list[list[str]]:
     """A ctl write: one command a line, blank lines ignored."""
     try:
@@ -292,9 +299,6 @@ class Commands:
                                     min_args if max_args is None else max_args, fn)
             return fn
         return register
-
-    def usage(self) -> str:
-        return "\n".join(verb.usage_line() for verb in self.verbs.values()) + "\n"
 
     async def run(self, caller: Caller, data: bytes) -> None:
         for fields in parse_commands(data):

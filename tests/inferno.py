@@ -65,16 +65,14 @@ import pytest
 __all__ = ["InfernoResult", "find_emu", "requires_emu", "run_inferno", "quote"]
 
 # One way to find emu, shared with the isolates.
-from coordinator.isolation import find_emu  # noqa: E402
+from coordinator.isolation import find_emu, inferno_quote  # noqa: E402
 
 requires_emu = pytest.mark.skipif(
     find_emu() is None,
     reason="Inferno emu not found: set INFERNO_ROOT or put emu on PATH",
 )
 
-def quote(s: str) -> str:
-    """Quote one word for Inferno sh ('' doubles a quote inside quotes)."""
-    return "'" + s.replace("'", "''") + "'"
+quote = inferno_quote  # one word for Inferno sh
 
 
 class InfernoResult(subprocess.CompletedProcess):

@@ -14,18 +14,13 @@ from pathlib import Path
 import pytest
 
 from styxfs import wire
+from styxfs.dial import free_port
 
 py9p = pytest.importorskip("py9p")
 
 REPO = Path(__file__).resolve().parent.parent
 ORDWR, OREAD, OWRITE, OTRUNC = 2, 0, 1, 0x10
 DMDIR = 0x80000000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_ramfs() -> tuple[subprocess.Popen, int]:
