@@ -42,6 +42,8 @@ class Binding:
         self.node, self.number, self.ctl, self.status = node, number, ctl, status
         self.data: client.Fid | None = data  # None while the next one is being opened
         self.settings: str | None = None  # the settings last written to its ctl
+        self.ahead: bytes | None = b""  # prompt already in data for the next turn (None: unknown)
+        self.calls: list[client.Call] = []  # writes sent ahead, their replies to come
         self.released = False
 
     @classmethod
@@ -63,10 +65,41 @@ class Binding:
             raise
         return cls(node, number, ctl, opened["status"], opened["data"].fid)
 
+    async def send_ahead(self, settings: str, prompt: bytes = b"") -> None:
+        """Start writing the settings (if changed) and a piece of the next
+        turn's prompt, without waiting for the replies (settle does)."""
+        try:
+            await self.settle()  # one batch at a time: the node may take a batch's writes in any order
+        except client.Error:
+            self.settings = self.ahead = None
+            raise
+        if settings != self.settings:
+            self.settings = None  # unknown until sent
+            self.calls.append(await self.ctl.fid.start_write(settings.encode(), 0))
+            self.settings = settings
+        if prompt:
+            ahead, self.ahead = self.ahead, None
+            self.calls.append(await self.data.start_write(prompt, 0))
+            self.ahead = ahead + prompt
+
+    async def settle(self) -> None:
+        """The replies to the writes sent ahead; the first failure is raised."""
+        calls, self.calls = self.calls, []
+        try:
+            for call in calls:
+                await call.result()
+        finally:
+            for call in calls:
+                await call.abandon()  # those a failure or a cancel left unanswered
+
     async def release(self, close: bool) -> None:
         """Let go of it (and close the session on the node), within 2 s."""
         self.released = True
         with trio.CancelScope(shield=True), trio.move_on_after(2):  # the deadline inside the shield
+            try:
+                await self.settle()
+            except client.Error:
+                pass
             try:
                 if close:
                     await self.ctl.fid.write(b"close", 0)
@@ -168,7 +201,6 @@ class UnionBackend(Backend):
         """A session on this node for remote: a spare one made ahead, or a new one."""
         spares = self.spares.get(node, [])
         binding = spares.pop() if spares else await Binding.make(node, c)
-        self.spare_wanted.set()
         remote.binding = binding
         node.sessions.add(remote)
         return binding
@@ -196,11 +228,33 @@ class UnionBackend(Backend):
                         break
             with trio.move_on_after(1):
                 await self.spare_wanted.wait()
-                # Not while the turn that took a spare is starting: let it go first.
-                while any(node.inflight for node in self.pool.nodes):
-                    await trio.sleep(0.005)
 
     # -- forwarding ------------------------------------------------------------
+
+    async def prepare(self, session: Session, prompt: bytes = b"") -> None:
+        """Bind the session to a node (if it is new) and send the settings and
+        the prompt's first write on ahead, answering the client at once."""
+        remote = self.remotes.get(session.number)
+        if remote is None or (remote.reply is not None and not remote.reply.ended):
+            return
+        # Not interruptible: once the node may have a write, the binding must say so.
+        with trio.CancelScope(shield=True), trio.move_on_after(self.pool.health_timeout):
+            try:
+                if remote.binding is None:
+                    if remote.turns:
+                        return  # a new node must first be given the conversation: the turn does that
+                    node = self.pool.choose()
+                    with node.request() as c:
+                        await self._bind(remote, c, node)
+                b = remote.binding
+                if b.data is None or b.ahead is None or len(prompt) > b.data.iounit:
+                    prompt = b""  # the turn sends it
+                with b.node.request():
+                    await b.send_ahead(settings_text(session), prompt)
+            except (NodeDown, client.Error) as e:
+                log.info("session %d: nothing sent ahead: %s", session.number, e)  # the turn sees to it
+            except Exception:  # a bug here must not fail the client's write
+                log.exception("session %d: sending ahead", session.number)
 
     async def forward(self, session: Session, remote: Remote, text: bytes, reply: Reply) -> None:
         """Run one turn on a node, failing over as the config says."""
@@ -232,11 +286,16 @@ class UnionBackend(Backend):
         if not reply.ended:
             reply.set_state("error", "no node could answer")
         remote.turns += [text, bytes(reply.text)]
+        self.spare_wanted.set()  # now, not while the turn (which may have taken one) was starting
 
     async def _turn_on(self, node: NodeHandle, session: Session, remote: Remote, text: bytes, reply: Reply) -> None:
         with node.request() as c:
             reply.node = node.id
             prompt = text
+            b = remote.binding
+            if b is not None and (b.ahead is None or not text.startswith(b.ahead)):
+                # That session on the node holds a prompt for a turn that never came.
+                await self._unbind(remote, close=True)
             if remote.node is not node:
                 await self._unbind(remote, close=True)
                 await self._bind(remote, c, node)
@@ -244,18 +303,18 @@ class UnionBackend(Backend):
                 # and the reply so far when we take over in the middle of one.
                 prompt = b"".join(remote.turns) + text + bytes(reply.text)
             b = remote.binding
-            data, b.data = b.data, None
-            if data is None:
-                data = (await c.open(f"{b.number}/data", wire.ORDWR)).fid
-            settings = settings_text(session)
-            f = client.File(data)
+            if b.data is None:
+                b.data = (await c.open(f"{b.number}/data", wire.ORDWR)).fid
             # The node takes a turn's settings when the turn is submitted, at the
-            # first read: so settings and prompt go at once, one round trip.
-            async with client.unwrapped(), trio.open_nursery() as nursery:
-                if settings != b.settings:
-                    nursery.start_soon(b.ctl.fid.write, settings.encode(), 0)
-                nursery.start_soon(f.write, prompt)
-            b.settings = settings
+            # first read: so what is left of settings and prompt goes at once.
+            rest = prompt[len(b.ahead):]
+            small = rest if len(rest) <= b.data.iounit else b""
+            await b.send_ahead(settings_text(session), small)
+            await b.settle()
+            data, b.data, b.ahead = b.data, None, b""
+            f = client.File(data)
+            if rest and not small:
+                await f.write(rest)
             if reply.cancel_requested:
                 await data.clunk_quietly()
                 reply.set_state("cancelled")

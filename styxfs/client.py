@@ -47,6 +47,45 @@ class _Pending:
         self.reply: Message | None = None
 
 
+class Call:
+    """A request sent, its reply to come."""
+
+    def __init__(self, client: "Client", message: Message):
+        self.client, self.message = client, message
+        self.waiter = client.pending[message.tag] = _Pending()
+
+    async def result(self) -> Message:
+        """The reply; Rerror raises ServerError.  Cancelled, it flushes."""
+        try:
+            await self.waiter.event.wait()
+        except trio.Cancelled:
+            await self.abandon()
+            raise
+        self.free()
+        reply = self.waiter.reply
+        if reply is None:
+            raise ConnectionLost(str(self.client.closed))
+        if isinstance(reply, wire.Rerror):
+            raise ServerError(reply.ename)
+        if reply.TYPE != self.message.TYPE + 1:
+            raise Error(f"{self.message.type_name} answered by {reply.type_name}")
+        return reply
+
+    def free(self) -> None:
+        if self.client.pending.get(self.message.tag) is self.waiter:
+            del self.client.pending[self.message.tag]
+            self.client.free_tags.append(self.message.tag)
+
+    async def abandon(self) -> None:
+        """Give up on the reply: flush the request (its tag is reused only after that)."""
+        if self.client.pending.get(self.message.tag) is not self.waiter:
+            return
+        del self.client.pending[self.message.tag]
+        with trio.CancelScope(shield=True):
+            await self.client._flush(self.message.tag)
+        self.client.free_tags.append(self.message.tag)
+
+
 class Client:
     def __init__(self, stream: trio.abc.Stream, msize: int = 8192):
         self.stream = stream
@@ -111,23 +150,26 @@ class Client:
     async def rpc(self, message: Message) -> Message:
         """Send a request (its tag is filled in) and return the reply.
         Rerror raises ServerError."""
+        return await (await self.start(message)).result()
+
+    async def start(self, message: Message) -> "Call":
+        """Send a request and return at once; `await call.result()` gives the
+        reply.  Every call started must have its result awaited (that frees
+        its tag)."""
+        if self.closed is not None:
+            raise ConnectionLost(str(self.closed))
         if not self.free_tags:
             raise Error("too many outstanding requests")
-        tag = self.free_tags.pop()
-        message = _with_tag(message, tag)
+        call = Call(self, _with_tag(message, self.free_tags.pop()))
         try:
-            reply = await self._transact(message, tag)
+            await self._send(call.message)
         except trio.Cancelled:
-            with trio.CancelScope(shield=True):
-                await self._flush(tag)
+            await call.abandon()  # it may have gone out, in part or whole
             raise
-        finally:
-            self.free_tags.append(tag)
-        if isinstance(reply, wire.Rerror):
-            raise ServerError(reply.ename)
-        if reply.TYPE != message.TYPE + 1:
-            raise Error(f"{message.type_name} answered by {reply.type_name}")
-        return reply
+        except BaseException:
+            call.free()
+            raise
+        return call
 
     async def _flush(self, oldtag: int) -> None:
         if self.closed is not None or not self.free_tags:
@@ -280,6 +322,10 @@ class Fid:
         reply = await self.client.rpc(wire.Twrite(0, self.num, offset, data))
         return reply.count
 
+    async def start_write(self, data: bytes, offset: int) -> Call:
+        """Send a Twrite now; the Rwrite is `await call.result()`'s."""
+        return await self.client.start(wire.Twrite(0, self.num, offset, data))
+
     async def stat(self) -> Dir:
         return (await self.client.rpc(wire.Tstat(0, self.num))).stat
 
@@ -362,8 +408,9 @@ async def unwrapped():
         yield
     except BaseExceptionGroup as group:
         # One failure, or several plain errors at once (two calls on one lost
-        # connection, say): the first tells what happened.
-        errors = group.exceptions
+        # connection, say): the first tells what happened.  A failure tells
+        # more than the Cancelled beside it (a cancelled scope cancels again).
+        errors = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)] or group.exceptions
         if len(errors) == 1 or all(isinstance(e, Exception) and not isinstance(e, BaseExceptionGroup)
                                    for e in errors):
             raise errors[0] from None

@@ -46,6 +46,11 @@ class Backend:
     def attach_session(self, session: Session) -> None:
         """A new session: make the backend's state for it."""
 
+    async def prepare(self, session: Session, prompt: bytes = b"") -> None:
+        """Between turns, the session's settings changed, or (with `prompt`) a
+        turn's first write came: a coordinator sends them on to the node now,
+        so that the read which submits the turn finds them there."""
+
     async def submit(self, session: Session, text: bytes) -> Reply:
         raise NotImplementedError
 
@@ -279,7 +284,10 @@ class CtlHandle(SnapshotHandle):
         super().__init__(entry, caller, lambda: f"{entry.session.number}\n")
 
     async def write(self, offset: int, data: bytes) -> int:
+        before = self.session.sampling.lines()
         await self.entry.tree.session_ctl(self.session).run(self.caller, data)
+        if self.session.sampling.lines() != before:
+            await self.entry.tree.backend.prepare(self.session)
         return len(data)
 
 
@@ -350,6 +358,8 @@ class DataHandle(SessionHandle):
             raise StyxError(f"prompt too long: over {self.entry.tree.max_prompt_bytes} bytes")
         self.prompt += data
         self.session.touch()
+        if len(self.prompt) == len(data):
+            await self.entry.tree.backend.prepare(self.session, data)
         return len(data)
 
     async def _submit(self) -> None:

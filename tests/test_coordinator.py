@@ -108,6 +108,47 @@ async def test_reply_through_coordinator_equals_node(nursery, nodes):
         assert await c.read_file("reply") == want
 
 
+async def test_what_was_sent_ahead_never_changes_the_turn(nursery, nodes):
+    """A session's settings and a turn's first write go to the node before the
+    read that submits the turn; whatever the client does in between, the turn
+    is the one it read."""
+    mgr = await deploy(nursery, config_for(nodes))
+    settings = ("temperature 0", "repeatpenalty 1", "maxtokens 12")
+    async with client.connect(nodes[2][2]) as direct:
+        want, want_status = await run_turn(direct, await session(direct, *settings), PROMPT)
+    async with client.connect(mgr.address) as c:
+        # A prompt in three writes: the first went ahead, the rest follows it.
+        n = await session(c, *settings)
+        async with await c.open(f"{n}/data", wire.ORDWR) as f:
+            for piece in ("Once", " upon a", " time"):
+                await f.write(piece)
+            assert await f.read_all() == want
+        # Settings changed after the write and before the read apply.
+        n = await session(c, *settings)
+        async with await c.open(f"{n}/data", wire.ORDWR) as f:
+            await f.write(PROMPT)
+            await c.write_file(f"{n}/ctl", "maxtokens 3")
+            await f.read_all()
+        assert status_of(await c.read_file(f"{n}/status"))["tokens_out"] == "3"
+        # A write whose turn never comes (its handle is still open, unread)
+        # is not part of the next turn: a second handle writes and reads.
+        n = await session(c, *settings)
+        async with await c.open(f"{n}/data", wire.ORDWR) as abandoned:
+            await abandoned.write("The end. ")
+            got, status = await run_turn(c, n, PROMPT)
+            assert got == want and status["tokens_in"] == want_status["tokens_in"]
+            await c.write_file(f"{n}/ctl", "close")
+        # The node that was sent the prompt dies before the read: another answers.
+        n = await session(c, *settings)
+        async with await c.open(f"{n}/data", wire.ORDWR) as f:
+            await f.write(PROMPT)
+            bound = mgr.backend.remotes[int(n)].node
+            nodes[[node_id for node_id, _, _ in nodes].index(bound.id)][1].kill()
+            assert await f.read_all() == want
+        status = status_of(await c.read_file(f"{n}/status"))
+        assert status["state"] == "done" and status["node"] != bound.id
+
+
 async def test_weighted_random_proportions(nursery, nodes):
     weights = {"node-0": 1.0, "node-1": 3.0, "node-2": 6.0}
     mgr = await deploy(nursery, config_for(nodes, "weighted-random", weights=weights))
