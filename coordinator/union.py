@@ -156,7 +156,7 @@ class UnionBackend(Backend):
         if not self.pool.healthy():
             raise StyxError("no healthy node")
         remote = self.remotes[session.number]
-        reply = Reply()
+        reply = Reply(stream_interval=0)  # the node's replies come in pieces already: pass each on
         remote.reply = reply
         self.requests += 1
         self.nursery.start_soon(self.forward, session, remote, text, reply)
@@ -164,7 +164,7 @@ class UnionBackend(Backend):
 
     def cancel(self, session: Session) -> None:
         remote = self.remotes.get(session.number)
-        if remote and remote.reply and not remote.reply.ended:
+        if remote and remote.reply and not remote.reply.ended and not remote.reply.text_complete:
             remote.reply.cancel_requested = True
             if remote.binding is not None:
                 try:
@@ -273,6 +273,9 @@ class UnionBackend(Backend):
                     node.failed(str(e))
                     tried.add(node)
                     await self._unbind(remote, close=False)
+                    if reply.text_complete:  # it failed after the end: only the figures are lost
+                        reply.set_state("cancelled" if reply.cancel_requested else "done")
+                        break
                     if not self.failover:
                         reply.set_state("error", f"node {node.id} failed")
                         break
@@ -311,21 +314,28 @@ class UnionBackend(Backend):
             small = rest if len(rest) <= b.data.iounit else b""
             await b.send_ahead(settings_text(session), small)
             await b.settle()
-            data, b.data, b.ahead = b.data, None, b""
-            f = client.File(data)
-            if rest and not small:
-                await f.write(rest)
             if reply.cancel_requested:
-                await data.clunk_quietly()
+                # Closed first: a data file clunked unread would submit the prompt.
+                await self._unbind(remote, close=True)
                 reply.set_state("cancelled")
                 return
-            if reply.state == "queued":
-                reply.set_state("generating")
-            async with f:
+            data, b.data, b.ahead = b.data, None, b""
+            f = client.File(data)
+            try:
+                if rest and not small:
+                    await f.write(rest)
+                if reply.state == "queued":
+                    reply.set_state("generating")
                 async for piece in f.stream():
                     reply.append(piece, 0)
-            status = (await b.status.fid.read(256, 0)).decode()
-            self.nursery.start_soon(self._next_data, b, c)
+            except BaseException:
+                await data.clunk_quietly()
+                raise
+            reply.complete_text()
+            # The status now; the data file's clunk (and the next one's open) after.
+            status_read = await b.status.fid.start_read(256, 0)
+            self.nursery.start_soon(self._next_data, b, c, data)
+            status = (await status_read.result()).data.decode()
         state, fields = parse_status(status)
         reply.tokens_in = int(fields.get("tokens_in", 0))
         reply.tokens_out += int(fields.get("tokens_out", 0))
@@ -334,8 +344,10 @@ class UnionBackend(Backend):
         else:
             reply.set_state("cancelled" if state == "cancelled" or reply.cancel_requested else "done")
 
-    async def _next_data(self, binding: Binding, c: client.Client) -> None:
-        """The data file for the binding's next turn, opened ahead."""
+    async def _next_data(self, binding: Binding, c: client.Client, used: client.Fid) -> None:
+        """The data file for the binding's next turn, opened ahead (and the
+        used one clunked)."""
+        await used.clunk_quietly()
         try:
             with trio.fail_after(self.pool.health_timeout):
                 fid = (await c.open(f"{binding.number}/data", wire.ORDWR)).fid

@@ -322,6 +322,10 @@ class Fid:
         reply = await self.client.rpc(wire.Twrite(0, self.num, offset, data))
         return reply.count
 
+    async def start_read(self, count: int, offset: int) -> Call:
+        """Send a Tread now; the Rread is `await call.result()`'s."""
+        return await self.client.start(wire.Tread(0, self.num, offset, min(count, self.iounit)))
+
     async def start_write(self, data: bytes, offset: int) -> Call:
         """Send a Twrite now; the Rwrite is `await call.result()`'s."""
         return await self.client.start(wire.Twrite(0, self.num, offset, data))

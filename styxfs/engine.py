@@ -84,8 +84,9 @@ class Reply:
 
     STATES = ("idle", "queued", "prefill", "generating", "done", "cancelled", "error")
 
-    def __init__(self, prompt_tokens: int = 0):
+    def __init__(self, prompt_tokens: int = 0, stream_interval: float = STREAM_INTERVAL):
         self.text = bytearray()
+        self.stream_interval = stream_interval
         self.state = "queued"
         self.error: str | None = None
         self.tokens_in = prompt_tokens  # prompt tokens this turn evaluates
@@ -96,6 +97,7 @@ class Reply:
         self.node = ""  # the coordinator fills this in
         self._woken = 0.0
         self.cancel_requested = False
+        self.text_complete = False  # all of the text is in; how it ended is still to come
         self._changed = trio.Event()
 
     @property
@@ -116,7 +118,7 @@ class Reply:
         self.tokens_out += tokens
         # Readers wake for the first text, then at most every STREAM_INTERVAL:
         # fewer round trips per token leave the CPU to llama.cpp's threads.
-        if now - self._woken >= STREAM_INTERVAL or len(self.text) == len(data):
+        if now - self._woken >= self.stream_interval or len(self.text) == len(data):
             self._woken = now
             self._wake()
 
@@ -130,9 +132,15 @@ class Reply:
             self.finished = time.monotonic()
         self._wake()
 
+    def complete_text(self) -> None:
+        """Readers of the text need wait no longer (a coordinator still asks
+        its node how the turn ended, and the status waits for that)."""
+        self.text_complete = True
+        self._wake()
+
     async def read(self, offset: int, count: int) -> bytes:
         """Text from offset as soon as there is some; b"" at the end."""
-        while len(self.text) <= offset and not self.ended:
+        while len(self.text) <= offset and not (self.ended or self.text_complete):
             await self._changed.wait()
         if self.state == "error" and len(self.text) <= offset:
             raise EngineError(self.error or "generation failed")

@@ -302,7 +302,15 @@ class SessionStatus(SessionEntry):
     name_, file, perm_ = "status", QSSTATUS, 0o400
 
     def make_handle(self, mode, caller):
-        return SnapshotHandle(self, caller, self.session.status)
+        return StatusHandle(self, caller, self.session.status)
+
+
+class StatusHandle(SnapshotHandle):
+    async def read(self, offset: int, count: int) -> bytes:
+        reply = self.session.reply
+        if offset == 0 and reply is not None and reply.text_complete:
+            await reply.wait()  # the text has all been read: tell how the turn ended
+        return await super().read(offset, count)
 
 
 class SessionReply(SessionEntry):
