@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
+
 import pytest
 import trio
 
@@ -41,3 +45,38 @@ def start_node(nursery, tiny_model):
         return f"tcp!127.0.0.1!{dial.listening_port(node.listeners)}", node
 
     return start
+
+
+@pytest.fixture(autouse=True)
+def watchdog():
+    """A test that runs over LLAMAFS_TEST_TIMEOUT (90 s) prints its trio tasks
+    and interrupts the run: a hang shows where it hangs and holds CI up for
+    no hour.  (SIGALRM: its handler runs in the main thread, inside trio.run.)"""
+    limit = float(os.environ.get("LLAMAFS_TEST_TIMEOUT", 90))
+
+    def dump(task, depth=0):
+        frames, coro = [], task.coro
+        while coro is not None:
+            frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
+            if frame is None:
+                break
+            frames.append(f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno} {frame.f_code.co_name}")
+            coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
+        print("  " * depth + f"{task.name}: " + " > ".join(frames), file=sys.__stderr__)
+        for child in task.child_nurseries:
+            for t in child.child_tasks:
+                dump(t, depth + 1)
+
+    def on_alarm(signum, frame):
+        print(f"\n{os.environ.get('PYTEST_CURRENT_TEST')} has run {limit:g} s; its tasks:", file=sys.__stderr__)
+        try:
+            dump(trio.lowlevel.current_root_task())
+        except RuntimeError:
+            pass  # not a trio test
+        signal.raise_signal(signal.SIGINT)  # trio delivers it safely
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, limit)
+    yield
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, previous)
