@@ -8,6 +8,8 @@ b. 1, 2, 4, 8 concurrent sessions of 128 tokens: aggregate tokens/s and p50/p99
    build), and vs `llama-server --parallel N` when one is on PATH
 c. a coordinator over 2 nodes vs 1 node at 8 concurrent sessions
 d. a node's resident memory, idle and at 8 sessions
+and the ceiling on b: llama_decode alone, N tokens a step against one
+(bench/bench_decode.py), which bounds any server's gain from batching
 
 It installs what it needs (llama-cpp-python's [server] extra, no rebuild),
 prints a table and writes the figures as JSON.
@@ -30,6 +32,8 @@ import trio
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.bench_decode import decode_ceiling  # noqa: E402
+from bench.bench_decode import report as report_ceiling  # noqa: E402
 from bench.common import ROOT, free_port, machine_line, start_node_process, stop_process, wait_for_port  # noqa: E402
 from styxfs import client, wire  # noqa: E402
 
@@ -255,6 +259,8 @@ def main(tokens, runs, threads, model, json_path, sessions):
             stop_process(process)
     # c. a coordinator over 2 nodes vs 1 node, 8 sessions
     figures["c"] = coordinator_figures(model, threads, tokens, max(levels))
+    # What batching can give at most here: llama.cpp alone, N tokens a step.
+    figures["ceiling"] = decode_ceiling(model, threads, levels)
     report(figures)
     os.makedirs(os.path.dirname(json_path), exist_ok=True)
     with open(json_path, "w") as f:
@@ -311,6 +317,8 @@ def report(f: dict) -> None:
     if all(four):
         print(f"   at 4 sessions llamafs / llama_cpp.server = {four[0]['aggregate_tps'] / four[1]['aggregate_tps']:.2f}"
               " (goal >= 2)")
+    print("\n   the ceiling: llama_decode alone, N tokens a step against 1 (bench/bench_decode.py)")
+    report_ceiling(f["ceiling"])
     c = f["c"]
     print(f"\nc. coordinator at 8 sessions: 1 node {c['1_nodes']['aggregate_tps']:.1f} tok/s, "
           f"2 nodes {c['2_nodes']['aggregate_tps']:.1f} tok/s, ratio {c['ratio']:.2f}")

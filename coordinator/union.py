@@ -7,6 +7,11 @@ With failover on, a node that fails before the first byte of a reply is
 replaced invisibly; one that dies mid-reply is replaced by another that is
 given the conversation so far plus the reply so far, so the reader sees one
 continuous reply.
+
+What costs a turn time is sent ahead of it: sessions are made ahead on every
+node (spares); a session is bound to its node when its settings or a turn's
+first write arrive, and those go on to the node at once, without waiting for
+the node's answer, so that the read which submits the turn finds them there.
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ SPARES = 4  # sessions made ahead on each node: a new session's first turn need 
 class Binding:
     """A session on a node, ready for turns: its ctl (the clone fid, held
     open, which keeps the session alive), its status open for re-reading,
-    and its data file opened ahead for the next turn."""
+    its data file opened ahead for the next turn, and what has been written
+    to them ahead of that turn."""
 
     def __init__(self, node: NodeHandle, number: str, ctl: client.File, status: client.File, data: client.Fid):
         self.node, self.number, self.ctl, self.status = node, number, ctl, status

@@ -69,6 +69,7 @@ def node_metrics(backend, tree) -> str:
         ("llamafs_slots", "gauge", "sequences decoded together at most", {}, engine.slots),
         ("llamafs_evictions_total", "counter", "idle sessions whose KV cache was evicted", {}, stats.evictions),
         ("llamafs_decode_steps_total", "counter", "llama_decode calls", {}, stats.steps),
+        ("llamafs_decode_seconds_total", "counter", "time spent in llama_decode", {}, stats.decode_seconds),
     ] + server_samples(tree.server)
     for q in (0.5, 0.9, 0.99):
         value = _quantile(ttfts, q)
