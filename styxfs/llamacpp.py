@@ -10,6 +10,7 @@ import os
 from typing import Callable
 
 import llama_cpp as lc
+import numpy
 
 from .engine import DEFAULT_SEED, EngineError, ModelInfo, ModelSettings, Sampling
 
@@ -35,6 +36,9 @@ def _init_backend() -> None:
             _quiet_logs()
         lc.llama_backend_init()
         _backend_ready = True
+
+
+GREEDY = object()  # the sampler of temperature 0 without a repeat penalty: the highest logit
 
 
 class Llama:
@@ -159,6 +163,8 @@ class Llama:
 
     def make_sampler(self, s: Sampling, history: list[int]):
         """A sampler chain; the repeat penalty sees the last 64 tokens of history."""
+        if s.temperature <= 0 and s.repeatpenalty == 1.0:
+            return GREEDY
         chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
         add = lambda sampler: lc.llama_sampler_chain_add(chain, sampler)  # noqa: E731
         add(lc.llama_sampler_init_penalties(self.n_vocab, 64, s.repeatpenalty, 0.0, 0.0))
@@ -175,7 +181,13 @@ class Llama:
         return chain
 
     def free_sampler(self, chain) -> None:
-        lc.llama_sampler_free(chain)
+        if chain is not GREEDY:
+            lc.llama_sampler_free(chain)
 
     def sample(self, chain, batch_index: int) -> int:
+        if chain is GREEDY:
+            # The first highest logit, as llama.cpp's greedy sampler picks it, without
+            # the chain's copy of every logit (262,144 for Gemma: 0.7 ms against 0.07).
+            logits = lc.llama_get_logits_ith(self.ctx, batch_index)
+            return int(numpy.ctypeslib.as_array(logits, shape=(self.n_vocab,)).argmax())
         return lc.llama_sampler_sample(chain, self.ctx, batch_index)
