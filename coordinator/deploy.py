@@ -102,11 +102,7 @@ class DeploymentManager:
                     await self._start_node(node)
                 await nursery.start(self.pool.run)
                 await nursery.start(self.tree.run)
-                try:
-                    await self.pool.wait_healthy(timeout=timeout)
-                except trio.TooSlowError:
-                    down = ", ".join(f"{n.id} ({n.error})" for n in self.pool.nodes if n.state != "up")
-                    raise RuntimeError(f"nodes not healthy after {timeout:.0f} s: {down}") from None
+                await self._wait_healthy(timeout)
                 self.listeners = await nursery.start(self.server.serve, self.address)
                 if self.listeners and dial.parse(self.address).network == "tcp":
                     a = dial.parse(self.address)
@@ -251,8 +247,32 @@ class DeploymentManager:
                 self.pool.remove(node.id)
                 self.config.nodes = [c for c in self.config.nodes if c.id != node.id]
             await self._stop_processes([node.id for node in extra])
-        await self.pool.wait_healthy(timeout=180)
+        await self._wait_healthy(180)
         self.emit("scaled", n)
+
+    async def _wait_healthy(self, timeout: float) -> None:
+        """Until every node is up; a node process of ours that exits first is
+        an error at once, not a wait for the timeout."""
+        with trio.move_on_after(timeout):
+            while len(self.pool.healthy()) < len(self.pool.nodes):
+                for node in self.pool.nodes:
+                    if node.process is not None and node.process.poll() is not None:
+                        raise RuntimeError(f"node {node.id} exited (status {node.process.returncode}) before it was"
+                                           f" up{self._log_tail(node.id)}")
+                await trio.sleep(0.05)
+            return
+        down = ", ".join(f"{n.id} ({n.error})" for n in self.pool.nodes if n.state != "up")
+        raise RuntimeError(f"nodes not healthy after {timeout:.0f} s: {down}")
+
+    def _log_tail(self, name: str) -> str:
+        if not self.node_log_dir:
+            return ""
+        try:
+            with open(os.path.join(self.node_log_dir, f"{name}.log"), "rb") as f:
+                lines = f.read().decode(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return ": " + " / ".join(lines[-3:]) if lines else ""
 
     def _next_node(self) -> NodeConfig:
         taken_ids = {n.id for n in self.config.nodes}

@@ -408,7 +408,10 @@ class UnionBackend(Backend):
             n = parse_number("scale", args[0], int, 0, 256)
             if self.scaler is None:
                 raise StyxError("scale: this coordinator starts no nodes (use deploy start)")
-            await self.scaler(n)
+            try:
+                await self.scaler(n)
+            except RuntimeError as e:  # a node that would not start, say
+                raise StyxError(f"scale: {e}") from None
 
         return commands
 

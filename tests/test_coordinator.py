@@ -149,6 +149,30 @@ async def test_what_was_sent_ahead_never_changes_the_turn(nursery, nodes):
         assert status["state"] == "done" and status["node"] != bound.id
 
 
+async def test_status_after_the_reply_tells_how_it_ended(nursery, start_node, monkeypatch):
+    """The reader has the reply's end before the coordinator has the node's
+    figures; the session's status waits for them rather than say "generating"."""
+    from styxfs import llama
+
+    address, _ = await start_node(threads=1)
+    read = llama.StatusHandle.read
+
+    async def slow_on_the_node(self, offset, count):
+        if self.entry.tree.backend.role == "node":
+            await trio.sleep(0.5)
+        return await read(self, offset, count)
+
+    monkeypatch.setattr(llama.StatusHandle, "read", slow_on_the_node)
+    mgr = await deploy(nursery, config_for([("node-0", None, address)]))
+    async with client.connect(mgr.address) as c:
+        n = await session(c, "maxtokens 5")
+        async with await c.open(f"{n}/data", wire.ORDWR) as f:
+            await f.write(PROMPT)
+            await f.read_all()
+        status = status_of(await c.read_file(f"{n}/status"))
+    assert status["state"] == "done" and status["tokens_out"] == "5"
+
+
 async def test_weighted_random_proportions(nursery, nodes):
     weights = {"node-0": 1.0, "node-1": 3.0, "node-2": 6.0}
     mgr = await deploy(nursery, config_for(nodes, "weighted-random", weights=weights))
@@ -338,7 +362,7 @@ async def test_python_api_end_to_end_with_scaling(nursery, tiny_model, tmp_path)
               "nodes": [{"id": "node-0", "address": "localhost", "port": base}],
               "model": {"threads": 1}}
     events = []
-    mgr = DeploymentManager(config)
+    mgr = DeploymentManager(config, node_log_dir=str(tmp_path))  # a node that fails to start says why
     for event in ("deployed", "scaled", "node-up", "node-down", "error"):
         mgr.on(event, lambda *args, event=event: events.append((event, *args)))
     await mgr.deploy(nursery)
@@ -358,6 +382,16 @@ async def test_python_api_end_to_end_with_scaling(nursery, tiny_model, tmp_path)
             await trio.sleep(0.05)
     await mgr.shutdown()
     assert not pid_alive(started[0])
+
+
+async def test_a_node_that_exits_at_start_is_a_clear_error_at_once(nursery, tmp_path):
+    base = free_port()
+    config = {"name": "bad", "modelPath": str(tmp_path),  # a directory: `llamafs serve` refuses it
+              "network": {"basePort": base, "listen": "tcp!127.0.0.1!0"},
+              "nodes": [{"id": "node-0", "address": "localhost", "port": base}]}
+    mgr = DeploymentManager(config, node_log_dir=str(tmp_path))
+    with trio.fail_after(30), pytest.raises(RuntimeError, match=r"node node-0 exited \(status 2\).*is a directory"):
+        await mgr.deploy(nursery)
 
 
 def pid_alive(pid: int) -> bool:
