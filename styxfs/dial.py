@@ -96,6 +96,19 @@ def port_open(host: str, port: int) -> bool:
         return False
 
 
+def port_bindable(host: str, port: int) -> bool:
+    """Whether a listener could bind host:port now, as trio's does (with
+    SO_REUSEADDR): not if something listens there, nor if the port is the
+    local end of a connection (an ephemeral port, as free_port's may become)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def listening_port(listeners: list[trio.SocketListener]) -> int:
     """The TCP port actually bound (for port 0 in tests)."""
     return listeners[0].socket.getsockname()[1]

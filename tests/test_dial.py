@@ -39,3 +39,17 @@ async def test_serve_on_a_unix_socket(nursery, tmp_path):
         async with await c.create("hello", 0o644, wire.ORDWR) as f:
             await f.write(b"over a unix socket")
         assert await c.read_file("hello") == b"over a unix socket"
+
+
+def test_port_bindable():
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert not dial.port_bindable("127.0.0.1", port)
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            # The connection's own end: a node told to listen there could not.
+            assert not dial.port_bindable("127.0.0.1", conn.getsockname()[1])
+    assert dial.port_bindable("127.0.0.1", dial.free_port())
