@@ -213,9 +213,3 @@ class Pool:
             return pick(self.strategy, self.nodes, candidates)
         except LookupError:
             raise NodeDown("no healthy node") from None
-
-    async def wait_healthy(self, count: int | None = None, timeout: float = 120.0) -> None:
-        """Until `count` nodes (default: all) are up."""
-        with trio.fail_after(timeout):
-            while len(self.healthy()) < (len(self.nodes) if count is None else count):
-                await trio.sleep(0.05)
