@@ -8,10 +8,8 @@ most 2 ms more at the median.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,7 +20,7 @@ import trio
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import (  # noqa: E402
-    LLAMAFS, ROOT, free_port, machine_line, start_node_process, stop_process, wait_for_port)
+    ROOT, machine_line, start_coordinator_process, start_node_process, stop_process)
 from styxfs import client, wire  # noqa: E402
 
 
@@ -59,20 +57,13 @@ def main(requests: int, maxtokens: int, gap: float) -> None:
 
     model = str(write_tiny_model(os.path.join(tempfile.mkdtemp(), "tiny.gguf")))
     node, node_address = start_node_process(model, threads=1, slots=4)
-    port = free_port()
-    config_path = os.path.join(tempfile.mkdtemp(), "deployment.json")
-    with open(config_path, "w") as f:  # the coordinator in a process of its own, as deployed
-        json.dump({"name": "bench", "network": {"listen": f"tcp!127.0.0.1!{port}", "healthCheckInterval": 5000},
-                   "nodes": [{"id": "n0", "address": "127.0.0.1",
-                              "port": int(node_address.rsplit("!", 1)[1])}]}, f)
-    coordinator = subprocess.Popen(LLAMAFS + ["deploy", "start", "--config", config_path], cwd=ROOT,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    coordinator = None
     try:
-        wait_for_port(port, timeout=60, process=coordinator)
+        coordinator, coordinator_address = start_coordinator_process([node_address])
 
         async def run():
             figures = {"node": ([], []), "coordinator": ([], [])}
-            async with client.connect(node_address) as direct, client.connect(f"tcp!127.0.0.1!{port}") as via:
+            async with client.connect(node_address) as direct, client.connect(coordinator_address) as via:
                 for _ in range(10):  # warm up both paths
                     await one(direct, maxtokens)
                     await one(via, maxtokens)
@@ -86,7 +77,8 @@ def main(requests: int, maxtokens: int, gap: float) -> None:
 
         figures = trio.run(run)
     finally:
-        stop_process(coordinator)
+        if coordinator is not None:
+            stop_process(coordinator)
         stop_process(node)
     print(machine_line())
     print(f"{requests} requests each, {maxtokens} greedy tokens, tiny model, 1 node, {gap:g} ms apart")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 
 from styxfs.dial import free_port, port_open  # noqa: F401 (free_port: for the benchmarks)
@@ -33,6 +35,28 @@ def start_node_process(model: str, threads: int = 2, slots: int = 4, port: int |
                      "--threads", str(threads), "--slots", str(slots)] + (extra or [])
     process = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_port(port, process=process)
+    return process, f"tcp!127.0.0.1!{port}"
+
+
+def start_coordinator_process(node_addresses: list[str], **network) -> tuple[subprocess.Popen, str]:
+    """`llamafs deploy start` over running nodes (node-0, node-1, ...), in a
+    process of its own as deployed, listening; (process, dial string).
+    `network` adds to the config's network section."""
+    port = free_port()
+    config = {"name": "bench",
+              "network": {"listen": f"tcp!127.0.0.1!{port}", "healthCheckInterval": 5000, **network},
+              "nodes": [{"id": f"node-{i}", "address": "127.0.0.1", "port": int(address.rsplit("!", 1)[1])}
+                        for i, address in enumerate(node_addresses)]}
+    path = os.path.join(tempfile.mkdtemp(prefix="llamafs-bench-"), "deployment.json")
+    with open(path, "w") as f:
+        json.dump(config, f)
+    process = subprocess.Popen(LLAMAFS + ["deploy", "start", "--config", path], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, timeout=60, process=process)
+    except BaseException:
+        stop_process(process)
+        raise
     return process, f"tcp!127.0.0.1!{port}"
 
 

@@ -14,7 +14,6 @@ complete).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -27,7 +26,7 @@ import trio
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import LLAMAFS, ROOT, free_port, start_node_process, stop_process, wait_for_port  # noqa: E402
+from bench.common import ROOT, start_coordinator_process, start_node_process, stop_process  # noqa: E402
 from coordinator.union import SPARES  # noqa: E402
 from styxfs import client, wire  # noqa: E402
 
@@ -105,21 +104,16 @@ def main(clients, prompts, kill_node, session_timeout):
     model = str(write_tiny_model(os.path.join(tmp, "tiny.gguf")))
     timeout_flag = ["--session-timeout", str(session_timeout)]
     nodes = [start_node_process(model, threads=1, slots=4, extra=timeout_flag) for _ in range(3)]
-    port = free_port()
-    config = {"name": "load", "network": {"listen": f"tcp!127.0.0.1!{port}", "healthCheckInterval": 500,
-                                          "sessionTimeout": int(session_timeout * 1000),
-                                          "loadBalancing": "least-connections", "requestTimeout": 120000},
-              "nodes": [{"id": f"node-{i}", "address": "127.0.0.1", "port": int(a.rsplit("!", 1)[1])}
-                        for i, (_, a) in enumerate(nodes)]}
-    config_path = os.path.join(tmp, "deployment.json")
-    with open(config_path, "w") as f:
-        json.dump(config, f)
-    coordinator = subprocess.Popen(LLAMAFS + ["deploy", "start", "--config", config_path], cwd=ROOT,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    address = f"tcp!127.0.0.1!{port}"
+    try:
+        coordinator, address = start_coordinator_process(
+            [a for _, a in nodes], healthCheckInterval=500, sessionTimeout=int(session_timeout * 1000),
+            loadBalancing="least-connections", requestTimeout=120000)
+    except BaseException:
+        for process, _ in nodes:
+            stop_process(process)
+        raise
     failed = False
     try:
-        wait_for_port(port, timeout=60, process=coordinator)
         expected = trio.run(expected_replies, nodes[0][1])
         trio.run(load, address, 10, 1)  # warm up every path once
         time.sleep(session_timeout + 2)

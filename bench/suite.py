@@ -24,7 +24,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -36,7 +35,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.bench_decode import decode_ceiling  # noqa: E402
 from bench.bench_decode import report as report_ceiling  # noqa: E402
 from bench.common import (  # noqa: E402
-    LLAMAFS, ROOT, free_port, machine_line, start_node_process, stop_process, wait_for_port)
+    ROOT,
+    free_port,
+    machine_line,
+    start_coordinator_process,
+    start_node_process,
+    stop_process,
+    wait_for_port,
+)
 from styxfs import client, wire  # noqa: E402
 
 PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle."
@@ -276,20 +282,14 @@ def coordinator_figures(model: str, threads: int, tokens: int, sessions: int) ->
     for count in (1, 2):
         per_node = max(1, threads // count)
         processes = [start_node_process(model, threads=per_node, slots=sessions) for _ in range(count)]
-        port = free_port()
-        config_path = os.path.join(tempfile.mkdtemp(), "deployment.json")
-        with open(config_path, "w") as f:
-            json.dump({"name": "bench", "network": {"listen": f"tcp!127.0.0.1!{port}", "healthCheckInterval": 5000,
-                                                    "loadBalancing": "least-connections"},
-                       "nodes": [{"id": f"n{i}", "address": "127.0.0.1", "port": int(a.rsplit("!", 1)[1])}
-                                 for i, (_, a) in enumerate(processes)]}, f)
-        coordinator = subprocess.Popen(LLAMAFS + ["deploy", "start", "--config", config_path], cwd=ROOT,
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            wait_for_port(port, timeout=60, process=coordinator)
-            out[f"{count}_nodes"] = trio.run(llamafs_concurrent, f"tcp!127.0.0.1!{port}", sessions, tokens)
+            coordinator, address = start_coordinator_process([a for _, a in processes],
+                                                              loadBalancing="least-connections")
+            try:
+                out[f"{count}_nodes"] = trio.run(llamafs_concurrent, address, sessions, tokens)
+            finally:
+                stop_process(coordinator)
         finally:
-            stop_process(coordinator)
             for process, _ in processes:
                 stop_process(process)
     out["ratio"] = out["2_nodes"]["aggregate_tps"] / out["1_nodes"]["aggregate_tps"]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.common import stop_process
 from styxfs import wire
 from styxfs.dial import free_port
 
@@ -48,12 +49,7 @@ def start_ramfs() -> tuple[subprocess.Popen, int]:
 def ramfs_port():
     proc, port = start_ramfs()
     yield port
-    proc.terminate()
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_process(proc)
 
 
 @pytest.fixture
