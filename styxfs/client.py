@@ -98,10 +98,22 @@ class Client:
         self.closed: BaseException | None = None
         self.root: Fid | None = None
         self.flush_timeout = 10.0  # how long a cancelled call waits for its Rflush
+        # The reader outlives a cancel of the scope it runs in: a cancelled
+        # call's Tflush and the clunks that follow still need their replies.
+        # stop() (or leaving connect()) ends it.
+        self.reader_scope = trio.CancelScope(shield=True)
 
     # -- the connection ---------------------------------------------------------
 
     async def _reader(self) -> None:
+        with self.reader_scope:
+            await self._read_replies()
+
+    def stop(self) -> None:
+        """End the reader: no more replies are taken in."""
+        self.reader_scope.cancel()
+
+    async def _read_replies(self) -> None:
         try:
             while True:
                 data = await self.stream.receive_some(65536)
@@ -439,13 +451,13 @@ async def connect(address: str | dial.Address, *, uname: str | None = None, anam
     try:
         async with unwrapped(), trio.open_nursery() as nursery:
             nursery.start_soon(client._reader)
-            await client.version(msize)
-            uname = uname or getpass.getuser()
-            afid = await authenticate(client, uname, aname) if authenticate else NOFID
-            await client.attach(uname, aname, afid)
             try:
+                await client.version(msize)
+                uname = uname or getpass.getuser()
+                afid = await authenticate(client, uname, aname) if authenticate else NOFID
+                await client.attach(uname, aname, afid)
                 yield client
             finally:
-                nursery.cancel_scope.cancel()
+                client.stop()
     finally:
         await client.aclose()

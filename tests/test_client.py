@@ -6,6 +6,8 @@ import pytest
 import trio
 
 from styxfs import client, ramfs, wire
+from styxfs.server import Server, StaticTree
+from styxfs.tree import Directory, TextFile
 
 from .conftest import start_server
 
@@ -41,3 +43,29 @@ async def test_unwrapped_lets_a_failure_out_of_a_cancelled_scope():
             nursery.start_soon(fail)
             scope.cancel()
             await trio.sleep(1)
+
+
+async def test_cancelling_a_connection_with_a_read_in_flight_flushes_it_at_once(nursery):
+    """The scope around connect() and a blocked read is cancelled: the read is
+    flushed and the file clunked, and their replies are taken in, since the
+    reader outlives the cancel.  Before, the reader was cancelled with the
+    rest and each Rflush went unread until flush_timeout ran out."""
+    reading, flushed = trio.Event(), trio.Event()
+
+    async def never(caller):
+        reading.set()
+        try:
+            await trio.sleep_forever()
+        finally:
+            flushed.set()
+
+    root = Directory("/", 1, [TextFile("slow", 2, read=never)], perm=0o555)
+    address = await start_server(nursery, Server(StaticTree(root)))
+    with trio.fail_after(20):  # far less than the flush timeout
+        with trio.CancelScope() as scope:
+            async with client.connect(address, flush_timeout=60) as c, trio.open_nursery() as inner:
+                inner.start_soon(c.read_file, "slow")
+                await reading.wait()
+                scope.cancel()
+    assert flushed.is_set()
+    assert scope.cancelled_caught

@@ -63,7 +63,7 @@ async def test_client_that_vanishes_mid_generation_frees_its_slot(start_node):
         f = await c.open("new/data", wire.ORDWR)
         await f.write("Once upon a time")
         assert await f.read()  # it is generating
-        nursery.cancel_scope.cancel()
+        c.stop()
     await c_stream.aclose()  # gone, without a clunk
     with trio.fail_after(5):
         while node.engine.generating() or node.server.connections:

@@ -67,7 +67,7 @@ async def test_a_recorded_exchange_cannot_be_replayed(start_node, secret_file):
             await c.rpc(wire.Tattach(0, 4, 3, "glenda", ""))
         with pytest.raises(client.ServerError, match="authentication failed"):
             await c.rpc(wire.Tattach(0, 5, 1, "bob", ""))  # afid 1 was glenda's
-        nursery.cancel_scope.cancel()
+        c.stop()
     await stream.aclose()
 
 
