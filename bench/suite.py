@@ -1,11 +1,12 @@
 """The benchmark suite: llamafs against its peers, on the default model.
 
-    .venv/bin/python bench/suite.py [--tokens 128] [--runs 3] [--json bench/results/suite.json]
+    .venv/bin/python bench/suite.py [--tokens 128] [--runs 3] [--rounds 3] [--json bench/results/suite.json]
 
 a. one session: tokens/s through the 9P data file vs llama-cpp-python directly
 b. 1, 2, 4, 8 concurrent sessions of 128 tokens: aggregate tokens/s and p50/p99
    time to first token, llamafs vs `python -m llama_cpp.server` (same model and
-   build), and vs `llama-server --parallel N` when one is on PATH
+   build), in rounds that alternate the two with fresh processes; and vs
+   `llama-server --parallel N` when one is on PATH
 c. a coordinator over 2 nodes vs 1 node at 8 concurrent sessions
 d. a node's resident memory, idle and at 8 sessions
 and the ceiling on b: llama_decode alone, N tokens a step against one
@@ -33,6 +34,7 @@ import trio
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.bench_decode import decode_ceiling  # noqa: E402
+from bench.bench_node import direct, through_9p  # noqa: E402
 from bench.bench_decode import report as report_ceiling  # noqa: E402
 from bench.common import (  # noqa: E402
     ROOT,
@@ -93,37 +95,75 @@ async def llamafs_one(c, tokens: int, results: list) -> None:
     results.append((out, first or elapsed, elapsed))
 
 
-async def llamafs_concurrent(address: str, sessions: int, tokens: int) -> dict:
+async def llamafs_concurrent(address: str, sessions: int, tokens: int, probe_metrics: bool = False) -> dict:
+    """`sessions` clients at once, each a session of `tokens` tokens.  With
+    probe_metrics, one more client reads `metrics` every 50 ms meanwhile and
+    the figures say how long those reads took."""
     results: list = []
-    probes: list[float] = []  # how long a read of metrics takes while the node is busy
+    probes: list[float] = []
+
+    async def one():
+        async with client.connect(address) as c:
+            await llamafs_one(c, tokens, results)
+
+    async def probe():
+        async with client.connect(address) as c:
+            while True:
+                t = time.perf_counter()
+                await c.read_file("metrics")
+                probes.append(time.perf_counter() - t)
+                await trio.sleep(0.05)
+
     start = time.perf_counter()
     async with trio.open_nursery() as nursery:
+        if probe_metrics:
+            nursery.start_soon(probe)
         async with trio.open_nursery() as clients:
             for _ in range(sessions):
-                async def one():
-                    async with client.connect(address) as c:
-                        await llamafs_one(c, tokens, results)
                 clients.start_soon(one)
-
-            async def probe():
-                async with client.connect(address) as c:
-                    while True:
-                        t = time.perf_counter()
-                        await c.read_file("metrics")
-                        probes.append(time.perf_counter() - t)
-                        await trio.sleep(0.05)
-            nursery.start_soon(probe)
+        wall = time.perf_counter() - start
         nursery.cancel_scope.cancel()
-    wall = time.perf_counter() - start
-    return summarise(results, wall) | {"metrics_read_p50": percentile(probes, 0.5),
-                                       "metrics_read_p99": percentile(probes, 0.99)}
+    figures = summarise(results, wall)
+    if probe_metrics:
+        figures |= {"metrics_read_p50": percentile(probes, 0.5), "metrics_read_p99": percentile(probes, 0.99)}
+    return figures
 
 
 def summarise(results: list, wall: float) -> dict:
     total = sum(r[0] for r in results)
     ttfts = [r[1] for r in results]
     return {"tokens": total, "seconds": wall, "aggregate_tps": total / wall,
+            "ttft_p50": percentile(ttfts, 0.5), "ttft_p99": percentile(ttfts, 0.99), "ttfts": ttfts}
+
+
+def combine(runs: list[dict]) -> dict:
+    """Rounds of one server at one level: the median aggregate, TTFTs pooled."""
+    ttfts = [t for r in runs for t in r["ttfts"]]
+    return {"aggregate_tps": statistics.median(r["aggregate_tps"] for r in runs),
+            "runs_tps": [r["aggregate_tps"] for r in runs],
             "ttft_p50": percentile(ttfts, 0.5), "ttft_p99": percentile(ttfts, 0.99)}
+
+
+class PeakRSS:
+    """The largest resident size of a process while the block runs."""
+
+    def __init__(self, pid: int):
+        self.pid, self.peak = pid, 0.0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.watch)
+
+    def watch(self) -> None:
+        while not self.stop.is_set():
+            self.peak = max(self.peak, rss_mb(self.pid))
+            time.sleep(0.1)
+
+    def __enter__(self) -> "PeakRSS":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
 
 
 # ---- llama_cpp.server (OpenAI-style HTTP) clients ------------------------------------
@@ -196,7 +236,8 @@ def start_llama_server(model: str, threads: int, parallel: int) -> tuple[subproc
 @click.option("--model", default=None, help="default: Gemma 3 270M")
 @click.option("--json", "json_path", default=os.path.join(ROOT, "bench", "results", "suite.json"), show_default=True)
 @click.option("--sessions", default="1,2,4,8", show_default=True)
-def main(tokens, runs, threads, model, json_path, sessions):
+@click.option("--rounds", default=3, show_default=True, help="rounds of part b, each with fresh processes")
+def main(tokens, runs, threads, model, json_path, sessions, rounds):
     from llama_cpp import Llama
 
     from styxfs.node import default_model_path
@@ -210,8 +251,6 @@ def main(tokens, runs, threads, model, json_path, sessions):
     try:
         figures["rss_idle_mb"] = rss_mb(node.pid)
         # a. one session, alternating with llama-cpp-python directly
-        from bench.bench_node import direct, through_9p
-
         llm = Llama(model, n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
         trio.run(through_9p, address, 8)
         direct(llm, 8)
@@ -226,35 +265,13 @@ def main(tokens, runs, threads, model, json_path, sessions):
                         "ratio": statistics.median(a9) / statistics.median(ad)}
     finally:
         stop_process(node)
-    # b. concurrency: a node with --slots N for N sessions, as llama-server gets --parallel N
-    figures["b"] = {"llamafs": {}, "llama_cpp.server": {}, "llama-server": {}}
-    for level in levels:
-        node, address = start_node_process(model, threads=threads, slots=level)
-        peak = [0.0]
-        stop_watch = threading.Event()
-
-        def watch():
-            while not stop_watch.is_set():
-                peak[0] = max(peak[0], rss_mb(node.pid))
-                time.sleep(0.1)
-
-        watcher = threading.Thread(target=watch)
-        watcher.start()
-        try:
-            trio.run(through_9p, address, 8)  # warm up
-            figures["b"]["llamafs"][level] = trio.run(llamafs_concurrent, address, level, tokens)
-        finally:
-            stop_watch.set()
-            watcher.join()
-            stop_process(node)
-        figures[f"rss_{level}_sessions_mb"] = peak[0]
-    peer, port = start_peer(model, threads)
-    try:
-        http_concurrent(port, 1, 8)
-        for level in levels:
-            figures["b"]["llama_cpp.server"][level] = http_concurrent(port, level, tokens)
-    finally:
-        stop_process(peer)
+    # b. concurrency, in rounds: each level runs llamafs and then llama_cpp.server, so
+    # the drift of this machine's speed (often 15% within minutes) hits both alike.
+    figures["b"], peaks = concurrency_figures(model, threads, tokens, levels, rounds)
+    for level, peak in peaks.items():
+        figures[f"rss_{level}_sessions_mb"] = peak
+    figures["metrics_while_busy"] = metrics_while_busy(model, threads, tokens, max(levels))
+    figures["b"]["llama-server"] = {}
     for level in levels:
         started = start_llama_server(model, threads, level)
         if started is None:
@@ -262,7 +279,7 @@ def main(tokens, runs, threads, model, json_path, sessions):
             break
         process, port = started
         try:
-            figures["b"]["llama-server"][level] = http_concurrent(port, level, tokens)
+            figures["b"]["llama-server"][level] = combine([http_concurrent(port, level, tokens)])
         finally:
             stop_process(process)
     # c. a coordinator over 2 nodes vs 1 node, 8 sessions
@@ -274,6 +291,44 @@ def main(tokens, runs, threads, model, json_path, sessions):
     with open(json_path, "w") as f:
         json.dump(figures, f, indent=2)
     print(f"figures written to {json_path}")
+
+
+def concurrency_figures(model: str, threads: int, tokens: int, levels: list[int], rounds: int) -> tuple[dict, dict]:
+    """Part b: per round a llama_cpp.server process and, per level, a node with
+    --slots N for N sessions (as llama-server gets --parallel N), each started
+    afresh (one process can run 10% faster or slower than the next).
+    ({server: {level: figures}}, {level: the node's peak resident MB})."""
+    runs: dict = {"llamafs": {level: [] for level in levels}, "llama_cpp.server": {level: [] for level in levels}}
+    peaks: dict = {}
+    for _ in range(rounds):
+        peer, port = start_peer(model, threads)
+        try:
+            http_concurrent(port, 1, 8)  # warm up
+            for level in levels:
+                node, address = start_node_process(model, threads=threads, slots=level)
+                try:
+                    with PeakRSS(node.pid) as rss:
+                        trio.run(through_9p, address, 8)  # warm up
+                        runs["llamafs"][level].append(trio.run(llamafs_concurrent, address, level, tokens))
+                finally:
+                    stop_process(node)
+                peaks[level] = max(peaks.get(level, 0.0), rss.peak)
+                runs["llama_cpp.server"][level].append(http_concurrent(port, level, tokens))
+        finally:
+            stop_process(peer)
+    return {name: {level: combine(r) for level, r in by_level.items()} for name, by_level in runs.items()}, peaks
+
+
+def metrics_while_busy(model: str, threads: int, tokens: int, sessions: int) -> dict:
+    """How long a read of `metrics` takes while the node is saturated (a run of
+    its own: the reads would cost the throughput runs some CPU)."""
+    node, address = start_node_process(model, threads=threads, slots=sessions)
+    try:
+        trio.run(through_9p, address, 8)
+        figures = trio.run(llamafs_concurrent, address, sessions, tokens, True)
+    finally:
+        stop_process(node)
+    return {"sessions": sessions, "p50": figures["metrics_read_p50"], "p99": figures["metrics_read_p99"]}
 
 
 def coordinator_figures(model: str, threads: int, tokens: int, sessions: int) -> dict:
@@ -293,6 +348,7 @@ def coordinator_figures(model: str, threads: int, tokens: int, sessions: int) ->
             for process, _ in processes:
                 stop_process(process)
     out["ratio"] = out["2_nodes"]["aggregate_tps"] / out["1_nodes"]["aggregate_tps"]
+    out["sessions"] = sessions
     return out
 
 
@@ -309,17 +365,19 @@ def report(f: dict) -> None:
             continue
         for level, r in rows.items():
             print(f"   {level:<9} {name:<18} {r['aggregate_tps']:>15.1f}  {r['ttft_p50']:>7.3f}s  {r['ttft_p99']:>7.3f}s")
-    busy = f["b"]["llamafs"][max(f["b"]["llamafs"])]
-    print(f"   reading metrics while llamafs is busy: p50 {busy['metrics_read_p50'] * 1000:.1f} ms, "
-          f"p99 {busy['metrics_read_p99'] * 1000:.1f} ms")
+    print("   (aggregate: the median of the rounds; time to first token: over all rounds' sessions)")
     four = f["b"]["llamafs"].get(4), f["b"]["llama_cpp.server"].get(4)
     if all(four):
+        rounds = ", ".join(f"{a / b:.2f}" for a, b in zip(four[0]["runs_tps"], four[1]["runs_tps"]))
         print(f"   at 4 sessions llamafs / llama_cpp.server = {four[0]['aggregate_tps'] / four[1]['aggregate_tps']:.2f}"
-              " (goal >= 2)")
+              f" (goal >= 2); round by round {rounds}")
+    busy = f["metrics_while_busy"]
+    print(f"   reading metrics while {busy['sessions']} sessions generate: p50 {busy['p50'] * 1000:.1f} ms, "
+          f"p99 {busy['p99'] * 1000:.1f} ms")
     print("\n   the ceiling: llama_decode alone, N tokens a step against 1 (bench/bench_decode.py)")
     report_ceiling(f["ceiling"])
     c = f["c"]
-    print(f"\nc. coordinator at 8 sessions: 1 node {c['1_nodes']['aggregate_tps']:.1f} tok/s, "
+    print(f"\nc. coordinator at {c['sessions']} sessions: 1 node {c['1_nodes']['aggregate_tps']:.1f} tok/s, "
           f"2 nodes {c['2_nodes']['aggregate_tps']:.1f} tok/s, ratio {c['ratio']:.2f}")
     top = max(f["b"]["llamafs"])
     print(f"\nd. node resident memory: idle {f['rss_idle_mb']:.0f} MB, at {top} sessions "
