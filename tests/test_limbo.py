@@ -228,7 +228,10 @@ async def drive(dis, commands: list[str], setup: str = "", timeout: float = 25) 
     """Run the driver; [(command, output)] in order (result.status must be "")."""
     module, driver = dis
     script = f"load std\n{MNTPT}\n{setup}\n{host(driver)} {host(module)} " + " ".join(quote(c) for c in commands)
-    result = await inferno(script, timeout)
+    try:
+        result = await inferno(script, timeout)
+    except subprocess.TimeoutExpired as e:  # say how far it got
+        pytest.fail(f"emu script ran over {timeout} s; its output so far:\n{e.output}\nstderr:\n{e.stderr}")
     assert result.status == "", (result.stdout, result.stderr)
     assert result.stdout.endswith("=== end\n"), result.stdout
     sections = ("\n" + result.stdout).split("\n=== ")[1:-1]
@@ -452,6 +455,9 @@ async def test_network_coordinator_balance_and_failover(start_node, node_process
         "balance one", "balance one", "balance one", "balance one",  # 16-19: a b c a (dead skipped)
         "balance two", "balance two",                         # 20-21: a a, unaffected by one
         f"os kill -9 {process.pid}",
+        # Known flake, not this code: 1 run in 4 to 10, the hosted emu freezes
+        # in step 23 (gdb: every Dis VM thread waits in acquire() or idles in
+        # iyield/startup; nobody runs the VM), and the script runs out of time.
         f"pdispatch one 6 {PROMPT}",                          # 23: at once, some meet c
         "state c",                                            # 24
         "balance one", "balance one", "balance one",           # 25-27: c is skipped
