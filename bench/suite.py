@@ -34,8 +34,8 @@ import trio
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.bench_decode import decode_ceiling  # noqa: E402
-from bench.bench_node import direct, through_9p  # noqa: E402
 from bench.bench_decode import report as report_ceiling  # noqa: E402
+from bench.bench_node import direct, through_9p  # noqa: E402
 from bench.common import (  # noqa: E402
     ROOT,
     free_port,
