@@ -40,10 +40,10 @@ def step_seconds(llama, batch: int, steps: int, logits: bool) -> float:
 
 def decode_ceiling(model: str, threads: int, batches: list[int], steps: int = 20, rounds: int = 3) -> dict:
     """{batch: {"ms_per_step", "tokens_per_s", "vs_one", "ms_without_logits"}}, medians over rounds."""
-    from styxfs.engine import ModelSettings
-    from styxfs.llamacpp import Llama
+    from styxfs.llama.llamacpp import LlamaModel
+    from styxfs.llama.model import ModelSettings
 
-    llama = Llama(ModelSettings(path=model, threads=threads), slots=max(batches))
+    llama = LlamaModel(ModelSettings(path=model, threads=threads), slots=max(batches))
     try:
         seconds: dict[tuple[int, bool], list[float]] = {}
         for _ in range(rounds):  # rounds interleave the sizes, so drift hits them all alike
@@ -74,7 +74,7 @@ def report(figures: dict) -> None:
 @click.option("--steps", default=20, show_default=True)
 @click.option("--rounds", default=3, show_default=True)
 def main(model, threads, batches, steps, rounds):
-    from styxfs.node import default_model_path
+    from styxfs.llama.node import default_model_path
 
     model = model or str(default_model_path())
     figures = decode_ceiling(model, threads, [int(b) for b in batches.split(",")], steps, rounds)

@@ -54,7 +54,7 @@ def direct(llm, tokens: int) -> tuple[int, float]:
 def main(runs: int, tokens: int, model: str | None, threads: int) -> None:
     from llama_cpp import Llama
 
-    from styxfs.node import default_model_path
+    from styxfs.llama.node import default_model_path
 
     model = model or str(default_model_path())
     node, address = start_node_process(model, threads=threads, slots=1)

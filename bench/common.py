@@ -6,36 +6,12 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import tempfile
-import time
 
-from styxfs.dial import free_port, port_open  # noqa: F401 (free_port: for the benchmarks)
+from styxfs.dial import free_port, port_open  # noqa: F401 (for the benchmarks)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LLAMAFS = [sys.executable, "-m", "coordinator.cli"]
-
-
-def wait_for_port(port: int, timeout: float = 120.0, process: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"process exited with {process.returncode} before listening on {port}")
-        if port_open("127.0.0.1", port):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on port {port} after {timeout} s")
-
-
-def start_node_process(model: str, threads: int = 2, slots: int = 4, port: int | None = None,
-                       extra: list[str] | None = None) -> tuple[subprocess.Popen, str]:
-    """`llamafs serve` as a process of its own; (process, dial string)."""
-    port = port or free_port()
-    cmd = LLAMAFS + ["serve", "--model", model, "--listen", f"tcp!127.0.0.1!{port}",
-                     "--threads", str(threads), "--slots", str(slots)] + (extra or [])
-    process = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_port(port, process=process)
-    return process, f"tcp!127.0.0.1!{port}"
+# Node processes are started as the tests start them (one definition, in tests/support.py).
+from tests.support import LLAMAFS, NODE, ROOT, start_node_process, stop_process, wait_for_port  # noqa: E402,F401
 
 
 def start_coordinator_process(node_addresses: list[str], **network) -> tuple[subprocess.Popen, str]:
@@ -58,15 +34,6 @@ def start_coordinator_process(node_addresses: list[str], **network) -> tuple[sub
         stop_process(process)
         raise
     return process, f"tcp!127.0.0.1!{port}"
-
-
-def stop_process(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def machine_line() -> str:

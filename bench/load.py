@@ -27,7 +27,7 @@ import trio
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import ROOT, start_coordinator_process, start_node_process, stop_process  # noqa: E402
-from coordinator.union import SPARES  # noqa: E402
+from coordinator.forwarding import SPARES  # noqa: E402
 from styxfs import client, wire  # noqa: E402
 
 PROMPTS = ["Once upon a time", "the king was", "water and people", "café über", "long little words"]

@@ -240,7 +240,7 @@ def start_llama_server(model: str, threads: int, parallel: int) -> tuple[subproc
 def main(tokens, runs, threads, model, json_path, sessions, rounds):
     from llama_cpp import Llama
 
-    from styxfs.node import default_model_path
+    from styxfs.llama.node import default_model_path
 
     setup()
     model = model or str(default_model_path())

@@ -17,7 +17,7 @@ class Candidate(Protocol):
     weight: float
 
     @property
-    def connections(self) -> int: ...
+    def session_count(self) -> int: ...
 
 
 class Strategy:
@@ -46,8 +46,9 @@ class LeastConnections(Strategy):
     name = "least-connections"
 
     def pick(self, nodes, healthy):
+        # A node's "connections" are the coordinator's sessions bound to it.
         # Ties go to the node first in the config.
-        return min(healthy, key=lambda n: n.connections)
+        return min(healthy, key=lambda n: n.session_count)
 
 
 class Random(Strategy):

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import getpass
-import logging
 import os
-import signal
 import sys
 
 import click
@@ -13,7 +10,7 @@ import trio
 
 from styxfs import client, dial, wire
 from styxfs.auth import read_secret, secret_authenticator
-from styxfs.node import Node, NodeOptions
+from styxfs.llama.cli import check_listen, mount_help, serve, setup_logging, stop_on_signals
 
 from .config import STRATEGIES, ConfigError, DeploymentConfig, generate
 from .deploy import DeploymentManager
@@ -23,93 +20,10 @@ from .deploy import DeploymentManager
 @click.option("-v", "--verbose", count=True, help="log more (-vv: every message)")
 def main(verbose: int) -> None:
     """llama.cpp served as a 9P file tree."""
-    level = logging.WARNING - 10 * verbose
-    logging.basicConfig(level=level, format="llamafs: %(name)s: %(message)s")
+    setup_logging(verbose)
 
 
-def mount_help(address: dial.Address) -> str:
-    host, port = address.host if address.host not in ("*", "") else "127.0.0.1", address.port
-    return (
-        f"  Inferno:   mount -A tcp!{host}!{port} /n/llama\n"
-        f"  plan9port: 9p -a tcp!{host}!{port} ls;  9pfuse tcp!{host}!{port} /mnt/llama\n"
-        f"  Linux:     mount -t 9p -o trans=tcp,port={port},version=9p2000 {host} /mnt/llama\n"
-        f"  Python:    llamafs ask --addr 'tcp!{host}!{port}' 'Once upon a time'\n"
-    )
-
-
-def check_listen(listen: str) -> dial.Address:
-    try:
-        return dial.parse(listen)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--listen") from None
-
-
-@main.command()
-@click.option("--model", type=click.Path(dir_okay=False), help="a .gguf file (default: Gemma 3 270M)")
-@click.option("--listen", default=dial.DEFAULT_ADDRESS, show_default=True,
-              help="dial string; tcp!*!PORT listens on every interface")
-@click.option("--models-dir", type=click.Path(file_okay=False), help="where ctl `load` may load from")
-@click.option("--ctx", default=2048, show_default=True, type=click.IntRange(16, 1 << 20), help="context per session")
-@click.option("--gpu-layers", default=0, show_default=True, type=click.IntRange(0))
-@click.option("--threads", default=0, type=click.IntRange(0), help="CPU threads (0: all cores)")
-@click.option("--batch", default=512, show_default=True, type=click.IntRange(16, 1 << 16))
-@click.option("--slots", default=4, show_default=True, type=click.IntRange(1, 256),
-              help="sessions decoded together")
-@click.option("--max-sessions", default=256, show_default=True, type=click.IntRange(1))
-@click.option("--session-timeout", default=600.0, show_default=True, type=click.FloatRange(0.1),
-              help="seconds an idle session lives")
-@click.option("--max-connections", default=1000, show_default=True, type=click.IntRange(1))
-@click.option("--owner", default=None, help="who may write the root ctl (default: you; '*': anyone)")
-@click.option("--auth-secret-file", type=click.Path(dir_okay=False, exists=True),
-              help="require clients to prove they know this file's secret (Tauth)")
-def serve(model, listen, models_dir, ctx, gpu_layers, threads, batch, slots, max_sessions, session_timeout,
-          max_connections, owner, auth_secret_file):
-    """Serve one model as a 9P file tree."""
-    address = check_listen(listen)
-    options = NodeOptions(model=model, listen=listen, models_dir=models_dir, ctx=ctx, gpu_layers=gpu_layers,
-                          threads=threads, batch=batch, slots=slots, max_sessions=max_sessions,
-                          session_timeout=session_timeout, max_connections=max_connections,
-                          owner=owner or getpass.getuser(), auth_secret_file=auth_secret_file)
-    bar = click.progressbar(length=100, label="loading model", file=sys.stderr)
-
-    def progress(fraction: float) -> None:
-        bar.update(int(fraction * 100) - bar.pos)
-
-    node = Node(options, load_progress=progress)
-
-    async def run():
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(stop_on_signals, nursery.cancel_scope)
-            try:
-                await nursery.start(node.run)
-            except OSError as e:
-                raise click.ClickException(f"cannot listen on {listen}: {e.strerror or e}") from None
-            bar.render_finish()
-            info = node.engine.info
-            if info:
-                click.echo(f"llamafs: {info.path} ({info.description}, context {info.context})", err=True)
-            else:
-                click.echo(f"llamafs: no model loaded: {node.backend.load_error}", err=True)
-            port = dial.listening_port(node.listeners) if address.network == "tcp" else 0
-            shown = dial.Address(address.network, address.host, port, address.path)
-            click.echo(f"llamafs: serving on {shown}", err=True)
-            if not dial.is_loopback(address) and not auth_secret_file:
-                click.echo("llamafs: warning: listening beyond loopback, without authentication", err=True)
-            if address.network == "tcp":
-                click.echo("mount it with:\n" + mount_help(shown), err=True)
-
-    try:
-        trio.run(run)
-    except KeyboardInterrupt:
-        pass
-    click.echo("llamafs: stopped", err=True)
-
-
-async def stop_on_signals(scope: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for _ in signals:
-            scope.cancel()
-            return
+main.add_command(serve)
 
 
 def auth_option(fn):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DEFAULT_LISTEN = "tcp!127.0.0.1!5640"
+from styxfs.llama.settings import DEFAULT_LISTEN, NODE
 
 
 class ConfigError(ValueError):
@@ -33,12 +33,16 @@ class LoadBalancingStrategy(str, enum.Enum):
 STRATEGIES = [s.value for s in LoadBalancingStrategy]
 
 
+# The config's names for the node's options (styxfs.llama.settings.NODE).
+NODE_KEYS = {"contextSize": "ctx", "gpuLayers": "gpulayers", "batchSize": "batch", "threads": "threads"}
+
+
 @dataclass
 class ModelConfig:
-    contextSize: int = 2048
-    gpuLayers: int = 0
-    batchSize: int = 512
-    threads: int = 0
+    contextSize: int = NODE["ctx"].default
+    gpuLayers: int = NODE["gpulayers"].default
+    batchSize: int = NODE["batch"].default
+    threads: int = NODE["threads"].default
     mlock: bool = False
 
 
@@ -50,7 +54,7 @@ class NetworkConfig:
     enableFailover: bool = True
     basePort: int = 8000
     listen: str = DEFAULT_LISTEN
-    sessionTimeout: int = 600000  # an idle session's life on the coordinator
+    sessionTimeout: int = int(NODE["sessiontimeout"].default * 1000)  # an idle session's life on the coordinator
     maxSessions: int = 1024  # sessions the coordinator holds at once
 
 
@@ -139,17 +143,14 @@ class DeploymentConfig:
             enableFailover=check.boolean(net, "network.enableFailover", True),
             basePort=check.integer(net, "network.basePort", 8000, 1, 65535),
             listen=check.string(net, "network.listen", DEFAULT_LISTEN),
-            sessionTimeout=check.integer(net, "network.sessionTimeout", 600000, 100, 86_400_000),
+            sessionTimeout=check.integer(net, "network.sessionTimeout", NetworkConfig.sessionTimeout,
+                                         int(NODE["sessiontimeout"].low * 1000), int(NODE["sessiontimeout"].high * 1000)),
             maxSessions=check.integer(net, "network.maxSessions", 1024, 1, 1_000_000),
         )
         model = check.section(data, "model")
-        config.model = ModelConfig(
-            contextSize=check.integer(model, "model.contextSize", 2048, 16, 1 << 20),
-            gpuLayers=check.integer(model, "model.gpuLayers", 0, 0, 10000),
-            batchSize=check.integer(model, "model.batchSize", 512, 16, 1 << 16),
-            threads=check.integer(model, "model.threads", 0, 0, 1024),
-            mlock=check.boolean(model, "model.mlock", False),
-        )
+        config.model = ModelConfig(**{key: check.node_option(model, f"model.{key}", NODE[option].default, option)
+                                      for key, option in NODE_KEYS.items()},
+                                   mlock=check.boolean(model, "model.mlock", False))
         nodes = data.get("nodes", [])
         if not isinstance(nodes, list):
             raise ConfigError(f"{where}: nodes: must be a list")
@@ -164,10 +165,7 @@ class DeploymentConfig:
                 address=check.string(node, f"{key}.address", "localhost"),
                 port=check.integer(node, f"{key}.port", base + i, 1, 65535),
                 weight=check.number(node, f"{key}.weight", 1.0, 0.0, 1e9),
-                gpuLayers=check.integer(node, f"{key}.gpuLayers", None, 0, 10000),
-                contextSize=check.integer(node, f"{key}.contextSize", None, 16, 1 << 20),
-                threads=check.integer(node, f"{key}.threads", None, 0, 1024),
-                batchSize=check.integer(node, f"{key}.batchSize", None, 16, 1 << 16),
+                **{name: check.node_option(node, f"{key}.{name}", None, option) for name, option in NODE_KEYS.items()},
             )
             if n.id in ids:
                 raise ConfigError(f"{where}: {key}.id: duplicate node id {n.id!r}")
@@ -230,6 +228,10 @@ class _Checker:
         if value > high:
             self.fail(key, f"{value} is out of range (at most {high})")
         return value
+
+    def node_option(self, data, key, default, option: str):
+        """A node option, in the range settings.NODE gives it."""
+        return self.integer(data, key, default, NODE[option].low, NODE[option].high)
 
     def integer(self, data, key, default, low, high):
         value = self.number(data, key, default, low, high)

@@ -16,9 +16,6 @@ from __future__ import annotations
 import getpass
 import logging
 import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
 import trio
@@ -28,6 +25,7 @@ from styxfs.auth import SecretAuthenticator, read_secret, secret_authenticator
 from styxfs.server import Server
 
 from .config import DeploymentConfig, NodeConfig
+from .launch import NodeProcess, node_command
 from .pool import NodeHandle, Pool
 from .union import make_union
 
@@ -51,7 +49,7 @@ class DeploymentManager:
         self.pool = Pool(strategy=net.loadBalancing, health_interval=interval,
                          health_timeout=health_timeout or min(10.0, max(2.0, interval)), seed=seed,
                          notify=self._node_event, authenticate=self.authenticate)
-        self.backend, self.tree = make_union(self.pool, name=config.name, failover=net.enableFailover,
+        self.sessions, self.root, self.tree = make_union(self.pool, name=config.name, failover=net.enableFailover,
                                              request_timeout=net.requestTimeout / 1000, scaler=self.scale,
                                              owner=config.owner or getpass.getuser(),
                                              session_timeout=net.sessionTimeout / 1000,
@@ -60,13 +58,14 @@ class DeploymentManager:
         self.tree.server = self.server
         self.listeners: list = []
         self.address = net.listen
-        self.processes: dict[str, subprocess.Popen] = {}
+        self.processes: dict[str, NodeProcess] = {}
         self.isolates: dict = {}  # node id -> isolation.Isolate, with isolation "dis"
         self.handlers: dict[str, list[Callable]] = {e: [] for e in EVENTS}
         self.node_log_dir = node_log_dir
         self.cancel_scope: trio.CancelScope | None = None
         self.nursery: trio.Nursery | None = None
         self.deployed = False
+        self.changed = trio.Event()  # a node came up or went down, or a process of ours ended
 
     # -- events --------------------------------------------------------------------
 
@@ -83,7 +82,12 @@ class DeploymentManager:
                 log.exception("%s handler failed", event)
 
     def _node_event(self, event: str, node: NodeHandle) -> None:
+        self._changed()
         self.emit(event, node.id)
+
+    def _changed(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
 
     # -- life --------------------------------------------------------------------------
 
@@ -118,19 +122,6 @@ class DeploymentManager:
             with trio.CancelScope(shield=True):
                 await self._stop_processes()
 
-    def _node_command(self, node: NodeConfig, listen: str) -> list[str]:
-        c = self.config
-        cmd = [sys.executable, "-m", "coordinator.cli", "serve", "--listen", listen,
-               "--ctx", str(c.node_value(node, "contextSize")), "--gpu-layers", str(c.node_value(node, "gpuLayers")),
-               "--threads", str(c.node_value(node, "threads")), "--batch", str(c.node_value(node, "batchSize"))]
-        if c.modelPath:
-            cmd += ["--model", c.modelPath]
-        if c.modelsDir:
-            cmd += ["--models-dir", c.modelsDir]
-        if c.authSecretFile:
-            cmd += ["--auth-secret-file", c.authSecretFile]
-        return cmd
-
     async def _start_node(self, node: NodeConfig) -> NodeHandle:
         """Spawn `llamafs serve` for a local node not yet listening (behind an
         isolate with isolation "dis"); connect to it."""
@@ -138,12 +129,10 @@ class DeploymentManager:
         if node.is_local and not dial.port_open(host, node.port):
             isolated = self.config.isolation == "dis"
             listen = f"tcp!127.0.0.1!{dial.free_port()}" if isolated else node.dial
-            root = Path(__file__).resolve().parent.parent
-            env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-            process = subprocess.Popen(self._node_command(node, listen), stdout=self._log(node.id),
-                                       stderr=subprocess.STDOUT, env=env,
-                                       start_new_session=True)  # Ctrl-C reaches us, and we stop it
+            process = await NodeProcess.start(self.nursery, node.id, node_command(self.config, node, listen),
+                                              self.node_log_dir)
             self.processes[node.id] = process
+            self.nursery.start_soon(self._on_exit, process)
             if isolated:
                 await self._isolate(node, listen, process)
         handle = self.pool.add(node.id, node.dial, node.weight)
@@ -152,22 +141,21 @@ class DeploymentManager:
             handle.authenticate = None  # the isolate authenticates to the node; its export is local
         return handle
 
-    def _log(self, name: str):
-        if not self.node_log_dir:
-            return subprocess.DEVNULL
-        return open(os.path.join(self.node_log_dir, f"{name}.log"), "ab")
+    async def _on_exit(self, process: NodeProcess) -> None:
+        await process.exited.wait()
+        self._changed()
 
-    async def _isolate(self, node: NodeConfig, node_dial: str, process: subprocess.Popen) -> None:
+    async def _isolate(self, node: NodeConfig, node_dial: str, process: NodeProcess) -> None:
         """An Inferno emu in front of the node, serving on the node's port."""
-        from styxfs.node import default_model_path
+        from styxfs.llama.node import default_model_path
 
         from .isolation import Isolate
 
         port = int(node_dial.rsplit("!", 1)[1])
         with trio.fail_after(180):
             while not dial.port_open("127.0.0.1", port):
-                if process.poll() is not None:
-                    raise RuntimeError(f"node {node.id} exited before listening")
+                if process.returncode is not None:
+                    raise RuntimeError(f"node {node.id} exited before listening{process.log_tail()}")
                 await trio.sleep(0.05)
         model = self.config.modelPath or str(await trio.to_thread.run_sync(default_model_path))
         log_path = os.path.join(self.node_log_dir, f"{node.id}-isolate.log") if self.node_log_dir else None
@@ -194,20 +182,11 @@ class DeploymentManager:
             isolate = self.isolates.pop(node_id, None)
             if isolate is not None:
                 await trio.to_thread.run_sync(isolate.stop)
-        for node_id in ids:
-            process = self.processes.get(node_id)
-            if process is not None and process.poll() is None:
-                process.terminate()
-        for node_id in ids:
-            process = self.processes.pop(node_id, None)
-            if process is None:
-                continue
-            with trio.move_on_after(10):
-                while process.poll() is None:
-                    await trio.sleep(0.05)
-            if process.poll() is None:
-                process.kill()
-                await trio.to_thread.run_sync(process.wait)
+        async with trio.open_nursery() as nursery:
+            for node_id in ids:
+                process = self.processes.pop(node_id, None)
+                if process is not None:
+                    nursery.start_soon(process.stop)
 
     async def drain(self, node_id: str, timeout: float = 60.0) -> None:
         """No new sessions to the node; wait for what is in flight there."""
@@ -255,24 +234,15 @@ class DeploymentManager:
         an error at once, not a wait for the timeout."""
         with trio.move_on_after(timeout):
             while len(self.pool.healthy()) < len(self.pool.nodes):
+                changed = self.changed
                 for node in self.pool.nodes:
-                    if node.process is not None and node.process.poll() is not None:
+                    if node.process is not None and node.process.returncode is not None:
                         raise RuntimeError(f"node {node.id} exited (status {node.process.returncode}) before it was"
-                                           f" up{self._log_tail(node.id)}")
-                await trio.sleep(0.05)
+                                           f" up{node.process.log_tail()}")
+                await changed.wait()
             return
         down = ", ".join(f"{n.id} ({n.error})" for n in self.pool.nodes if n.state != "up")
         raise RuntimeError(f"nodes not healthy after {timeout:.0f} s: {down}")
-
-    def _log_tail(self, name: str) -> str:
-        if not self.node_log_dir:
-            return ""
-        try:
-            with open(os.path.join(self.node_log_dir, f"{name}.log"), "rb") as f:
-                lines = f.read().decode(errors="replace").strip().splitlines()
-        except OSError:
-            return ""
-        return ": " + " / ".join(lines[-3:]) if lines else ""
 
     def _next_node(self) -> NodeConfig:
         taken_ids = {n.id for n in self.config.nodes}
@@ -291,16 +261,35 @@ class DeploymentManager:
         """The reply, piece by piece, through the coordinator's own files."""
         if not self.deployed:
             raise RuntimeError("not deployed")
-        async with client.connect(self.address, authenticate=self.authenticate) as c:
-            async with await c.open("clone", wire.ORDWR) as ctl:
-                number = (await ctl.read()).decode().strip()
-                for key, value in settings.items():
-                    await ctl.fid.write(f"{key} {value}".encode(), 0)
-                async with await c.open(f"{number}/data", wire.ORDWR) as data:
-                    await data.write(prompt)
-                    async for piece in data.stream():
-                        yield piece
-                await ctl.fid.write(b"close", 0)
+        # The connection lives in a task of its own: a generator must not
+        # yield from inside a nursery (client.connect has one).
+        send, receive = trio.open_memory_channel(0)
+        failure: list[BaseException] = []
+        self.nursery.start_soon(self._ask, prompt, settings, send, failure)
+        async with receive:
+            async for piece in receive:
+                yield piece
+        if failure:
+            raise failure[0]
+
+    async def _ask(self, prompt: str, settings: dict, send: trio.MemorySendChannel,
+                   failure: list[BaseException]) -> None:
+        async with send:
+            try:
+                async with client.connect(self.address, authenticate=self.authenticate) as c:
+                    async with await c.open("clone", wire.ORDWR) as ctl:
+                        number = (await ctl.read()).decode().strip()
+                        for key, value in settings.items():
+                            await ctl.fid.write(f"{key} {value}".encode(), 0)
+                        async with await c.open(f"{number}/data", wire.ORDWR) as data:
+                            await data.write(prompt)
+                            async for piece in data.stream():
+                                await send.send(piece)
+                        await ctl.fid.write(b"close", 0)
+            except (client.Error, OSError) as e:
+                failure.append(e)
+            except trio.BrokenResourceError:
+                pass  # the reader stopped reading
 
     async def evaluate(self, prompt: str, **settings: Any) -> str:
         pieces = [piece async for piece in self.stream(prompt, **settings)]

@@ -47,7 +47,7 @@ class NodeHandle:
         self.authenticate = pool.authenticate  # None for an isolate: its export is on loopback, without Tauth
 
     @property
-    def connections(self) -> int:
+    def session_count(self) -> int:
         return len(self.sessions)
 
     @property

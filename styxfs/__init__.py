@@ -1,4 +1,6 @@
-"""styxfs: a 9P2000 (Styx) server, client and file-tree toolkit on trio,
-and the llamafs node served with it."""
+"""styxfs: a 9P2000 (Styx) toolkit on trio — a sans-I/O codec (wire), a
+server, a file-tree API (tree), a client, dial strings, authentication and
+a RAM file server.  It knows nothing of llama.cpp: the llamafs node built
+on it is the subpackage `styxfs.llama`."""
 
 __version__ = "0.1.0"

@@ -179,8 +179,11 @@ class ServerConnection:
             await self.version(message)
             return
         if message.tag in self.outstanding:
-            # Answering would confuse the first request's reply; the client is broken.
-            raise wire.RemoteProtocolError(f"{message.type_name} reuses tag {message.tag} still in use")
+            # As Plan 9's lib9p (srv.c) does: an Rerror for the newcomer, and the
+            # request that holds the tag goes on.  The client is confused, not gone.
+            log.warning("connection %d: %s reuses tag %d still in use", self.info.id, message.type_name, message.tag)
+            await self.send(wire.Rerror(message.tag, errors.DUPLICATE_TAG))
+            return
         request = Request(message)
         if isinstance(message, wire.Tflush):
             # Decided here, in arrival order: flushes of one tag answer in order.
@@ -374,6 +377,9 @@ class ServerConnection:
             handle = await fid.entry.create(m.name, m.perm, m.mode, fid.caller)
         finally:
             fid.opening = False
+        if self.fids.get(m.fid) is not fid:  # clunked meanwhile
+            await handle.clunk(aborted=True)
+            raise StyxError(errors.UNKNOWN_FID)
         fid.path.append(handle.entry)
         fid.handle, fid.mode = handle, m.mode
         return wire.Rcreate(m.tag, handle.entry.qid, self.iounit())

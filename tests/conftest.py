@@ -1,4 +1,5 @@
-"""Shared fixtures: servers on 127.0.0.1 port 0, in the test's nursery."""
+"""Shared fixtures: servers on 127.0.0.1 port 0 in the test's nursery, the
+tiny model, node processes.  Helpers are in support.py."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import pytest
 import trio
 
 from styxfs import dial
+
+from .limbo_driver import dis, isolates  # noqa: F401 (fixtures of the Inferno-side tests)
 
 
 async def start_server(nursery: trio.Nursery, server) -> str:
@@ -34,7 +37,7 @@ def tiny_model(tmp_path_factory):
 @pytest.fixture
 def start_node(nursery, tiny_model):
     """start_node(**NodeOptions fields, engine=None) -> (address, node), served in the test's nursery."""
-    from styxfs.node import Node, NodeOptions
+    from styxfs.llama.node import Node, NodeOptions
 
     async def start(engine=None, **options):
         options.setdefault("model", tiny_model)
@@ -45,6 +48,24 @@ def start_node(nursery, tiny_model):
         return f"tcp!127.0.0.1!{dial.listening_port(node.listeners)}", node
 
     return start
+
+
+@pytest.fixture
+def nodes(tiny_model):
+    """Three node processes on the tiny model: [[id, process, address]]."""
+    from .support import start_node_process, stop_process
+
+    started = []
+    try:
+        for i in range(3):
+            process, address = start_node_process(tiny_model, threads=1, slots=4)
+            started.append([f"node-{i}", process, address])
+        yield started
+    finally:
+        for _, process, _ in started:
+            if process.poll() is None:
+                os.kill(process.pid, signal.SIGCONT)
+                stop_process(process)
 
 
 @pytest.fixture(autouse=True)

@@ -61,8 +61,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import trio
 
-__all__ = ["InfernoResult", "find_emu", "requires_emu", "run_inferno", "quote"]
+__all__ = ["InfernoResult", "find_emu", "inferno", "port", "requires_emu", "run_inferno", "quote"]
 
 # One way to find emu, shared with the isolates.
 from coordinator.isolation import find_emu, inferno_quote  # noqa: E402
@@ -155,3 +156,13 @@ def _killpg(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+async def inferno(script: str, timeout: float = 25) -> InfernoResult:
+    """run_inferno from trio, in a worker thread."""
+    return await trio.to_thread.run_sync(run_inferno, script, timeout)
+
+
+def port(address: str) -> str:
+    """The port of a tcp dial string."""
+    return address.rsplit("!", 1)[1]

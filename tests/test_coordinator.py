@@ -11,66 +11,12 @@ import subprocess
 import pytest
 import trio
 
-from bench.common import LLAMAFS, ROOT, free_port, start_node_process, stop_process, wait_for_port
 from coordinator import ConfigError, DeploymentConfig, DeploymentManager, LimboDeploymentManager
 from styxfs import client, wire
+from styxfs.dial import free_port
 
-PROMPT = "Once upon a time"
-
-
-@pytest.fixture
-def nodes(tiny_model):
-    """Three `llamafs serve` processes: [(id, process, address)]."""
-    started = []
-    try:
-        for i in range(3):
-            process, address = start_node_process(tiny_model, threads=1, slots=4)
-            started.append([f"node-{i}", process, address])
-        yield started
-    finally:
-        for _, process, _ in started:
-            if process.poll() is None:
-                os.kill(process.pid, signal.SIGCONT)
-                stop_process(process)
-
-
-def config_for(nodes, strategy="round-robin", interval_ms=200, weights=None, **network):
-    return {
-        "name": "test",
-        "network": {"loadBalancing": strategy, "healthCheckInterval": interval_ms, "requestTimeout": 20000,
-                    "listen": "tcp!127.0.0.1!0", **network},
-        "nodes": [{"id": node_id, "address": "127.0.0.1", "port": int(address.rsplit("!", 1)[1]),
-                   "weight": (weights or {}).get(node_id, 1.0)} for node_id, _, address in nodes],
-    }
-
-
-async def deploy(nursery, config, **options) -> DeploymentManager:
-    mgr = DeploymentManager(config, seed=1, **options)
-    await mgr.deploy(nursery, timeout=60)
-    return mgr
-
-
-async def run_turn(c, number: str, prompt: str) -> tuple[bytes, dict]:
-    async with await c.open(f"{number}/data", wire.ORDWR) as f:
-        await f.write(prompt)
-        text = await f.read_all()
-    return text, status_of(await c.read_file(f"{number}/status"))
-
-
-def status_of(text: bytes) -> dict:
-    words = text.decode().split()
-    fields = dict(w.split("=", 1) for w in words[1:] if "=" in w)
-    fields["state"] = words[0]
-    return fields
-
-
-async def session(c, *settings: str) -> str:
-    async with await c.open("clone", wire.ORDWR) as ctl:
-        number = (await ctl.read()).decode().strip()
-        for setting in settings:
-            await ctl.fid.write(setting.encode(), 0)
-    return number
-
+from .support import (LLAMAFS, PROMPT, ROOT, config_for, deploy, run_turn, session, start_node_process,
+                      status_fields, wait_for_port)
 
 async def test_round_robin_order_and_affinity(nursery, nodes):
     mgr = await deploy(nursery, config_for(nodes))
@@ -129,7 +75,7 @@ async def test_what_was_sent_ahead_never_changes_the_turn(nursery, nodes):
             await f.write(PROMPT)
             await c.write_file(f"{n}/ctl", "maxtokens 3")
             await f.read_all()
-        assert status_of(await c.read_file(f"{n}/status"))["tokens_out"] == "3"
+        assert status_fields(await c.read_file(f"{n}/status"))["tokens_out"] == "3"
         # A write whose turn never comes (its handle is still open, unread)
         # is not part of the next turn: a second handle writes and reads.
         n = await session(c, *settings)
@@ -142,35 +88,55 @@ async def test_what_was_sent_ahead_never_changes_the_turn(nursery, nodes):
         n = await session(c, *settings)
         async with await c.open(f"{n}/data", wire.ORDWR) as f:
             await f.write(PROMPT)
-            bound = mgr.backend.remotes[int(n)].node
+            bound = mgr.sessions.remotes[int(n)].node
+            failovers = mgr.sessions.failovers
             nodes[[node_id for node_id, _, _ in nodes].index(bound.id)][1].kill()
             assert await f.read_all() == want
-        status = status_of(await c.read_file(f"{n}/status"))
+        status = status_fields(await c.read_file(f"{n}/status"))
         assert status["state"] == "done" and status["node"] != bound.id
+        assert mgr.sessions.failovers == failovers + 1
 
 
 async def test_status_after_the_reply_tells_how_it_ended(nursery, start_node, monkeypatch):
     """The reader has the reply's end before the coordinator has the node's
     figures; the session's status waits for them rather than say "generating"."""
-    from styxfs import llama
+    from styxfs.llama import namespace
+    from styxfs.llama.backend import EngineSessions
 
     address, _ = await start_node(threads=1)
-    read = llama.StatusHandle.read
+    read = namespace.StatusHandle.read
 
     async def slow_on_the_node(self, offset, count):
-        if self.entry.tree.backend.role == "node":
+        if isinstance(self.entry.tree.session_backend, EngineSessions):
             await trio.sleep(0.5)
         return await read(self, offset, count)
 
-    monkeypatch.setattr(llama.StatusHandle, "read", slow_on_the_node)
+    monkeypatch.setattr(namespace.StatusHandle, "read", slow_on_the_node)
     mgr = await deploy(nursery, config_for([("node-0", None, address)]))
     async with client.connect(mgr.address) as c:
         n = await session(c, "maxtokens 5")
         async with await c.open(f"{n}/data", wire.ORDWR) as f:
             await f.write(PROMPT)
             await f.read_all()
-        status = status_of(await c.read_file(f"{n}/status"))
+        status = status_fields(await c.read_file(f"{n}/status"))
     assert status["state"] == "done" and status["tokens_out"] == "5"
+
+
+async def test_every_file_of_a_coordinator_has_a_qid_path_of_its_own(nursery, start_node):
+    address, _ = await start_node(threads=1)
+    mgr = await deploy(nursery, config_for([("node-0", None, address)]))
+    async with client.connect(mgr.address) as c:
+        n = await session(c)
+        paths = ["", "ctl", "data", "reply", "clone", "new", "model", "metrics", "nodes",
+                 "new/ctl", "new/data", "new/reply", "new/status", n,
+                 *(f"{n}/{name}" for name in ("ctl", "params", "data", "reply", "status")),
+                 "nodes/node-0", "nodes/node-0/health", "nodes/node-0/ctl", "nodes/node-0/new",
+                 "nodes/node-0/new/ctl"]
+        qids = {path: (await c.stat(path)).qid.path for path in paths}
+        # Proxied files keep their qid path while in use.
+        assert (await c.stat("nodes/node-0/ctl")).qid.path == qids["nodes/node-0/ctl"]
+    assert len(set(qids.values())) == len(qids), qids
+    assert all(q < 1 << 32 for q in qids.values())
 
 
 async def test_weighted_random_proportions(nursery, nodes):
@@ -240,13 +206,15 @@ async def test_node_killed_mid_reply_reply_completes(nursery, nodes):
             got = b""
             while len(got) < 200:  # well into the reply
                 got += await f.read()
-            assert status_of(await c.read_file(f"{n}/status"))["node"] == "node-1"
+            assert status_fields(await c.read_file(f"{n}/status"))["node"] == "node-1"
+            failovers = mgr.sessions.failovers
             nodes[1][1].kill()
             async for piece in f.stream():
                 got += piece
-        status = status_of(await c.read_file(f"{n}/status"))
+        status = status_fields(await c.read_file(f"{n}/status"))
         assert await c.read_file(f"{n}/reply") == got  # every reader sees the same one reply
     assert status["state"] == "done" and status["node"] != "node-1"
+    assert mgr.sessions.failovers == failovers + 1
     # One continuous reply of about the full length: it went on from where it
     # stopped (the greedy text after the switch may differ: the new node is
     # given the text so far, which it tokenises afresh), and never restarted.

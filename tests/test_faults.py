@@ -9,19 +9,18 @@ import signal
 import pytest
 import trio
 
-from bench.common import start_node_process, stop_process
 from coordinator import DeploymentManager
 from styxfs import client, wire
 
-from .test_coordinator import config_for, nodes, run_turn, session  # noqa: F401 (nodes: a fixture)
-from .test_node import SlowEngine
+from .support import (SlowEngine, config_for, deploy, run_turn, session, start_node_process, stop_process,
+                      streaming_from)
 
 PROMPTS = ["Once upon a time", "the king was", "water and people"]
 GREEDY = ("temperature 0", "repeatpenalty 1", "maxtokens 8")
 
 
-async def test_node_killed_during_load_every_request_completes_once(nursery, nodes):  # noqa: F811
-    mgr = await deploy(nursery, nodes)
+async def test_node_killed_during_load_every_request_completes_once(nursery, nodes):
+    mgr = await deploy(nursery, config_for(nodes))
     async with client.connect(nodes[0][2]) as direct:
         expected = {p: (await run_turn(direct, await session(direct, *GREEDY), p))[0] for p in PROMPTS}
     results = []
@@ -35,21 +34,18 @@ async def test_node_killed_during_load_every_request_completes_once(nursery, nod
     async with trio.open_nursery() as load:
         for i in range(30):
             load.start_soon(one_client, i)
-        await trio.sleep(0.3)
+        with trio.fail_after(20):  # killed while a reply streams from it
+            while not streaming_from(mgr, "node-1"):
+                await trio.sleep(0.001)
         nodes[1][1].send_signal(signal.SIGKILL)
     assert len(results) == 120
+    assert mgr.sessions.failovers >= 1  # what ran on node-1 moved
     assert all(status["state"] == "done" for _, _, status in results)
     assert all(reply for _, reply, _ in results)
     assert not any(reply.count(expected[p]) > 1 for p, reply, _ in results)  # none twice
     exact = sum(reply == expected[p] for p, reply, _ in results)
     assert exact >= 100, exact  # the rest moved mid-reply, re-tokenised on another node
     assert mgr.pool.get("node-1").state == "down"
-
-
-async def deploy(nursery, nodes, **options):  # noqa: F811
-    mgr = DeploymentManager(config_for(nodes), seed=1, **options)
-    await mgr.deploy(nursery, timeout=60)
-    return mgr
 
 
 async def test_client_that_vanishes_mid_generation_frees_its_slot(start_node):
@@ -73,17 +69,17 @@ async def test_client_that_vanishes_mid_generation_frees_its_slot(start_node):
     assert node.server.fid_count() == 0
 
 
-async def test_coordinator_restarted_reconnects(nursery, nodes):  # noqa: F811
-    first = await deploy(nursery, nodes)
+async def test_coordinator_restarted_reconnects(nursery, nodes):
+    first = await deploy(nursery, config_for(nodes))
     assert (await first.evaluate("Once upon a time", maxtokens=4)).strip()
     await first.shutdown()  # the nodes were not started by it: they keep running
     assert all(process.poll() is None for _, process, _ in nodes)
-    second = await deploy(nursery, nodes)
+    second = await deploy(nursery, config_for(nodes))
     assert (await second.evaluate("Once upon a time", maxtokens=4)).strip()
     assert len(second.pool.healthy()) == 3
 
 
-async def test_node_without_its_model_reports_it_and_gets_no_traffic(nursery, nodes, tmp_path):  # noqa: F811
+async def test_node_without_its_model_reports_it_and_gets_no_traffic(nursery, nodes, tmp_path):
     process, address = start_node_process(str(tmp_path / "missing.gguf"), threads=1)
     try:
         async with client.connect(address) as c:

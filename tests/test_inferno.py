@@ -10,41 +10,11 @@ import re
 
 import trio
 
-from styxfs import client, ramfs, wire
+from styxfs import client, ramfs
 
 from .conftest import start_server
-from .inferno import requires_emu, run_inferno
-
-PROMPT = "Once upon a time"
-
-
-async def inferno(script: str, timeout: float = 20):
-    return await trio.to_thread.run_sync(run_inferno, script, timeout)
-
-
-def port(address: str) -> str:
-    return address.rsplit("!", 1)[1]
-
-
-def status_fields(text: bytes) -> dict[str, str]:
-    words = text.decode().split()
-    fields = dict(w.split("=", 1) for w in words[1:] if "=" in w)
-    fields["state"] = words[0]
-    return fields
-
-
-async def greedy(address: str, maxtokens: int = 24) -> None:
-    async with client.connect(address) as c:
-        await c.write_file(
-            "ctl", f"defaults temperature 0\ndefaults repeatpenalty 1\ndefaults maxtokens {maxtokens}")
-
-
-async def ask(address: str, prompt: str) -> bytes:
-    async with client.connect(address) as c:
-        async with await c.open("data", wire.ORDWR) as f:
-            await f.write(prompt)
-            return await f.read_all()
-
+from .inferno import inferno, port, requires_emu
+from .support import PROMPT, ask_at, greedy_at, status_fields
 
 async def quiesce(server) -> None:
     """emu has gone: its connection closes and leaves nothing behind."""
@@ -102,7 +72,7 @@ unmount /n/remote
 @requires_emu
 async def test_node_from_inferno(start_node):
     address, node = await start_node()
-    await greedy(address)
+    await greedy_at(address, maxtokens=24)
     script = f"""
 load std
 mount -A tcp!127.0.0.1!{port(address)} /n/remote || exit mount
@@ -121,7 +91,7 @@ echo ---end
     assert result.status == "", (result.stdout, result.stderr)
     out = result.stdout
     reply = out.split("---reply\n")[1].split("---model\n")[0]
-    want = (await ask(address, PROMPT + "\n")).decode()
+    want = (await ask_at(address, PROMPT + "\n")).decode()
     assert reply == want and len(want) > 20
     model = out.split("---model\n")[1].split("---ls\n")[0]
     assert re.search(r"^architecture llama$", model, re.M), model
@@ -136,7 +106,7 @@ echo ---end
 @requires_emu
 async def test_long_prompt_from_inferno(start_node, tmp_path):
     address, node = await start_node(ctx=10240)  # the tiny model's tokens are mostly single letters
-    await greedy(address, maxtokens=1)
+    await greedy_at(address, maxtokens=1)
     words = ("the a of and to in is was it that he she they we you on with as for his her "
              "at by from be this have or had not but what all were when there can an your").split()
     prompt, i = "", 0

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.common import stop_process
 from styxfs import wire
 from styxfs.dial import free_port
+
+from .support import stop_process
 
 py9p = pytest.importorskip("py9p")
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import trio
 
-from bench.common import free_port
 from coordinator import DeploymentManager
 from styxfs import client
+from styxfs.dial import free_port
 
 from .inferno import requires_emu
-from .test_coordinator import run_turn, session
+from .support import run_turn, session, streaming_from
 
 
 @requires_emu
@@ -36,12 +36,16 @@ async def test_dis_isolation_end_to_end_and_an_isolate_killed_under_load(nursery
             for _ in range(3):
                 results.append(await run_turn(c, await session(c, "maxtokens 6"), "the king was"))
 
+        failovers = mgr.sessions.failovers
         async with trio.open_nursery() as load:
             for _ in range(6):
                 load.start_soon(one)
-            await trio.sleep(0.2)
+            with trio.fail_after(20):  # killed while a reply streams through it
+                while not streaming_from(mgr, "node-1"):
+                    await trio.sleep(0.001)
             mgr.isolates["node-1"].kill()
         assert len(results) == 18 and all(status["state"] == "done" for _, status in results)
+        assert mgr.sessions.failovers > failovers
     # The health check and the isolate's watcher each notice the death, in either order.
     with trio.fail_after(10):
         while mgr.pool.get("node-1").state != "down" or not errors:

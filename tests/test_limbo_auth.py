@@ -13,15 +13,12 @@ import trio
 from coordinator import isolation
 from styxfs import auth, client, wire
 
-from . import test_limbo
 from .inferno import requires_emu
-from .test_limbo import GREEDY, MNTPT, PROMPT, drive, host, inferno, port
+from .inferno import inferno, port
+from .limbo_driver import GREEDY, MNTPT, drive, host
+from .support import PROMPT
 
 pytestmark = requires_emu
-
-# test_limbo's fixtures: the compiled module and driver, isolates stopped at the end.
-dis = test_limbo.dis
-isolates = test_limbo.isolates
 
 SECRET = b"correct horse battery staple"
 LONG = bytes(range(33, 123)) + b"x" * 30  # longer than HMAC-SHA256's 64-byte block: the key is hashed

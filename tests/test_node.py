@@ -3,52 +3,14 @@
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 import trio
 
 from styxfs import client, wire
 from styxfs.client import ServerError
-from styxfs.engine import Engine
 
-PROMPT = "Once upon a time"
-
-
-class SlowEngine(Engine):
-    """The real engine, 20 ms a step: for the tests that must catch a
-    generation in the middle."""
-
-    def _step(self):
-        if self.active:
-            time.sleep(0.02)
-        super()._step()
-
-
-async def greedy(c, **settings):
-    """Root ctl defaults for greedy, penalty-free replies (as create_completion's)."""
-    await c.write_file("ctl", "defaults temperature 0\ndefaults repeatpenalty 1\n")
-    for key, value in settings.items():
-        await c.write_file("ctl", f"defaults {key} {value}")
-
-
-async def ask(c, path: str, prompt: str) -> bytes:
-    async with await c.open(path, wire.ORDWR) as f:
-        await f.write(prompt)
-        return await f.read_all()
-
-
-async def new_session(c) -> tuple[client.File, str]:
-    ctl = await c.open("clone", wire.ORDWR)
-    return ctl, (await ctl.read()).decode().strip()
-
-
-def status_fields(text: bytes) -> dict[str, str]:
-    words = text.decode().split()
-    fields = dict(w.split("=", 1) for w in words[1:] if "=" in w)
-    fields["state"] = words[0]
-    return fields
-
+from .support import PROMPT, SlowEngine, ask, greedy, new_session, status_fields
 
 def expected_completion(model: str, prompt: str, maxtokens: int) -> str:
     from llama_cpp import Llama
@@ -389,3 +351,27 @@ async def test_sessions_past_the_slots_queue(start_node):
         assert "llamafs_queue_length 1\n" in (await c.read_file("metrics")).decode()
         assert len(await c.read_file(f"{b}/reply")) > 0  # it runs once a is done
         assert status_fields(await c.read_file(f"{a}/status"))["state"] == "done"
+
+
+async def test_every_file_has_a_qid_path_of_its_own(start_node):
+    address, _ = await start_node()
+    async with client.connect(address) as c:
+        _, n = await new_session(c)
+        paths = ["", "ctl", "data", "reply", "clone", "new", "model", "metrics",
+                 "new/ctl", "new/data", "new/reply", "new/status", n,
+                 *(f"{n}/{name}" for name in ("ctl", "params", "data", "reply", "status"))]
+        qids = {path: (await c.stat(path)).qid.path for path in paths}
+    assert len(set(qids.values())) == len(qids), qids
+    assert max(qids.values()) < 1 << 31  # the upper half is a coordinator's, for nodes/
+
+
+@pytest.mark.parametrize("name", ["²", "٣", "0001", "01"])
+async def test_a_session_is_named_by_its_number_in_plain_digits_only(start_node, name):
+    address, _ = await start_node()
+    async with client.connect(address) as c:
+        _, n = await new_session(c)
+        assert n == "1"
+        with pytest.raises(ServerError, match="^no such session$"):
+            await c.stat(name)
+        with pytest.raises(ServerError, match="^no such session$"):
+            await c.read_file(f"{name}/status")

@@ -7,12 +7,11 @@ import subprocess
 import pytest
 import trio
 
-from bench.common import LLAMAFS, ROOT
 from coordinator import DeploymentManager
 from styxfs import client, wire
 from styxfs.auth import mac, secret_authenticator
 
-PROMPT = "Once upon a time"
+from .support import LLAMAFS, PROMPT, ROOT
 
 
 @pytest.fixture

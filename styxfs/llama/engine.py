@@ -1,168 +1,36 @@
-"""The node's engine: llama.cpp (through llama-cpp-python's low-level API) in
-one worker thread that owns the model and its context.
+"""The node's engine: the scheduler between sessions and one model.
 
 Every generating conversation has a sequence of its own in one shared
-context; each step is one `llama_decode` holding one token per generating
-sequence plus chunks of prompts being prefilled (continuous batching), so
-sessions make progress together and a long prompt cannot stall the others.
-A conversation keeps its KV cache between turns; when every sequence is
+context; each step is one decode holding one token per generating sequence
+plus chunks of prompts being prefilled (continuous batching), so sessions
+make progress together and a long prompt cannot stall the others.  A
+conversation keeps its KV cache between turns; when every sequence is
 taken, the least recently used idle conversation loses its sequence and is
 re-evaluated if it speaks again.
 
-The trio side calls `submit`, `cancel`, `load` and `unload`; the worker
-reports back with `trio_token.run_sync_soon`, so the trio loop never waits
-on llama.cpp.
+The model (`model.Model`: llama.cpp, or a fake in tests) lives in one worker
+thread that the engine owns.  The trio side calls `submit`, `cancel`,
+`load` and `unload`; the worker reports back with `run_sync_soon`, so the
+trio loop never waits on the model.
 """
 
 from __future__ import annotations
 
 import codecs
 import logging
-import os
 import queue
 import threading
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from typing import Callable
 
 import trio
 
-from .tree import quote
+from .model import EngineError, Model, ModelInfo, ModelOpener, ModelSettings
+from .reply import Reply
+from .settings import NODE, Sampling
 
-log = logging.getLogger("styxfs.engine")
-
-DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp: pick a random seed
-STREAM_INTERVAL = 0.05  # seconds between wake-ups of a reply's readers while it streams
-
-
-class EngineError(Exception):
-    """A request the engine refuses; its text is the Rerror."""
-
-
-# ---- what the trio side sees ---------------------------------------------------
-
-
-@dataclass
-class Sampling:
-    """A session's sampling settings: the keys of N/ctl and N/params."""
-
-    temperature: float = 0.8
-    topk: int = 40
-    topp: float = 0.95
-    minp: float = 0.05
-    seed: int = -1
-    maxtokens: int = 256
-    repeatpenalty: float = 1.1
-    stop: tuple[str, ...] = ()
-
-    def lines(self) -> str:
-        out = []
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "stop":
-                out += [f"stop {quote(s)}" for s in value]
-            else:
-                out.append(f"{f.name} {value}")
-        return "\n".join(out) + "\n"
-
-
-# Ranges of the numeric settings: (type, low, high).
-SAMPLING_RANGES = {
-    "temperature": (float, 0.0, 100.0),
-    "topk": (int, 0, 1_000_000),
-    "topp": (float, 0.0, 1.0),
-    "minp": (float, 0.0, 1.0),
-    "seed": (int, -1, 0xFFFFFFFE),
-    "maxtokens": (int, 1, 1_000_000),
-    "repeatpenalty": (float, 0.0, 100.0),
-}
-
-
-class Reply:
-    """One turn's reply as it grows: any number of readers, each from the
-    start; a read waits until there is more text or the turn has ended."""
-
-    STATES = ("idle", "queued", "prefill", "generating", "done", "cancelled", "error")
-
-    def __init__(self, prompt_tokens: int = 0, stream_interval: float = STREAM_INTERVAL):
-        self.text = bytearray()
-        self.stream_interval = stream_interval
-        self.state = "queued"
-        self.error: str | None = None
-        self.tokens_in = prompt_tokens  # prompt tokens this turn evaluates
-        self.tokens_out = 0
-        self.submitted = time.monotonic()
-        self.first_token: float | None = None
-        self.finished: float | None = None
-        self.node = ""  # the coordinator fills this in
-        self._woken = 0.0
-        self.cancel_requested = False
-        self.text_complete = False  # all of the text is in; how it ended is still to come
-        self._changed = trio.Event()
-
-    @property
-    def ended(self) -> bool:
-        return self.state in ("done", "cancelled", "error")
-
-    def _wake(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
-    # Called on the trio thread (the worker goes through run_sync_soon).
-    def append(self, data: bytes, tokens: int) -> None:
-        now = time.monotonic()
-        if data:
-            self.text += data
-        if self.first_token is None and tokens:
-            self.first_token = now
-        self.tokens_out += tokens
-        # Readers wake for the first text, then at most every STREAM_INTERVAL:
-        # fewer round trips per token leave the CPU to llama.cpp's threads.
-        if now - self._woken >= self.stream_interval or len(self.text) == len(data):
-            self._woken = now
-            self._wake()
-
-    def set_state(self, state: str, error: str | None = None) -> None:
-        if self.ended:
-            return
-        self.state = state
-        if error is not None:
-            self.error = error
-        if self.ended:
-            self.finished = time.monotonic()
-        self._wake()
-
-    def complete_text(self) -> None:
-        """Readers of the text need wait no longer (a coordinator still asks
-        its node how the turn ended, and the status waits for that)."""
-        self.text_complete = True
-        self._wake()
-
-    async def read(self, offset: int, count: int) -> bytes:
-        """Text from offset as soon as there is some; b"" at the end."""
-        while len(self.text) <= offset and not (self.ended or self.text_complete):
-            await self._changed.wait()
-        if self.state == "error" and len(self.text) <= offset:
-            raise EngineError(self.error or "generation failed")
-        return bytes(self.text[offset : offset + count])
-
-    async def wait(self) -> None:
-        while not self.ended:
-            await self._changed.wait()
-
-    def status(self) -> str:
-        now = self.finished or time.monotonic()
-        elapsed = now - self.submitted
-        generating = now - self.first_token if self.first_token else 0.0
-        rate = self.tokens_out / generating if generating > 0 else 0.0
-        ttft = (self.first_token - self.submitted) if self.first_token else 0.0
-        fields_ = [self.state, f"tokens_in={self.tokens_in}", f"tokens_out={self.tokens_out}",
-                   f"elapsed={elapsed:.3f}", f"tokens_per_sec={rate:.1f}", f"ttft={ttft:.3f}"]
-        if self.node:
-            fields_.append(f"node={self.node}")
-        if self.error:
-            fields_.append(f"error={quote(self.error)}")
-        return " ".join(fields_) + "\n"
+log = logging.getLogger("styxfs.llama.engine")
 
 
 class Conversation:
@@ -194,32 +62,6 @@ class Turn:
 
 
 @dataclass
-class ModelSettings:
-    path: str
-    ctx: int = 2048
-    gpulayers: int = 0
-    threads: int = 0  # 0: all cores
-    batch: int = 512
-
-    def resolved_threads(self) -> int:
-        return self.threads or max(1, os.cpu_count() or 1)
-
-
-@dataclass
-class ModelInfo:
-    path: str
-    description: str
-    architecture: str
-    parameters: int
-    size: int
-    context: int
-    train_context: int
-    vocabulary: int
-    quantisation: str
-    settings: ModelSettings
-
-
-@dataclass
 class Stats:
     requests: int = 0
     tokens_in: int = 0
@@ -233,20 +75,20 @@ class Stats:
 
 
 class Engine:
-    def __init__(self, slots: int = 4):
+    def __init__(self, open_model: ModelOpener, slots: int = NODE["slots"].default):
+        self.open_model = open_model
         self.slots = slots
         self.info: ModelInfo | None = None
         self.stats = Stats()
-        self.queued: list[Turn] = []  # shared with the worker under self.lock
+        self.queued: list[Turn] = []  # worker thread only
         self.active: list[Turn] = []
         self.seq_owner: dict[int, Conversation] = {}  # worker thread only
         self.unfinished: set[Reply] = set()  # trio side: for the queue's figures
-        self.lock = threading.Lock()
         self.commands: queue.Queue = queue.Queue()
         self.wakeup = threading.Event()
         self.thread: threading.Thread | None = None
         self.trio_token = None
-        self._llama = None  # the worker's _Llama while a model is loaded
+        self._llama: Model | None = None  # the worker's model while one is loaded
         self._vocab_lock = threading.Lock()  # tokenising against load/unload
 
     # -- trio side ---------------------------------------------------------------
@@ -311,7 +153,7 @@ class Engine:
             raise EngineError(f"{what}: {total} tokens > context {self.info.context}")
         conversation.submitted_tokens = total
         reply = Reply(len(tokens))
-        turn = Turn(conversation, tokens, replace(sampling), reply)
+        turn = Turn(conversation, tokens, sampling.copy(), reply)
         self.stats.requests += 1
         self.unfinished.add(reply)
         # Through the command queue, so that it is ordered after a reset.
@@ -372,9 +214,7 @@ class Engine:
                 self._fail_all("internal error in the engine")
 
     def _load(self, settings: ModelSettings, progress) -> ModelInfo:
-        from .llamacpp import Llama
-
-        new = Llama(settings, self.slots, progress and (lambda f: self._report(progress, f)))
+        new = self.open_model(settings, self.slots, progress and (lambda f: self._report(progress, f)))
         self._unload()
         with self._vocab_lock:
             self._llama = new
@@ -388,22 +228,19 @@ class Engine:
             llama.close()
 
     def _enqueue(self, turn: Turn) -> None:
-        with self.lock:
-            self.queued.append(turn)
+        self.queued.append(turn)
 
     def _forget(self, conversation: Conversation) -> None:
-        with self.lock:
-            mine = [t for t in self.queued + self.active if t.conversation is conversation]
-            self.queued = [t for t in self.queued if t.conversation is not conversation]
-            self.active = [t for t in self.active if t.conversation is not conversation]
+        mine = [t for t in self.queued + self.active if t.conversation is conversation]
+        self.queued = [t for t in self.queued if t.conversation is not conversation]
+        self.active = [t for t in self.active if t.conversation is not conversation]
         for turn in mine:
             self._finish(turn, "cancelled")
         self._release(conversation)
         conversation.history = []
 
     def _fail_all(self, why: str) -> None:
-        with self.lock:
-            turns, self.queued, self.active = self.queued + self.active, [], []
+        turns, self.queued, self.active = self.queued + self.active, [], []
         for turn in turns:
             self._finish(turn, "error", why)
         # Sequences are gone: every conversation must be re-evaluated.
@@ -425,13 +262,11 @@ class Engine:
     def _assign_sequences(self) -> None:
         """Give queued turns a sequence, evicting idle conversations if need be."""
         llama = self._llama
-        with self.lock:
-            queued = list(self.queued)
+        queued = list(self.queued)
         for turn in queued:
             conv = turn.conversation
             if turn.reply.cancel_requested:
-                with self.lock:
-                    self.queued.remove(turn)
+                self.queued.remove(turn)
                 conv.history += turn.new_tokens
                 self._finish(turn, "cancelled")
                 continue
@@ -439,9 +274,8 @@ class Engine:
                 continue  # the session's previous turn is still running
             if conv.seq is None and not self._take_sequence(conv, queued):
                 continue
-            with self.lock:
-                self.queued.remove(turn)
-                self.active.append(turn)
+            self.queued.remove(turn)
+            self.active.append(turn)
             conv.busy = True
             conv.history += turn.new_tokens
             common = _common_prefix(conv.cached, conv.history)
@@ -539,9 +373,8 @@ class Engine:
             turn.next_token = token
 
     def _retire(self, turn: Turn, state: str) -> None:
-        with self.lock:
-            if turn in self.active:
-                self.active.remove(turn)
+        if turn in self.active:
+            self.active.remove(turn)
         self._finish(turn, state)
 
 

@@ -1,28 +1,27 @@
-"""Sessions: a conversation with its settings, owner and latest reply.
-
-Shared by the node's tree (llama.py) and the coordinator's: both hand out
-session numbers, enforce the cap and the owner, and reap idle sessions.
-"""
+"""Sessions: a conversation's settings, owner and latest reply, and the
+table that numbers them, enforces the cap and the owner, and finds idle
+ones.  The namespace keeps them, on a node and on a coordinator alike."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import replace
-from typing import Generic, TypeVar
 
-from . import errors
-from .engine import SAMPLING_RANGES, Reply, Sampling
-from .errors import StyxError
-from .tree import parse_number
+from styxfs import errors
+from styxfs.errors import StyxError
 
-S = TypeVar("S", bound="Session")
+from .reply import Reply
+from .settings import Sampling
+
+# Session numbers stay below 2**23, so that qid paths (number << 8 | file) stay
+# below 2**31: the upper half is the coordinator's, for the nodes/ it proxies.
+MAX_NUMBER = (1 << 23) - 1
 
 
 class Session:
     def __init__(self, number: int, owner: str, sampling: Sampling, ephemeral: bool = False):
         self.number = number
         self.owner = owner
-        self.sampling = replace(sampling)
+        self.sampling = sampling.copy()
         self.reply: Reply | None = None
         self.open_files = 0
         self.last_active = time.monotonic()
@@ -40,31 +39,30 @@ class Session:
         return self.reply.status() if self.reply else "idle tokens_in=0 tokens_out=0\n"
 
 
-class SessionTable(Generic[S]):
+class SessionTable:
     def __init__(self, max_sessions: int, idle_timeout: float):
         self.max_sessions = max_sessions
         self.idle_timeout = idle_timeout
-        self.sessions: dict[int, S] = {}
+        self.sessions: dict[int, Session] = {}
         self.next_number = 1
         self.created = 0
 
     def allocate(self) -> int:
         if len(self.sessions) >= self.max_sessions:
             raise StyxError(f"too many sessions: the cap is {self.max_sessions}")
-        # Numbers stay below 2**24 so that qid paths (number << 8 | file) fit in 32 bits.
         number = self.next_number
-        self.next_number = self.next_number % ((1 << 24) - 1) + 1
+        self.next_number = self.next_number % MAX_NUMBER + 1
         while number in self.sessions:
             number = self.next_number
-            self.next_number = self.next_number % ((1 << 24) - 1) + 1
+            self.next_number = self.next_number % MAX_NUMBER + 1
         self.created += 1
         return number
 
-    def add(self, session: S) -> S:
+    def add(self, session: Session) -> Session:
         self.sessions[session.number] = session
         return session
 
-    def get(self, number: int, uname: str) -> S:
+    def get(self, number: int, uname: str) -> Session:
         session = self.sessions.get(number)
         if session is None or session.closed:
             raise StyxError("no such session")
@@ -72,14 +70,14 @@ class SessionTable(Generic[S]):
             raise StyxError(errors.PERM)
         return session
 
-    def owned_by(self, uname: str) -> list[S]:
+    def owned_by(self, uname: str) -> list[Session]:
         return [s for s in self.sessions.values() if s.owner == uname and not s.ephemeral]
 
-    def remove(self, session: S) -> None:
+    def remove(self, session: Session) -> None:
         session.closed = True
         self.sessions.pop(session.number, None)
 
-    def expired(self) -> list[S]:
+    def expired(self) -> list[Session]:
         """Sessions nobody holds open and nothing runs in: past the idle
         timeout, or one-shot sessions that have been used."""
         now = time.monotonic()
@@ -90,22 +88,3 @@ class SessionTable(Generic[S]):
             if s.ephemeral or now - s.last_active > self.idle_timeout:
                 out.append(s)
         return out
-
-
-def apply_setting(sampling: Sampling, verb: str, args: list[str]) -> None:
-    """One sampling verb of N/ctl or `defaults`, checked."""
-    if verb == "stop":
-        if not args:
-            sampling.stop = ()
-        else:
-            sampling.stop = sampling.stop + (" ".join(args),)
-        return
-    if verb not in SAMPLING_RANGES:
-        raise StyxError(f"bad ctl request: {verb}: no such setting")
-    if len(args) != 1:
-        raise StyxError(f"bad ctl request: usage: {verb} VALUE")
-    kind, low, high = SAMPLING_RANGES[verb]
-    setattr(sampling, verb, parse_number(verb, args[0], kind, low, high))
-
-
-SESSION_VERBS = tuple(SAMPLING_RANGES) + ("stop",)

@@ -1,7 +1,8 @@
-"""A thin layer over llama-cpp-python's low-level (ctypes) API: one model,
-one context with a sequence per slot, a batch, samplers.  Used only from the
-engine's worker thread, except `tokenize`, which reads the vocabulary alone
-(under the engine's lock against load and unload)."""
+"""The real model (`model.Model`): a thin layer over llama-cpp-python's
+low-level (ctypes) API — one model, one context with a sequence per slot, a
+batch, samplers.  Used only from the engine's worker thread, except
+`tokenize`, which reads the vocabulary alone (under the engine's lock
+against load and unload)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from typing import Callable
 import llama_cpp as lc
 import numpy
 
-from .engine import DEFAULT_SEED, EngineError, ModelInfo, ModelSettings, Sampling
+from .model import EngineError, ModelInfo, ModelSettings
+from .settings import DEFAULT_SEED, Sampling
 
 _backend_ready = False
 
@@ -41,7 +43,7 @@ def _init_backend() -> None:
 GREEDY = object()  # the sampler of temperature 0 without a repeat penalty: the highest logit
 
 
-class Llama:
+class LlamaModel:
     def __init__(self, settings: ModelSettings, slots: int, progress: Callable[[float], None] | None = None):
         _init_backend()
         path = settings.path

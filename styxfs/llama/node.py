@@ -1,4 +1,4 @@
-"""One node: an engine, the /n/llama tree over it, and a 9P server."""
+"""One node: an engine over llama.cpp, the namespace over it, a 9P server."""
 
 from __future__ import annotations
 
@@ -9,28 +9,33 @@ from pathlib import Path
 
 import trio
 
-from .auth import SecretAuthenticator, read_secret
-from .engine import Engine, ModelSettings
-from .errors import StyxError
-from .llama import LlamaTree, NodeBackend
-from .server import Server
+from styxfs.auth import SecretAuthenticator, read_secret
+from styxfs.errors import StyxError
+from styxfs.server import Server
 
-log = logging.getLogger("styxfs.node")
+from .backend import EngineSessions, NodeRoot
+from .engine import Engine
+from .llamacpp import LlamaModel
+from .model import ModelSettings
+from .namespace import LlamaTree
+from .settings import DEFAULT_LISTEN, NODE
+
+log = logging.getLogger("styxfs.llama.node")
 
 
 @dataclass
 class NodeOptions:
     model: str | None = None  # None: the default model
-    listen: str = "tcp!127.0.0.1!5640"
+    listen: str = DEFAULT_LISTEN
     models_dir: str | None = None
-    ctx: int = 2048
-    gpu_layers: int = 0
-    threads: int = 0
-    batch: int = 512
-    slots: int = 4
-    max_sessions: int = 256
-    session_timeout: float = 600.0
-    max_connections: int = 1000
+    ctx: int = NODE["ctx"].default
+    gpu_layers: int = NODE["gpulayers"].default
+    threads: int = NODE["threads"].default
+    batch: int = NODE["batch"].default
+    slots: int = NODE["slots"].default
+    max_sessions: int = NODE["maxsessions"].default
+    session_timeout: float = NODE["sessiontimeout"].default
+    max_connections: int = NODE["maxconnections"].default
     owner: str = "*"  # who may write the root ctl; "*": anyone
     auth_secret_file: str | None = None  # require shared-secret authentication
 
@@ -49,11 +54,12 @@ def default_model_path() -> Path:
 class Node:
     def __init__(self, options: NodeOptions, load_progress=None, engine: Engine | None = None):
         self.options = options
-        self.engine = engine or Engine(slots=options.slots)
+        self.engine = engine or Engine(LlamaModel, slots=options.slots)
         model = options.model
         models_dir = options.models_dir or (os.path.dirname(os.path.abspath(model)) if model else None)
-        self.backend = NodeBackend(self.engine, None, models_dir, load_progress)
-        self.tree = LlamaTree(self.backend, max_sessions=options.max_sessions,
+        self.sessions = EngineSessions(self.engine)
+        self.root = NodeRoot(self.engine, self.sessions, models_dir, load_progress)
+        self.tree = LlamaTree(self.sessions, self.root, max_sessions=options.max_sessions,
                               session_timeout=options.session_timeout, owner=options.owner)
         authenticator = None
         if options.auth_secret_file:
@@ -71,11 +77,11 @@ class Node:
             model = o.model
             if model is None:
                 model = str(await trio.to_thread.run_sync(default_model_path))
-                if self.backend.models_dir is None:
-                    self.backend.models_dir = os.path.dirname(model)
+                if self.root.models_dir is None:
+                    self.root.models_dir = os.path.dirname(model)
             try:
-                await self.backend.load(ModelSettings(path=os.path.abspath(model), ctx=o.ctx,
-                                                      gpulayers=o.gpu_layers, threads=o.threads, batch=o.batch))
+                await self.root.load(ModelSettings(path=os.path.abspath(model), ctx=o.ctx,
+                                                   gpulayers=o.gpu_layers, threads=o.threads, batch=o.batch))
             except StyxError as e:
                 log.error("model not loaded: %s", e)
             async with trio.open_nursery() as nursery:

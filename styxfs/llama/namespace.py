@@ -1,47 +1,49 @@
-"""The /n/llama namespace (DESIGN.md §1) over a backend.
+"""The /n/llama namespace, the same on a node and on a coordinator:
 
-    ctl data reply clone new/{ctl,data,reply,status} model metrics N/{ctl,params,data,reply,status}
+    ctl data reply clone new/{ctl,data,reply,status} model metrics
+    N/{ctl,params,data,reply,status}
 
 `LlamaTree` is the namespace: sessions, their files, ownership, the cap and
-the idle reaper.  What answers a prompt is the backend's: `NodeBackend`
-here (the engine in this process); the coordinator's backend dispatches to
-nodes.  So a node and a coordinator serve the same tree.
+the idle reaper.  It is given two backends.  A `SessionBackend` answers the
+sessions' prompts: on a node the engine in this process
+(`backend.EngineSessions`), on a coordinator the forwarding to nodes.  A
+`RootBackend` says what the root's ctl, model and metrics files hold and
+what extra entries the root has (a coordinator's `nodes/`).
 
 Qid paths are `(session << 8) | file`, session 0 for the root's files.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
-import os
 
 import trio
 
-from . import errors
-from .engine import Conversation, Engine, EngineError, ModelSettings, Reply, Sampling
-from .errors import StyxError
-from .sessions import SESSION_VERBS, Session, SessionTable, apply_setting
-from .tree import Caller, Commands, Directory, Entry, Handle, TextFile, parse_number, read_slice
+from styxfs import errors
+from styxfs.errors import StyxError
+from styxfs.tree import Caller, Commands, Directory, Entry, Handle, TextFile, read_slice
 
-log = logging.getLogger("styxfs.llama")
+from .reply import Reply
+from .sessions import Session, SessionTable
+from .settings import MAX_PROMPT_BYTES, NODE, SESSION, Sampling
 
-# Root files (session 0) and session files: the low 8 bits of a qid path.
-QROOT, QCTL, QDATA, QREPLY, QCLONE, QNEW, QMODEL, QMETRICS, QNODES = range(9)
+log = logging.getLogger("styxfs.llama.namespace")
+
+# The low 8 bits of a qid path: the root's files (session 0), then a session's.
+# Every file and directory has a qid path of its own.
+(QROOT, QCTL, QDATA, QREPLY, QCLONE, QNEW, QMODEL, QMETRICS, QNODES,
+ QNEWCTL, QNEWDATA, QNEWREPLY, QNEWSTATUS) = range(13)
 QSESSION, QSCTL, QSPARAMS, QSDATA, QSREPLY, QSSTATUS = range(0x10, 0x16)
 SESSION_FILES = {"ctl": QSCTL, "params": QSPARAMS, "data": QSDATA, "reply": QSREPLY, "status": QSSTATUS}
-NEW_FILES = ("ctl", "data", "reply", "status")
-MAX_PROMPT_BYTES = 1 << 20
+NEW_FILES = {"ctl": QNEWCTL, "data": QNEWDATA, "reply": QNEWREPLY, "status": QNEWSTATUS}
 
 
 def qpath(session: int, file: int) -> int:
     return (session << 8) | file
 
 
-class Backend:
-    """What answers prompts.  Methods may raise StyxError."""
-
-    role = "node"
+class SessionBackend:
+    """What answers the sessions' prompts.  Methods may raise StyxError."""
 
     def attach_session(self, session: Session) -> None:
         """A new session: make the backend's state for it."""
@@ -64,6 +66,15 @@ class Backend:
     async def close(self, session: Session) -> None:
         await self.reset(session)
 
+    async def run(self) -> None:
+        """Background work for as long as the tree serves."""
+        await trio.sleep_forever()
+
+
+class RootBackend:
+    """What the root's ctl, model and metrics say, the ctl verbs beyond
+    `defaults`, and the root's extra entries."""
+
     async def ctl_text(self, tree: "LlamaTree") -> str:
         return ""
 
@@ -79,18 +90,17 @@ class Backend:
     async def extra_entries(self, caller: Caller) -> list[Entry]:
         return []
 
-    async def run(self) -> None:
-        """Background work for as long as the tree serves."""
-        await trio.sleep_forever()
-
 
 class LlamaTree:
-    def __init__(self, backend: Backend, *, max_sessions: int = 256, session_timeout: float = 600.0,
+    def __init__(self, backend: SessionBackend, root: RootBackend, *,
+                 max_sessions: int = NODE["maxsessions"].default,
+                 session_timeout: float = NODE["sessiontimeout"].default,
                  max_prompt_bytes: int = MAX_PROMPT_BYTES, defaults: Sampling | None = None,
                  owner: str = "*"):
-        self.backend = backend
+        self.session_backend = backend
+        self.root_backend = root
         self.owner = owner  # who may write the root ctl and see nodes/; "*": anyone
-        self.table: SessionTable[Session] = SessionTable(max_sessions, session_timeout)
+        self.table = SessionTable(max_sessions, session_timeout)
         self.defaults = defaults or Sampling()
         self.max_prompt_bytes = max_prompt_bytes
         self.root = RootDir(self)
@@ -102,7 +112,7 @@ class LlamaTree:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """The idle reaper and the backend's own work."""
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.backend.run)
+            nursery.start_soon(self.session_backend.run)
             task_status.started()
             while True:
                 await trio.sleep(min(1.0, self.table.idle_timeout / 4))
@@ -114,15 +124,15 @@ class LlamaTree:
     def new_session(self, caller: Caller, ephemeral: bool = False) -> Session:
         number = self.table.allocate()
         session = self.table.add(Session(number, caller.uname, self.defaults, ephemeral))
-        self.backend.attach_session(session)
+        self.session_backend.attach_session(session)
         return session
 
     async def close_session(self, session: Session) -> None:
         if session.closed:
             return
         self.table.remove(session)
-        self.backend.cancel(session)
-        await self.backend.close(session)
+        self.session_backend.cancel(session)
+        await self.session_backend.close(session)
 
     async def submit(self, session: Session, prompt: bytes, caller: Caller) -> Reply:
         if len(prompt) > self.max_prompt_bytes:
@@ -132,13 +142,10 @@ class LlamaTree:
         except UnicodeDecodeError as e:
             raise StyxError(f"prompt is not UTF-8 (byte {e.start})") from None
         if session.generating:
-            self.backend.cancel(session)  # a new turn replaces a running one
+            self.session_backend.cancel(session)  # a new turn replaces a running one
             with trio.move_on_after(5):
                 await session.reply.wait()
-        try:
-            reply = await self.backend.submit(session, prompt)
-        except EngineError as e:
-            raise StyxError(str(e)) from None
+        reply = await self.session_backend.submit(session, prompt)
         session.reply = reply
         session.touch()
         caller.conn.state["reply"] = reply  # the root reply file: latest on this connection
@@ -146,19 +153,19 @@ class LlamaTree:
 
     def session_ctl(self, session: Session) -> Commands:
         commands = Commands()
-        for verb in SESSION_VERBS:
-            commands.verb(verb, "VALUE" if verb != "stop" else "[STRING]", 0 if verb == "stop" else 1,
-                          -1 if verb == "stop" else 1)(
-                lambda caller, args, verb=verb: apply_setting(session.sampling, verb, args))
+        for setting in SESSION.values():
+            repeatable = setting.kind is tuple
+            commands.verb(setting.name, setting.usage, 0 if repeatable else 1, -1 if repeatable else 1)(
+                lambda caller, args, verb=setting.name: session.sampling.set(verb, args))
 
         @commands.verb("reset")
         async def reset(caller, args):
-            self.backend.cancel(session)
-            await self.backend.reset(session)
+            self.session_backend.cancel(session)
+            await self.session_backend.reset(session)
 
         @commands.verb("cancel")
         def cancel(caller, args):
-            self.backend.cancel(session)
+            self.session_backend.cancel(session)
 
         @commands.verb("close")
         async def close(caller, args):
@@ -171,7 +178,7 @@ class LlamaTree:
             raise StyxError(errors.PERM)
 
     def defaults_verb(self, caller: Caller, args: list[str]) -> None:
-        apply_setting(self.defaults, args[0], args[1:])
+        self.defaults.set(args[0], args[1:])
 
 
 # ---- the root -----------------------------------------------------------------------
@@ -181,7 +188,7 @@ class RootDir(Directory):
     def __init__(self, tree: LlamaTree):
         super().__init__("/", qpath(0, QROOT), perm=0o555)
         self.tree = tree
-        backend = tree.backend
+        backend = tree.root_backend
         self.ctl = TextFile("ctl", qpath(0, QCTL), read=lambda c: backend.ctl_text(tree),
                             write=self._ctl_write, perm=0o666)
         self.model = TextFile("model", qpath(0, QMODEL), read=lambda c: backend.model_text())
@@ -190,16 +197,18 @@ class RootDir(Directory):
 
     async def _ctl_write(self, caller: Caller, data: bytes) -> None:
         self.tree.check_owner(caller)
-        commands = self.tree.backend.ctl_commands(self.tree)
+        commands = self.tree.root_backend.ctl_commands(self.tree)
         commands.verb("defaults", "KEY VALUE", 1, -1)(self.tree.defaults_verb)
         await commands.run(caller, data)
 
     async def children(self, caller: Caller) -> list[Entry]:
         sessions = [SessionDir(self.tree, s) for s in self.tree.table.owned_by(caller.uname)]
-        return self.static + await self.tree.backend.extra_entries(caller) + sessions
+        return self.static + await self.tree.root_backend.extra_entries(caller) + sessions
 
     async def walk(self, name: str, caller: Caller) -> Entry:
-        if name.isdigit():
+        if name.isdigit():  # Unicode digits too: "²" and "٣" are no session's name
+            if not (name.isascii() and name == str(int(name))):
+                raise StyxError("no such session")  # nor is "0001" session 1's
             return SessionDir(self.tree, self.tree.table.get(int(name), caller.uname))
         return await super().walk(name, caller)
 
@@ -287,7 +296,7 @@ class CtlHandle(SnapshotHandle):
         before = self.session.sampling.lines()
         await self.entry.tree.session_ctl(self.session).run(self.caller, data)
         if self.session.sampling.lines() != before:
-            await self.entry.tree.backend.prepare(self.session)
+            await self.entry.tree.session_backend.prepare(self.session)
         return len(data)
 
 
@@ -324,10 +333,7 @@ async def read_reply(reply: Reply | None, offset: int, count: int) -> bytes:
     """Text of a reply from offset, waiting for it; none at all is empty."""
     if reply is None:
         return b""
-    try:
-        return await reply.read(offset, count)
-    except EngineError as e:
-        raise StyxError(str(e)) from None
+    return await reply.read(offset, count)
 
 
 class ReplyHandle(SessionHandle):
@@ -367,7 +373,7 @@ class DataHandle(SessionHandle):
         self.prompt += data
         self.session.touch()
         if len(self.prompt) == len(data):
-            await self.entry.tree.backend.prepare(self.session, data)
+            await self.entry.tree.session_backend.prepare(self.session, data)
         return len(data)
 
     async def _submit(self) -> None:
@@ -383,7 +389,7 @@ class DataHandle(SessionHandle):
             data = await read_reply(self.reply, self.position, count)
         except trio.Cancelled:
             if self.session.reply is self.reply:  # flushed while waiting on its own generation
-                self.entry.tree.backend.cancel(self.session)
+                self.entry.tree.session_backend.cancel(self.session)
             raise
         self.position += len(data)
         return data
@@ -393,7 +399,7 @@ class DataHandle(SessionHandle):
             if aborted:
                 # The client is gone: nobody will read what it asked for.
                 if self.reply is not None and self.session.reply is self.reply:
-                    self.entry.tree.backend.cancel(self.session)
+                    self.entry.tree.session_backend.cancel(self.session)
             elif self.reply is None and self.prompt and not self.session.closed:
                 await self._submit()
         finally:
@@ -449,9 +455,9 @@ class NewFile(Entry):
     """new/ctl, new/data, new/reply, new/status: opening one allocates a
     session and opens that file of it.  Walking here has no side effects."""
 
-    def __init__(self, tree: LlamaTree, name: str, index: int):
+    def __init__(self, tree: LlamaTree, name: str):
         perm = 0o666 if name in ("ctl", "data") else 0o444
-        super().__init__(name, qpath(0, 8 + index), perm)
+        super().__init__(name, qpath(0, NEW_FILES[name]), perm)
         self.tree = tree
 
     async def open(self, mode: int, caller: Caller) -> Handle:
@@ -467,130 +473,4 @@ class NewFile(Entry):
 
 class NewDir(Directory):
     def __init__(self, tree: LlamaTree):
-        super().__init__("new", qpath(0, QNEW), [NewFile(tree, n, i) for i, n in enumerate(NEW_FILES)])
-
-
-# ---- the node's backend: the engine in this process --------------------------------
-
-
-class NodeBackend(Backend):
-    role = "node"
-
-    def __init__(self, engine: Engine, settings: ModelSettings | None, models_dir: str | None,
-                 load_progress=None):
-        self.engine = engine
-        self.settings = settings
-        self.models_dir = os.path.realpath(models_dir) if models_dir else None
-        self.state = "unloaded"
-        self.load_error = ""
-        self.load_progress = load_progress
-        self.conversations: dict[int, Conversation] = {}
-        self.recent: collections.deque[Reply] = collections.deque(maxlen=256)  # for metrics
-
-    async def load(self, settings: ModelSettings) -> None:
-        previous = self.state
-        self.state = "loading"
-        try:
-            await self.engine.load(settings, self.load_progress)
-        except EngineError as e:
-            self.state = previous
-            self.load_error = str(e)
-            raise StyxError(str(e)) from None
-        self.settings = settings
-        self.state, self.load_error = "loaded", ""
-        for number in list(self.conversations):  # a new vocabulary: start over
-            self.conversations[number] = Conversation()
-
-    def attach_session(self, session: Session) -> None:
-        self.conversations[session.number] = Conversation()
-
-    async def submit(self, session: Session, text: bytes) -> Reply:
-        conversation = self.conversations[session.number]
-        reply = self.engine.submit(conversation, text, session.sampling)
-        self.recent.append(reply)
-        return reply
-
-    def cancel(self, session: Session) -> None:
-        if session.reply is not None and not session.reply.ended:
-            self.engine.cancel(session.reply)
-
-    async def reset(self, session: Session) -> None:
-        old = self.conversations.get(session.number)
-        if old is not None:
-            self.engine.forget(old)
-        self.conversations[session.number] = Conversation()
-
-    async def close(self, session: Session) -> None:
-        old = self.conversations.pop(session.number, None)
-        if old is not None:
-            self.engine.forget(old)
-
-    def resolve_model(self, path: str) -> str:
-        """A load path, refused unless it resolves inside the models directory."""
-        if self.models_dir is None:
-            raise StyxError("load: no models directory configured (serve --models-dir)")
-        full = os.path.realpath(os.path.join(self.models_dir, path))
-        if os.path.commonpath([full, self.models_dir]) != self.models_dir:
-            raise StyxError(f"load: {path}: outside the models directory")
-        return full
-
-    def ctl_commands(self, tree: LlamaTree) -> Commands:
-        commands = Commands()
-
-        @commands.verb("load", "PATH [ctx N] [gpulayers N] [threads N] [batch N]", 1, 9)
-        async def load(caller, args):
-            path, options = args[0], args[1:]
-            if len(options) % 2:
-                raise StyxError("bad ctl request: usage: load PATH [ctx N] [gpulayers N] [threads N] [batch N]")
-            base = self.settings or ModelSettings(path="")
-            values = {"ctx": base.ctx, "gpulayers": base.gpulayers, "threads": base.threads, "batch": base.batch}
-            limits = {"ctx": (16, 1 << 20), "gpulayers": (0, 10000), "threads": (0, 1024), "batch": (16, 1 << 16)}
-            for key, value in zip(options[::2], options[1::2]):
-                if key not in values:
-                    raise StyxError(f"bad ctl request: load: unknown option {key!r}")
-                values[key] = parse_number("load " + key, value, int, *limits[key])
-            await self.load(ModelSettings(path=self.resolve_model(path), **values))
-
-        @commands.verb("unload")
-        async def unload(caller, args):
-            await self.engine.unload()
-            self.state = "unloaded"
-
-        return commands
-
-    async def ctl_text(self, tree: LlamaTree) -> str:
-        s = self.settings
-        info = self.engine.info
-        lines = [
-            ("role", "node"),
-            ("model", info.path if info else "none"),
-            ("state", self.state),
-            ("ctx", info.context if info else (s.ctx if s else 0)),
-            ("gpulayers", s.gpulayers if s else 0),
-            ("threads", s.resolved_threads() if s else 0),
-            ("batch", s.batch if s else 0),
-            ("slots", self.engine.slots),
-            ("sessions", len(tree.table.sessions)),
-            ("maxsessions", tree.table.max_sessions),
-            ("sessiontimeout", tree.table.idle_timeout),
-        ]
-        if self.load_error:
-            lines.append(("error", self.load_error))
-        text = "".join(f"{k} {v}\n" for k, v in lines)
-        return text + "".join(f"defaults {line}\n" for line in tree.defaults.lines().splitlines())
-
-    async def model_text(self) -> str:
-        info = self.engine.info
-        if info is None:
-            return "state unloaded\n" + (f"error {self.load_error}\n" if self.load_error else "")
-        return "".join(f"{k} {v}\n" for k, v in [
-            ("path", info.path), ("description", info.description), ("architecture", info.architecture),
-            ("parameters", info.parameters), ("size", info.size), ("context", info.context),
-            ("traincontext", info.train_context), ("quantisation", info.quantisation),
-            ("vocabulary", info.vocabulary),
-        ])
-
-    async def metrics_text(self, tree: LlamaTree) -> str:
-        from .metrics import node_metrics
-
-        return node_metrics(self, tree)
+        super().__init__("new", qpath(0, QNEW), [NewFile(tree, name) for name in NEW_FILES])

@@ -1,0 +1,141 @@
+"""The coordinator's root files: ctl (its verbs and its text), model and
+metrics (its own figures and its nodes', labelled by node), and nodes/."""
+
+from __future__ import annotations
+
+import trio
+
+from styxfs import client, dial
+from styxfs.errors import StyxError
+from styxfs.llama.namespace import LlamaTree, RootBackend
+from styxfs.metrics import exposition, server_samples
+from styxfs.tree import Caller, Commands, Entry, parse_number
+
+from .config import STRATEGIES
+from .forwarding import ForwardingSessions
+from .pool import NodeHandle, Pool
+from .proxy import NodesDir, Proxy
+
+
+class CoordinatorRoot(RootBackend):
+    def __init__(self, pool: Pool, sessions: ForwardingSessions, proxy: Proxy, *, name: str = "llamafs",
+                 scaler=None):
+        self.pool = pool
+        self.sessions = sessions
+        self.name = name
+        self.scaler = scaler  # async fn(n), from the deployment manager
+        self.nodes_dir = NodesDir(proxy)
+
+    def ctl_commands(self, tree: LlamaTree) -> Commands:
+        commands = Commands()
+        pool = self.pool
+
+        @commands.verb("add", "ID ADDR [weight W]", 2, 4)
+        def add(caller, args):
+            node_id, address = args[0], args[1]
+            weight = 1.0
+            if len(args) > 2:
+                if args[2] != "weight" or len(args) != 4:
+                    raise StyxError("bad ctl request: usage: add ID ADDR [weight W]")
+                weight = parse_number("add weight", args[3], float, 0.0, 1e9)
+            try:
+                dial.parse(address)
+            except ValueError as e:
+                raise StyxError(f"bad ctl request: add: {e}") from None
+            try:
+                pool.add(node_id, address, weight)
+            except ValueError as e:
+                raise StyxError(f"bad ctl request: add: {e}") from None
+
+        @commands.verb("remove", "ID", 1)
+        def remove(caller, args):
+            self._node(args[0])
+            pool.remove(args[0])
+
+        @commands.verb("drain", "ID", 1)
+        def drain(caller, args):
+            self._node(args[0]).draining = True
+
+        @commands.verb("balance", "STRATEGY", 1)
+        def balance(caller, args):
+            if args[0] not in STRATEGIES:
+                raise StyxError(f"bad ctl request: balance: unknown strategy {args[0]!r}: use {' '.join(STRATEGIES)}")
+            pool.set_strategy(args[0])
+
+        @commands.verb("scale", "N", 1)
+        async def scale(caller, args):
+            n = parse_number("scale", args[0], int, 0, 256)
+            if self.scaler is None:
+                raise StyxError("scale: this coordinator starts no nodes (use deploy start)")
+            try:
+                await self.scaler(n)
+            except RuntimeError as e:  # a node that would not start, say
+                raise StyxError(f"scale: {e}") from None
+
+        return commands
+
+    def _node(self, node_id: str) -> NodeHandle:
+        try:
+            return self.pool.get(node_id)
+        except KeyError:
+            raise StyxError(f"no such node: {node_id}") from None
+
+    async def ctl_text(self, tree: LlamaTree) -> str:
+        pool = self.pool
+        lines = [("role", "coordinator"), ("name", self.name), ("state", "loaded" if pool.healthy() else "unloaded"),
+                 ("strategy", pool.strategy.name), ("failover", "on" if self.sessions.failover else "off"),
+                 ("healthcheckinterval", int(pool.health_interval * 1000)),
+                 ("requesttimeout", int(self.sessions.request_timeout * 1000)),
+                 ("nodes", len(pool.nodes)), ("healthy", len(pool.healthy())),
+                 ("sessions", len(tree.table.sessions)), ("maxsessions", tree.table.max_sessions)]
+        text = "".join(f"{k} {v}\n" for k, v in lines)
+        text += "".join(f"node {n.id} {n.address} {n.state}{' draining' if n.draining else ''} weight {n.weight}\n"
+                        for n in pool.nodes)
+        return text + "".join(f"defaults {line}\n" for line in tree.defaults.lines().splitlines())
+
+    async def model_text(self) -> str:
+        for node in self.pool.healthy():
+            try:
+                with trio.fail_after(self.pool.health_timeout):
+                    return (await node.client.read_file("model")).decode() + f"node {node.id}\n"
+            except (client.Error, trio.TooSlowError):
+                continue
+        return "state unloaded\nerror no healthy node\n"
+
+    async def metrics_text(self, tree: LlamaTree) -> str:
+        own = exposition([
+            ("llamafs_coordinator_nodes", "gauge", "nodes configured", {}, len(self.pool.nodes)),
+            ("llamafs_coordinator_healthy_nodes", "gauge", "nodes up", {}, len(self.pool.healthy())),
+            ("llamafs_coordinator_sessions", "gauge", "open sessions", {}, len(tree.table.sessions)),
+            ("llamafs_coordinator_requests_total", "counter", "prompts dispatched", {}, self.sessions.requests),
+            ("llamafs_coordinator_failovers_total", "counter", "turns moved to another node", {}, self.sessions.failovers),
+        ] + server_samples(tree.server) + [
+            ("llamafs_node_up", "gauge", "1 if the node passes its health check", {"node": n.id},
+             1 if n.state == "up" else 0) for n in self.pool.nodes])
+        parts = [own]
+        for node in self.pool.healthy():
+            try:
+                with trio.fail_after(self.pool.health_timeout):
+                    text = (await node.client.read_file("metrics")).decode()
+            except (client.Error, trio.TooSlowError):
+                continue
+            parts.append(label_metrics(text, node.id))
+        return "".join(parts)
+
+    async def extra_entries(self, caller: Caller) -> list[Entry]:
+        return [self.nodes_dir]
+
+
+def label_metrics(text: str, node_id: str) -> str:
+    """A node's exposition with node="ID" added to every sample."""
+    out = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue  # the coordinator's own HELP/TYPE lines would repeat per node
+        name_labels, _, value = line.rpartition(" ")
+        if "{" in name_labels:
+            name, labels = name_labels.split("{", 1)
+            out.append(f'{name}{{node="{node_id}",{labels} {value}')
+        else:
+            out.append(f'{name_labels}{{node="{node_id}"}} {value}')
+    return "\n".join(out) + "\n" if out else ""

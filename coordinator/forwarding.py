@@ -1,0 +1,405 @@
+"""Forwarding: a coordinator's sessions answered by sessions on its nodes.
+
+A session stays on its node (its KV cache is there) unless the node fails.
+With failover on, a node that fails before the first byte of a reply is
+replaced invisibly; one that dies mid-reply is replaced by another that is
+given the conversation so far plus the reply so far, so the reader sees one
+continuous reply.
+
+What costs a turn time is sent ahead of it: sessions are made ahead on every
+node (spares); a session is bound to its node when its settings or a turn's
+first write arrive, and those go on to the node at once, without waiting for
+the node's answer, so that the read which submits the turn finds them there.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from styxfs import client, wire
+from styxfs.errors import StyxError
+from styxfs.llama.namespace import SessionBackend
+from styxfs.llama.reply import Reply
+from styxfs.llama.sessions import Session
+
+from .pool import NodeDown, NodeHandle, Pool
+
+log = logging.getLogger("coordinator.forwarding")
+
+SPARES = 4  # sessions made ahead on each node: a new session's first turn need not wait to make one
+
+
+class ForwardedReply(Reply):
+    """A reply relayed from a node: each piece is passed on at once (the
+    node batches them already), and the status names the node."""
+
+    def __init__(self):
+        super().__init__(stream_interval=0)
+        self.node = ""
+
+    def status_fields(self) -> list[str]:
+        return super().status_fields() + ([f"node={self.node}"] if self.node else [])
+
+
+class Binding:
+    """A session on a node, ready for turns: its ctl (the clone fid, held
+    open, which keeps the session alive), its status open for re-reading,
+    its data file opened ahead for the next turn, and what has been written
+    to them ahead of that turn."""
+
+    def __init__(self, node: NodeHandle, number: str, ctl: client.File, status: client.File, data: client.Fid):
+        self.node, self.number, self.ctl, self.status = node, number, ctl, status
+        self.data: client.Fid | None = data  # None while the next one is being opened
+        self.settings: str | None = None  # the settings last written to its ctl
+        self.ahead: bytes | None = b""  # prompt already in data for the next turn (None: unknown)
+        self.calls: list[client.Call] = []  # writes sent ahead, their replies to come
+        self.released = False
+
+    @classmethod
+    async def make(cls, node: NodeHandle, c: client.Client) -> "Binding":
+        ctl = await c.open("clone", wire.ORDWR)
+        opened: dict[str, client.File] = {}
+
+        async def open_file(name: str, mode: int) -> None:
+            opened[name] = await c.open(f"{number}/{name}", mode)
+
+        try:
+            number = (await ctl.read()).decode().strip()
+            async with client.unwrapped(), trio.open_nursery() as nursery:  # both at once
+                nursery.start_soon(open_file, "status", wire.OREAD)
+                nursery.start_soon(open_file, "data", wire.ORDWR)
+        except BaseException:
+            for f in [*opened.values(), ctl]:
+                await f.fid.clunk_quietly()
+            raise
+        return cls(node, number, ctl, opened["status"], opened["data"].fid)
+
+    async def send_ahead(self, settings: str, prompt: bytes = b"") -> None:
+        """Start writing the settings (if changed) and a piece of the next
+        turn's prompt, without waiting for the replies (settle does)."""
+        try:
+            await self.settle()  # one batch at a time: the node may take a batch's writes in any order
+        except client.Error:
+            self.settings = self.ahead = None
+            raise
+        if settings != self.settings:
+            self.settings = None  # unknown until sent
+            self.calls.append(await self.ctl.fid.start_write(settings.encode(), 0))
+            self.settings = settings
+        if prompt:
+            ahead, self.ahead = self.ahead, None
+            self.calls.append(await self.data.start_write(prompt, 0))
+            self.ahead = ahead + prompt
+
+    async def settle(self) -> None:
+        """The replies to the writes sent ahead; the first failure is raised."""
+        calls, self.calls = self.calls, []
+        try:
+            for call in calls:
+                await call.result()
+        finally:
+            for call in calls:
+                await call.abandon()  # those a failure or a cancel left unanswered
+
+    async def release(self, close: bool) -> None:
+        """Let go of it (and close the session on the node), within 2 s."""
+        self.released = True
+        with trio.CancelScope(shield=True), trio.move_on_after(2):  # the deadline inside the shield
+            try:
+                await self.settle()
+            except client.Error:
+                pass
+            try:
+                if close:
+                    await self.ctl.fid.write(b"close", 0)
+            except client.Error:
+                pass
+            for fid in (self.data, self.status.fid, self.ctl.fid):
+                if fid is not None:
+                    await fid.clunk_quietly()
+
+
+class Remote:
+    """A coordinator session's life on nodes."""
+
+    def __init__(self):
+        self.binding: Binding | None = None
+        self.turns: list[bytes] = []  # the conversation so far, prompts and replies
+        self.reply: ForwardedReply | None = None
+
+    @property
+    def node(self) -> NodeHandle | None:
+        return self.binding.node if self.binding else None
+
+
+class ForwardingSessions(SessionBackend):
+    """The coordinator's sessions, each bound to a session on a node."""
+
+    def __init__(self, pool: Pool, *, failover: bool = True, request_timeout: float = 60.0):
+        self.pool = pool
+        self.failover = failover
+        self.request_timeout = request_timeout
+        self.remotes: dict[int, Remote] = {}
+        self.nursery: trio.Nursery | None = None
+        self.requests = 0
+        self.failovers = 0
+        self.spares: dict[NodeHandle, list[Binding]] = {}
+        self.spare_wanted = trio.Event()
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            await self.keep_spares()
+
+    # -- sessions --------------------------------------------------------------
+
+    def attach_session(self, session: Session) -> None:
+        self.remotes[session.number] = Remote()
+
+    async def submit(self, session: Session, text: bytes) -> Reply:
+        if not self.pool.healthy():
+            raise StyxError("no healthy node")
+        remote = self.remotes[session.number]
+        reply = ForwardedReply()
+        remote.reply = reply
+        self.requests += 1
+        self.nursery.start_soon(self.forward, session, remote, text, reply)
+        return reply
+
+    def cancel(self, session: Session) -> None:
+        remote = self.remotes.get(session.number)
+        if remote and remote.reply and not remote.reply.ended and not remote.reply.text_complete:
+            remote.reply.cancel_requested = True
+            if remote.binding is not None:
+                try:
+                    self.nursery.start_soon(self._remote_ctl, remote.binding, b"cancel")
+                except RuntimeError:  # shutting down: the node's session goes too
+                    pass
+
+    async def reset(self, session: Session) -> None:
+        remote = self.remotes.get(session.number)
+        if remote is not None:
+            remote.turns = []
+            if remote.binding is not None:
+                await self._remote_ctl(remote.binding, b"reset")
+
+    async def close(self, session: Session) -> None:
+        remote = self.remotes.pop(session.number, None)
+        if remote is not None:
+            await self._unbind(remote, close=True)
+
+    async def _remote_ctl(self, binding: Binding, command: bytes) -> None:
+        try:
+            with trio.move_on_after(self.pool.health_timeout):
+                await binding.ctl.fid.write(command, 0)
+        except client.Error as e:
+            log.info("%s on node %s: %s", command.decode(), binding.node.id, e)
+
+    async def _unbind(self, remote: Remote, close: bool) -> None:
+        binding, remote.binding = remote.binding, None
+        if binding is not None:
+            binding.node.sessions.discard(remote)
+            await binding.release(close)
+
+    async def _bind(self, remote: Remote, c: client.Client, node: NodeHandle) -> Binding:
+        """A session on this node for remote: a spare one made ahead, or a new one."""
+        spares = self.spares.get(node, [])
+        binding = spares.pop() if spares else await Binding.make(node, c)
+        remote.binding = binding
+        node.sessions.add(remote)
+        return binding
+
+    async def keep_spares(self) -> None:
+        """Keep SPARES sessions made ahead on every usable node, so that a new
+        session's first turn does not wait for clone, walk and open."""
+        while True:
+            self.spare_wanted = trio.Event()
+            for node in list(self.spares):
+                if node not in self.pool.nodes or not node.usable:
+                    for binding in self.spares.pop(node):
+                        self.nursery.start_soon(binding.release, True)
+            for node in self.pool.healthy():
+                spares = self.spares.setdefault(node, [])
+                while len(spares) < SPARES and node.usable and (c := node.client) is not None:
+                    try:
+                        with trio.fail_after(self.pool.health_timeout):
+                            spares.append(await Binding.make(node, c))
+                    except (client.Error, trio.TooSlowError) as e:
+                        log.info("no spare session on node %s: %s", node.id, e)
+                        break
+                    except Exception:  # a bug here must not take the coordinator down
+                        log.exception("making a spare session on node %s", node.id)
+                        break
+            with trio.move_on_after(1):
+                await self.spare_wanted.wait()
+
+    # -- forwarding ------------------------------------------------------------
+
+    async def prepare(self, session: Session, prompt: bytes = b"") -> None:
+        """Bind the session to a node (if it is new) and send the settings and
+        the prompt's first write on ahead, answering the client at once."""
+        remote = self.remotes.get(session.number)
+        if remote is None or (remote.reply is not None and not remote.reply.ended):
+            return
+        # Not interruptible: once the node may have a write, the binding must say so.
+        with trio.CancelScope(shield=True), trio.move_on_after(self.pool.health_timeout):
+            try:
+                if remote.binding is None:
+                    if remote.turns:
+                        return  # a new node must first be given the conversation: the turn does that
+                    node = self.pool.choose()
+                    with node.request() as c:
+                        await self._bind(remote, c, node)
+                b = remote.binding
+                if b.data is None or b.ahead is None or len(prompt) > b.data.iounit:
+                    prompt = b""  # the turn sends it
+                with b.node.request():
+                    await b.send_ahead(session.sampling.ctl_text(), prompt)
+            except (NodeDown, client.Error) as e:
+                log.info("session %d: nothing sent ahead: %s", session.number, e)  # the turn sees to it
+            except Exception:  # a bug here must not fail the client's write
+                log.exception("session %d: sending ahead", session.number)
+
+    async def forward(self, session: Session, remote: Remote, text: bytes, reply: ForwardedReply) -> None:
+        """Run one turn on a node, failing over as the config says."""
+        tried: set[NodeHandle] = set()
+        with trio.move_on_after(self.request_timeout) as timer:
+            while not reply.ended:
+                healthy = self.pool.healthy()
+                try:
+                    node = remote.node if remote.node in healthy else self.pool.choose(tried)
+                except NodeDown as e:
+                    reply.set_state("error", str(e))
+                    break
+                if remote.node is not None and remote.node is not node and remote.node not in tried:
+                    self.failovers += 1  # its node went down before the turn began there: it moves
+                try:
+                    await self._turn_on(node, session, remote, text, reply)
+                except (NodeDown, client.ConnectionLost, OSError) as e:
+                    log.warning("session %d: node %s failed: %s", session.number, node.id, e)
+                    node.failed(str(e))
+                    tried.add(node)
+                    await self._unbind(remote, close=False)
+                    if reply.text_complete:  # it failed after the end: only the figures are lost
+                        reply.set_state("cancelled" if reply.cancel_requested else "done")
+                        break
+                    if not self.failover:
+                        reply.set_state("error", f"node {node.id} failed")
+                        break
+                    self.failovers += 1
+                except client.ServerError as e:
+                    reply.set_state("error", e.ename)
+                    break
+        if timer.cancelled_caught:
+            reply.set_state("error", "request timed out")
+            self.cancel(session)
+        if not reply.ended:
+            reply.set_state("error", "no node could answer")
+        remote.turns += [text, bytes(reply.text)]
+        self.spare_wanted.set()  # now, not while the turn (which may have taken one) was starting
+
+    async def _turn_on(self, node: NodeHandle, session: Session, remote: Remote, text: bytes,
+                       reply: ForwardedReply) -> None:
+        with node.request() as c:
+            reply.node = node.id
+            prompt = await self._bound_to(node, c, remote, text, reply)
+            data = await self._send_turn(c, session, remote, prompt)
+            if data is None:
+                reply.set_state("cancelled")
+                return
+            await self._stream(data, reply)
+            # The status now; the data file's clunk (and the next one's open) after.
+            b = remote.binding
+            status_read = await b.status.fid.start_read(256, 0)
+            self.nursery.start_soon(self._next_data, b, c, data)
+            status = (await status_read.result()).data.decode()
+        self._finish(reply, status)
+
+    async def _bound_to(self, node: NodeHandle, c: client.Client, remote: Remote, text: bytes,
+                        reply: ForwardedReply) -> bytes:
+        """Bind remote to a session on node; what that session must be sent:
+        the turn, or on a node new to it the conversation so far (and the
+        reply so far, when we take over in the middle of one)."""
+        b = remote.binding
+        if b is not None and (b.ahead is None or not text.startswith(b.ahead)):
+            # That session on the node holds a prompt for a turn that never came.
+            await self._unbind(remote, close=True)
+        if remote.node is node:
+            return text
+        await self._unbind(remote, close=True)
+        await self._bind(remote, c, node)
+        return b"".join(remote.turns) + text + bytes(reply.text)
+
+    async def _send_turn(self, c: client.Client, session: Session, remote: Remote,
+                         prompt: bytes) -> client.Fid | None:
+        """The settings and what was not sent ahead of the prompt, written to
+        the binding's data file, which is returned (None: cancelled)."""
+        b = remote.binding
+        if b.data is None:
+            b.data = (await c.open(f"{b.number}/data", wire.ORDWR)).fid
+        # The node takes a turn's settings when the turn is submitted, at the
+        # first read: so what is left of settings and prompt goes at once.
+        rest = prompt[len(b.ahead):]
+        small = rest if len(rest) <= b.data.iounit else b""
+        await b.send_ahead(session.sampling.ctl_text(), small)
+        await b.settle()
+        if remote.reply.cancel_requested:
+            # Closed first: a data file clunked unread would submit the prompt.
+            await self._unbind(remote, close=True)
+            return None
+        data, b.data, b.ahead = b.data, None, b""
+        if rest and not small:
+            try:
+                await client.File(data).write(rest)
+            except BaseException:
+                await data.clunk_quietly()
+                raise
+        return data
+
+    async def _stream(self, data: client.Fid, reply: ForwardedReply) -> None:
+        """The node's reply, passed on piece by piece as it comes."""
+        try:
+            if reply.state == "queued":
+                reply.set_state("generating")
+            async for piece in client.File(data).stream():
+                reply.append(piece, 0)
+        except BaseException:
+            await data.clunk_quietly()
+            raise
+        reply.complete_text()
+
+    @staticmethod
+    def _finish(reply: ForwardedReply, status: str) -> None:
+        """The reply ends as the node's status says the turn did."""
+        state, fields = parse_status(status)
+        reply.tokens_in = int(fields.get("tokens_in", 0))
+        reply.tokens_out += int(fields.get("tokens_out", 0))
+        if state == "error":
+            reply.set_state("error", fields.get("error", "generation failed"))
+        else:
+            reply.set_state("cancelled" if state == "cancelled" or reply.cancel_requested else "done")
+
+    async def _next_data(self, binding: Binding, c: client.Client, used: client.Fid) -> None:
+        """The data file for the binding's next turn, opened ahead (and the
+        used one clunked)."""
+        await used.clunk_quietly()
+        try:
+            with trio.fail_after(self.pool.health_timeout):
+                fid = (await c.open(f"{binding.number}/data", wire.ORDWR)).fid
+        except (client.Error, trio.TooSlowError):
+            return
+        if binding.data is None and not binding.released:
+            binding.data = fid
+        else:
+            await fid.clunk_quietly()
+
+
+def parse_status(text: str) -> tuple[str, dict[str, str]]:
+    words = text.split()
+    fields = {}
+    for word in words[1:]:
+        key, _, value = word.partition("=")
+        fields[key] = value.strip("'")
+    return (words[0] if words else "error"), fields

@@ -1,0 +1,118 @@
+"""The node's command: `python -m styxfs.llama` and `llamafs serve` are this
+one command, with one definition of its options."""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import signal
+import sys
+
+import click
+import trio
+
+from styxfs import dial
+
+from .node import Node, NodeOptions
+from .settings import DEFAULT_LISTEN, NODE
+
+
+def setup_logging(verbose: int) -> None:
+    logging.basicConfig(level=logging.WARNING - 10 * verbose, format="llamafs: %(name)s: %(message)s")
+
+
+def mount_help(address: dial.Address) -> str:
+    host, port = address.host if address.host not in ("*", "") else "127.0.0.1", address.port
+    return (
+        f"  Inferno:   mount -A tcp!{host}!{port} /n/llama\n"
+        f"  plan9port: 9p -a tcp!{host}!{port} ls;  9pfuse tcp!{host}!{port} /mnt/llama\n"
+        f"  Linux:     mount -t 9p -o trans=tcp,port={port},version=9p2000 {host} /mnt/llama\n"
+        f"  Python:    llamafs ask --addr 'tcp!{host}!{port}' 'Once upon a time'\n"
+    )
+
+
+def check_listen(listen: str) -> dial.Address:
+    try:
+        return dial.parse(listen)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--listen") from None
+
+
+async def stop_on_signals(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            scope.cancel()
+            return
+
+
+def int_range(key: str) -> click.IntRange:
+    return click.IntRange(NODE[key].low, NODE[key].high)
+
+
+@click.command()
+@click.option("--model", type=click.Path(dir_okay=False), help="a .gguf file (default: Gemma 3 270M)")
+@click.option("--listen", default=DEFAULT_LISTEN, show_default=True,
+              help="dial string; tcp!*!PORT listens on every interface")
+@click.option("--models-dir", type=click.Path(file_okay=False), help="where ctl `load` may load from")
+@click.option("--ctx", default=NODE["ctx"].default, show_default=True, type=int_range("ctx"),
+              help="context per session")
+@click.option("--gpu-layers", default=NODE["gpulayers"].default, show_default=True, type=int_range("gpulayers"))
+@click.option("--threads", default=NODE["threads"].default, type=int_range("threads"),
+              help="CPU threads (0: all cores)")
+@click.option("--batch", default=NODE["batch"].default, show_default=True, type=int_range("batch"))
+@click.option("--slots", default=NODE["slots"].default, show_default=True, type=int_range("slots"),
+              help="sessions decoded together")
+@click.option("--max-sessions", default=NODE["maxsessions"].default, show_default=True,
+              type=int_range("maxsessions"))
+@click.option("--session-timeout", default=NODE["sessiontimeout"].default, show_default=True,
+              type=click.FloatRange(NODE["sessiontimeout"].low, NODE["sessiontimeout"].high),
+              help="seconds an idle session lives")
+@click.option("--max-connections", default=NODE["maxconnections"].default, show_default=True,
+              type=int_range("maxconnections"))
+@click.option("--owner", default=None, help="who may write the root ctl (default: you; '*': anyone)")
+@click.option("--auth-secret-file", type=click.Path(dir_okay=False, exists=True),
+              help="require clients to prove they know this file's secret (Tauth)")
+@click.option("-v", "--verbose", count=True, help="log more (-vv: every message)")
+def serve(model, listen, models_dir, ctx, gpu_layers, threads, batch, slots, max_sessions, session_timeout,
+          max_connections, owner, auth_secret_file, verbose):
+    """Serve one model as a 9P file tree."""
+    if verbose:
+        setup_logging(verbose)
+    address = check_listen(listen)
+    options = NodeOptions(model=model, listen=listen, models_dir=models_dir, ctx=ctx, gpu_layers=gpu_layers,
+                          threads=threads, batch=batch, slots=slots, max_sessions=max_sessions,
+                          session_timeout=session_timeout, max_connections=max_connections,
+                          owner=owner or getpass.getuser(), auth_secret_file=auth_secret_file)
+    bar = click.progressbar(length=100, label="loading model", file=sys.stderr)
+
+    def progress(fraction: float) -> None:
+        bar.update(int(fraction * 100) - bar.pos)
+
+    node = Node(options, load_progress=progress)
+
+    async def run():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stop_on_signals, nursery.cancel_scope)
+            try:
+                await nursery.start(node.run)
+            except OSError as e:
+                raise click.ClickException(f"cannot listen on {listen}: {e.strerror or e}") from None
+            bar.render_finish()
+            info = node.engine.info
+            if info:
+                click.echo(f"llamafs: {info.path} ({info.description}, context {info.context})", err=True)
+            else:
+                click.echo(f"llamafs: no model loaded: {node.root.load_error}", err=True)
+            port = dial.listening_port(node.listeners) if address.network == "tcp" else 0
+            shown = dial.Address(address.network, address.host, port, address.path)
+            click.echo(f"llamafs: serving on {shown}", err=True)
+            if not dial.is_loopback(address) and not auth_secret_file:
+                click.echo("llamafs: warning: listening beyond loopback, without authentication", err=True)
+            if address.network == "tcp":
+                click.echo("mount it with:\n" + mount_help(shown), err=True)
+
+    try:
+        trio.run(run)
+    except KeyboardInterrupt:
+        pass
+    click.echo("llamafs: stopped", err=True)

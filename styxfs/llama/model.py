@@ -1,0 +1,80 @@
+"""The model interface the engine is given, and the types both sides share.
+
+The engine schedules; a `Model` computes.  `llamacpp.LlamaModel` is the
+real one (llama.cpp through llama-cpp-python); tests give the engine a fake
+one, so that the scheduler is tested in milliseconds without llama.cpp.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from .settings import NODE, Sampling
+
+
+class EngineError(Exception):
+    """A request the engine or the model refuses; its text is the Rerror."""
+
+
+@dataclass
+class ModelSettings:
+    path: str
+    ctx: int = NODE["ctx"].default
+    gpulayers: int = NODE["gpulayers"].default
+    threads: int = NODE["threads"].default  # 0: all cores
+    batch: int = NODE["batch"].default
+
+    def resolved_threads(self) -> int:
+        return self.threads or max(1, os.cpu_count() or 1)
+
+
+@dataclass
+class ModelInfo:
+    path: str
+    description: str
+    architecture: str
+    parameters: int
+    size: int
+    context: int
+    train_context: int
+    vocabulary: int
+    quantisation: str
+    settings: ModelSettings
+
+
+class Model(Protocol):
+    """One loaded model with a context of `slots` sequences.  Called only
+    from the engine's worker thread, except `tokenize`."""
+
+    info: ModelInfo
+    batch_size: int  # tokens one decode may hold
+    seq_context: int  # tokens one sequence may hold
+
+    def close(self) -> None: ...
+
+    def tokenize(self, text: bytes, add_special: bool) -> list[int]: ...
+
+    def piece(self, token: int) -> bytes: ...
+
+    def is_eog(self, token: int) -> bool: ...
+
+    def trim_seq(self, seq: int, keep: int) -> None:
+        """Forget what sequence seq holds from position keep on."""
+
+    def clear_seq(self, seq: int) -> None: ...
+
+    def decode(self, entries: list[tuple[int, int, int, bool]]) -> None:
+        """One step: (sequence, token, position, wants logits) entries."""
+
+    def make_sampler(self, sampling: Sampling, history: list[int]) -> object: ...
+
+    def free_sampler(self, sampler: object) -> None: ...
+
+    def sample(self, sampler: object, batch_index: int) -> int:
+        """The next token from the logits of entry batch_index of the last decode."""
+
+
+# open_model(settings, slots, progress) -> Model; raises EngineError.
+ModelOpener = Callable[[ModelSettings, int, "Callable[[float], None] | None"], Model]

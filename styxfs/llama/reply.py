@@ -1,0 +1,102 @@
+"""One turn's reply as it grows: what `N/reply`, `N/data` and the root
+`reply` read, and what `N/status` describes.  Made by the engine on a node
+and by the forwarding on a coordinator; lives on the trio thread."""
+
+from __future__ import annotations
+
+import time
+
+import trio
+
+from styxfs.errors import StyxError
+from styxfs.tree import quote
+
+STREAM_INTERVAL = 0.05  # seconds between wake-ups of a reply's readers while it streams
+ENDED = ("done", "cancelled", "error")
+
+
+class Reply:
+    """Any number of readers, each from the start; a read waits until there
+    is more text or the turn has ended.  States: queued, prefill,
+    generating, then one of done, cancelled, error."""
+
+    def __init__(self, prompt_tokens: int = 0, stream_interval: float = STREAM_INTERVAL):
+        self.text = bytearray()
+        self.stream_interval = stream_interval
+        self.state = "queued"
+        self.error: str | None = None
+        self.tokens_in = prompt_tokens  # prompt tokens this turn evaluates
+        self.tokens_out = 0
+        self.submitted = time.monotonic()
+        self.first_token: float | None = None
+        self.finished: float | None = None
+        self._woken = 0.0
+        self.cancel_requested = False
+        self.text_complete = False  # all of the text is in; how it ended is still to come
+        self._changed = trio.Event()
+
+    @property
+    def ended(self) -> bool:
+        return self.state in ENDED
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def append(self, data: bytes, tokens: int) -> None:
+        now = time.monotonic()
+        if data:
+            self.text += data
+        if self.first_token is None and tokens:
+            self.first_token = now
+        self.tokens_out += tokens
+        # Readers wake for the first text, then at most every stream_interval:
+        # fewer round trips per token leave the CPU to llama.cpp's threads.
+        if now - self._woken >= self.stream_interval or len(self.text) == len(data):
+            self._woken = now
+            self._wake()
+
+    def set_state(self, state: str, error: str | None = None) -> None:
+        if self.ended:
+            return
+        self.state = state
+        if error is not None:
+            self.error = error
+        if self.ended:
+            self.finished = time.monotonic()
+        self._wake()
+
+    def complete_text(self) -> None:
+        """Readers of the text need wait no longer (a coordinator still asks
+        its node how the turn ended, and the status waits for that)."""
+        self.text_complete = True
+        self._wake()
+
+    async def read(self, offset: int, count: int) -> bytes:
+        """Text from offset as soon as there is some; b"" at the end.  A turn
+        that failed before this offset raises its error."""
+        while len(self.text) <= offset and not (self.ended or self.text_complete):
+            await self._changed.wait()
+        if self.state == "error" and len(self.text) <= offset:
+            raise StyxError(self.error or "generation failed")
+        return bytes(self.text[offset : offset + count])
+
+    async def wait(self) -> None:
+        while not self.ended:
+            await self._changed.wait()
+
+    def status_fields(self) -> list[str]:
+        now = self.finished or time.monotonic()
+        elapsed = now - self.submitted
+        generating = now - self.first_token if self.first_token else 0.0
+        rate = self.tokens_out / generating if generating > 0 else 0.0
+        ttft = (self.first_token - self.submitted) if self.first_token else 0.0
+        return [self.state, f"tokens_in={self.tokens_in}", f"tokens_out={self.tokens_out}",
+                f"elapsed={elapsed:.3f}", f"tokens_per_sec={rate:.1f}", f"ttft={ttft:.3f}"]
+
+    def status(self) -> str:
+        """N/status: the state, then key=value figures."""
+        fields = self.status_fields()
+        if self.error:
+            fields.append(f"error={quote(self.error)}")
+        return " ".join(fields) + "\n"

@@ -1,0 +1,133 @@
+"""Every default and limit of a node, in one place.
+
+Two tables.  `NODE` holds the node's options (context, batch, slots, caps,
+timeouts): the node, its command line, the engine and the deployment config
+all read them here.  `SESSION` holds a session's settings (name, kind,
+range, default): `N/ctl`, `N/params`, the root ctl's `defaults` and the
+coordinator's forwarding all work from it, so a setting added here reaches
+every one of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from styxfs import dial
+from styxfs.errors import StyxError
+from styxfs.tree import parse_number, quote
+
+DEFAULT_LISTEN = dial.DEFAULT_ADDRESS  # tcp!127.0.0.1!5640
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A numeric option: its default and the range it may take."""
+
+    default: Any
+    low: float
+    high: float
+
+
+NODE = {
+    "ctx": Limit(2048, 16, 1 << 20),  # tokens of context per session
+    "gpulayers": Limit(0, 0, 10000),
+    "threads": Limit(0, 0, 1024),  # 0: all cores
+    "batch": Limit(512, 16, 1 << 16),  # tokens in one llama_decode at most
+    "slots": Limit(4, 1, 256),  # sessions decoded together
+    "maxsessions": Limit(256, 1, 1_000_000),
+    "sessiontimeout": Limit(600.0, 0.1, 86_400.0),  # seconds an idle session lives
+    "maxconnections": Limit(1000, 1, 1_000_000),
+}
+
+MAX_PROMPT_BYTES = 1 << 20
+DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp: pick a random seed
+
+
+# ---- a session's settings -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One session setting.  kind is int, float, or tuple: a repeatable
+    string (`stop`), where a bare verb clears the list."""
+
+    name: str
+    kind: type
+    default: Any
+    low: float | None = None
+    high: float | None = None
+
+    @property
+    def usage(self) -> str:
+        return "[STRING]" if self.kind is tuple else "VALUE"
+
+
+SESSION = {s.name: s for s in (
+    Setting("temperature", float, 0.8, 0.0, 100.0),
+    Setting("topk", int, 40, 0, 1_000_000),
+    Setting("topp", float, 0.95, 0.0, 1.0),
+    Setting("minp", float, 0.05, 0.0, 1.0),
+    Setting("seed", int, -1, -1, 0xFFFFFFFE),
+    Setting("maxtokens", int, 256, 1, 1_000_000),
+    Setting("repeatpenalty", float, 1.1, 0.0, 100.0),
+    Setting("stop", tuple, ()),
+)}
+
+
+class Sampling:
+    """A session's settings: one attribute per row of SESSION."""
+
+    __slots__ = tuple(SESSION)
+
+    def __init__(self, **values: Any):
+        for setting in SESSION.values():
+            setattr(self, setting.name, values.pop(setting.name, setting.default))
+        if values:
+            raise TypeError(f"no such setting: {', '.join(values)}")
+
+    def copy(self) -> "Sampling":
+        return Sampling(**{name: getattr(self, name) for name in SESSION})
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sampling) and all(getattr(self, n) == getattr(other, n) for n in SESSION)
+
+    def __repr__(self) -> str:
+        return "Sampling(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in SESSION) + ")"
+
+    def set(self, verb: str, args: list[str]) -> None:
+        """One verb of N/ctl or `defaults`, checked: a clear error names it."""
+        setting = SESSION.get(verb)
+        if setting is None:
+            raise StyxError(f"bad ctl request: {verb}: no such setting")
+        if setting.kind is tuple:
+            value = getattr(self, verb)
+            setattr(self, verb, value + (" ".join(args),) if args else ())
+            return
+        if len(args) != 1:
+            raise StyxError(f"bad ctl request: usage: {verb} VALUE")
+        setattr(self, verb, parse_number(verb, args[0], setting.kind, setting.low, setting.high))
+
+    def lines(self) -> str:
+        """`key value` lines, as N/params shows them."""
+        out = []
+        for name, setting in SESSION.items():
+            value = getattr(self, name)
+            if setting.kind is tuple:
+                out += [f"{name} {quote(v)}" for v in value]
+            else:
+                out.append(f"{name} {value}")
+        return "\n".join(out) + "\n"
+
+    def ctl_text(self) -> str:
+        """ctl commands that give another session exactly these settings
+        (a list is cleared, then set): what a coordinator sends its node."""
+        out = []
+        for name, setting in SESSION.items():
+            value = getattr(self, name)
+            if setting.kind is tuple:
+                out.append(name)
+                out += [f"{name} {quote(v)}" for v in value]
+            else:
+                out.append(f"{name} {value}")
+        return "\n".join(out) + "\n"

@@ -1,0 +1,164 @@
+"""What the tests share: a prompt, the usual conversations with a tree,
+the status parser, node processes and deployments.  Fixtures are in
+conftest.py; everything else a test file needs of another is here."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import trio
+
+from styxfs import client, wire
+from styxfs.dial import free_port, port_open
+from styxfs.llama.engine import Engine
+from styxfs.llama.llamacpp import LlamaModel
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LLAMAFS = [sys.executable, "-m", "coordinator.cli"]  # the llamafs command, from this checkout
+NODE = [sys.executable, "-m", "styxfs.llama"]  # a node, as a deployment starts one
+PROMPT = "Once upon a time"
+GREEDY = {"temperature": 0, "repeatpenalty": 1}  # as llama-cpp-python's create_completion at temperature 0
+
+
+# ---- talking to a tree ------------------------------------------------------------------
+
+
+async def greedy(c: client.Client, **settings) -> None:
+    """Root ctl defaults for greedy, penalty-free replies, and any others."""
+    lines = [f"defaults {key} {value}" for key, value in {**GREEDY, **settings}.items()]
+    await c.write_file("ctl", "\n".join(lines) + "\n")
+
+
+async def greedy_at(address: str, **settings) -> None:
+    async with client.connect(address) as c:
+        await greedy(c, **settings)
+
+
+async def ask(c: client.Client, path: str, prompt: str) -> bytes:
+    """Write prompt to a data file and read the reply on the same fid."""
+    async with await c.open(path, wire.ORDWR) as f:
+        await f.write(prompt)
+        return await f.read_all()
+
+
+async def ask_at(address: str, prompt: str, path: str = "data") -> bytes:
+    async with client.connect(address) as c:
+        return await ask(c, path, prompt)
+
+
+async def new_session(c: client.Client) -> tuple[client.File, str]:
+    """clone opened: (its fid, now N/ctl, and N)."""
+    ctl = await c.open("clone", wire.ORDWR)
+    return ctl, (await ctl.read()).decode().strip()
+
+
+async def session(c: client.Client, *settings: str) -> str:
+    """A new session with these ctl lines written; its number."""
+    ctl, number = await new_session(c)
+    async with ctl:
+        for setting in settings:
+            await ctl.fid.write(setting.encode(), 0)
+    return number
+
+
+async def run_turn(c: client.Client, number: str, prompt: str) -> tuple[bytes, dict[str, str]]:
+    """One turn of session N: its reply and then its status."""
+    text = await ask(c, f"{number}/data", prompt)
+    return text, status_fields(await c.read_file(f"{number}/status"))
+
+
+def status_fields(text: bytes) -> dict[str, str]:
+    """N/status as a dict: `state`, then every key=value field."""
+    words = text.decode().split()
+    fields = dict(w.split("=", 1) for w in words[1:] if "=" in w)
+    fields["state"] = words[0]
+    return fields
+
+
+def metric(text: bytes | str, name: str) -> float:
+    """The value of an unlabelled sample in Prometheus text."""
+    if isinstance(text, bytes):
+        text = text.decode()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise KeyError(name)
+
+
+class SlowEngine(Engine):
+    """The real engine on llama.cpp, 20 ms a step: for the tests that must
+    catch a generation in the middle."""
+
+    def __init__(self, slots: int = 4):
+        super().__init__(LlamaModel, slots)
+
+    def _step(self):
+        if self.active:
+            time.sleep(0.02)
+        super()._step()
+
+
+# ---- processes ----------------------------------------------------------------------------
+
+
+def wait_for_port(port: int, timeout: float = 120.0, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before listening on {port}")
+        if port_open("127.0.0.1", port):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on port {port} after {timeout} s")
+
+
+def start_node_process(model: str, threads: int = 2, slots: int = 4, port: int | None = None,
+                       extra: list[str] | None = None) -> tuple[subprocess.Popen, str]:
+    """A node (`python -m styxfs.llama`) as a process of its own; (process, dial string)."""
+    port = port or free_port()
+    cmd = NODE + ["--model", model, "--listen", f"tcp!127.0.0.1!{port}",
+                  "--threads", str(threads), "--slots", str(slots)] + (extra or [])
+    process = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port(port, process=process)
+    return process, f"tcp!127.0.0.1!{port}"
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+# ---- deployments ----------------------------------------------------------------------------
+
+
+def config_for(nodes, strategy="round-robin", interval_ms=200, weights=None, **network) -> dict:
+    """A deployment config over running nodes [(id, process, address)]."""
+    return {
+        "name": "test",
+        "network": {"loadBalancing": strategy, "healthCheckInterval": interval_ms, "requestTimeout": 20000,
+                    "listen": "tcp!127.0.0.1!0", **network},
+        "nodes": [{"id": node_id, "address": "127.0.0.1", "port": int(address.rsplit("!", 1)[1]),
+                   "weight": (weights or {}).get(node_id, 1.0)} for node_id, _, address in nodes],
+    }
+
+
+async def deploy(nursery: trio.Nursery, config: dict, **options):
+    """A DeploymentManager deployed in nursery (seed 1: strategies repeat)."""
+    from coordinator import DeploymentManager
+
+    mgr = DeploymentManager(config, seed=1, **options)
+    await mgr.deploy(nursery, timeout=60)
+    return mgr
+
+
+def streaming_from(mgr, node_id: str) -> bool:
+    """A reply of the deployment's is streaming from that node now."""
+    return any(r.reply and r.reply.node == node_id and r.reply.text and not r.reply.ended
+               for r in mgr.sessions.remotes.values())

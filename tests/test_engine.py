@@ -1,0 +1,156 @@
+"""The engine's scheduler on a fake model (tests/fakemodel.py): batching,
+the batch budget, eviction, stop strings, cancel, the context.  No
+llama.cpp: these run in milliseconds."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from styxfs.llama.engine import Conversation, Engine
+from styxfs.llama.model import ModelSettings
+from styxfs.llama.settings import Sampling
+
+from .fakemodel import FakeModel, continuation, tokens_of
+
+GREEDY = dict(temperature=0, repeatpenalty=1)
+
+
+@pytest.fixture
+async def engine():
+    """engine(slots=, batch=, ctx=, **FakeModel options) -> a started engine with its model loaded."""
+    engines = []
+
+    async def make(slots=4, batch=512, ctx=2048, **options):
+        opener = FakeModel.opener(**options)
+        e = Engine(opener, slots=slots)
+        e.start()
+        engines.append(e)
+        await e.load(ModelSettings(path="fake.gguf", ctx=ctx, batch=batch))
+        e.model = opener.made[-1]
+        return e
+
+    yield make
+    for e in engines:
+        await trio.to_thread.run_sync(e.stop)
+
+
+async def turn(engine: Engine, conversation: Conversation, text: bytes, **settings) -> bytes:
+    reply = engine.submit(conversation, text, Sampling(**{**GREEDY, **settings}))
+    with trio.fail_after(5):
+        await reply.wait()
+    assert reply.state == "done", (reply.state, reply.error)
+    return bytes(reply.text)
+
+
+async def test_a_reply_is_the_models_continuation(engine):
+    e = await engine()
+    assert await turn(e, Conversation(), b"Once upon", maxtokens=12) == continuation(tokens_of(b"Once upon"), 12)
+    assert e.model.samplers == 0  # every sampler freed
+
+
+async def test_sessions_together_are_batched_and_equal_their_solo_replies(engine):
+    e = await engine(slots=4)
+    prompts = [b"one", b"two two", b"three three three", b"four"]
+    async with trio.open_nursery() as n:
+        got = {}
+
+        async def run(p):
+            got[p] = await turn(e, Conversation(), p, maxtokens=20)
+
+        for p in prompts:
+            n.start_soon(run, p)
+    assert got == {p: continuation(tokens_of(p), 20) for p in prompts}
+    # Once all four generate, a step holds one token of each.
+    assert max(len(step) for step in e.model.steps if all(logits for *_, logits in step)) == 4
+
+
+async def test_a_long_prompt_is_prefilled_in_chunks_within_the_batch_budget(engine):
+    e = await engine(slots=2, batch=16)
+    generating = Conversation()
+    first = e.submit(generating, b"go", Sampling(**GREEDY, maxtokens=100_000))
+    with trio.fail_after(5):
+        while first.tokens_out < 3:
+            await trio.sleep(0.001)
+    long_prompt = b"x" * 100
+    second = await turn(e, Conversation(), long_prompt, maxtokens=4)
+    assert second == continuation(tokens_of(long_prompt), 4)
+    e.cancel(first)
+    with trio.fail_after(5):
+        await first.wait()
+    prefill_steps = [s for s in e.model.steps if any(seq == 1 and not logits for seq, _, _, logits in s)]
+    assert len(prefill_steps) >= 100 // 16  # in chunks
+    for step in prefill_steps:  # each within the budget, and the generation goes on in every one
+        assert len(step) <= 16 and sum(1 for seq, *_ in step if seq == 0) == 1
+    assert bytes(first.text) == continuation(tokens_of(b"go"), first.tokens_out)
+
+
+async def test_an_idle_conversation_is_evicted_and_reevaluated_exactly(engine):
+    e = await engine(slots=2)
+    a, b, c = Conversation(), Conversation(), Conversation()
+    reply_a = await turn(e, a, b"alpha", maxtokens=5)
+    await turn(e, b, b"beta", maxtokens=5)
+    await turn(e, c, b"gamma", maxtokens=5)  # takes a's sequence: a is the least recently used
+    assert e.stats.evictions == 1 and a.seq is None
+    again = await turn(e, a, b" more", maxtokens=5)
+    history = tokens_of(b"alpha") + tokens_of(reply_a, False) + tokens_of(b" more", False)
+    assert again == continuation(history, 5)
+
+
+async def test_stop_strings_are_held_back_across_pieces_and_cut_the_reply(engine):
+    e = await engine()
+    whole = continuation(tokens_of(b"abc"), 40)
+    stop = whole[10:13].decode()  # three tokens, one byte each: met across pieces
+    reply = e.submit(Conversation(), b"abc", Sampling(**GREEDY, maxtokens=40, stop=(stop,)))
+    seen = []
+    with trio.fail_after(5):
+        while not reply.ended:
+            seen.append(bytes(reply.text))
+            await trio.sleep(0)
+    cut = whole[: whole.index(stop.encode())]
+    assert bytes(reply.text) == cut and reply.state == "done"
+    assert all(stop.encode()[:1] not in s[len(cut):] for s in seen)  # never shown, not even in part
+    # A stop string that never completes holds nothing back at the end.
+    assert await turn(e, Conversation(), b"abc", maxtokens=40, stop=("zzzzzz",)) == whole
+
+
+async def test_cancel_ends_a_turn_and_frees_its_sequence(engine):
+    e = await engine(slots=1)
+    long = e.submit(Conversation(), b"long", Sampling(**GREEDY, maxtokens=100_000))
+    queued = e.submit(Conversation(), b"next", Sampling(**GREEDY, maxtokens=3))
+    with trio.fail_after(5):
+        while long.tokens_out < 2:
+            await trio.sleep(0.001)
+    assert queued.state == "queued"
+    e.cancel(long)
+    with trio.fail_after(5):
+        await long.wait()
+        await queued.wait()
+    assert long.state == "cancelled" and queued.state == "done"
+    assert bytes(queued.text) == continuation(tokens_of(b"next"), 3)
+    # Cancelled while still queued: it never runs.
+    first = e.submit(Conversation(), b"a", Sampling(**GREEDY, maxtokens=100_000))
+    waiting = e.submit(Conversation(), b"b", Sampling(**GREEDY, maxtokens=5))
+    e.cancel(waiting)
+    e.cancel(first)
+    with trio.fail_after(5):
+        await waiting.wait()
+    assert waiting.state == "cancelled" and waiting.tokens_out == 0
+    assert e.model.samplers == 0
+
+
+async def test_end_of_generation_and_a_full_context_end_the_reply(engine):
+    e = await engine(eog_after=8)
+    reply = await turn(e, Conversation(), b"abc", maxtokens=100)  # 4 prompt tokens, then 4 more
+    assert reply == continuation(tokens_of(b"abc"), 4)
+    e2 = await engine(ctx=32)
+    reply = await turn(e2, Conversation(), b"abc", maxtokens=1000)
+    assert len(reply) < 32 - 4 + 1
+
+
+async def test_a_prompt_longer_than_the_context_is_refused_at_submit(engine):
+    from styxfs.llama.model import EngineError
+
+    e = await engine(ctx=32)
+    with pytest.raises(EngineError, match="prompt too long: 41 tokens > context 32"):
+        e.submit(Conversation(), b"x" * 40, Sampling(**GREEDY))
