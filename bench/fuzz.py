@@ -391,7 +391,7 @@ def _ramfs_bytes(server) -> int:
 
 
 def _check_replies(replies: list, sent: bytes, msize: int) -> None:
-    from styxfs import wire
+    from styxfs import errors, wire
 
     limit = msize
     budget = _requests_by_tag(sent)
@@ -403,7 +403,7 @@ def _check_replies(replies: list, sent: bytes, msize: int) -> None:
         if isinstance(m, wire.Rread) and limit:
             _check(len(m.data) <= limit - wire.IOHDRSZ, "Rread over the iounit", f"{len(m.data)} bytes, msize {limit}")
         if isinstance(m, wire.Rerror):
-            _check(m.ename != "internal error", "internal error", repr(m))
+            _check(m.ename != str(errors.INTERNAL), "internal error", repr(m))
         if isinstance(m, wire.Rversion):
             limit = m.msize if m.version == wire.VERSION else 0
         budget[m.tag] = budget.get(m.tag, 0) - 1
@@ -419,7 +419,7 @@ async def _normal_client(server) -> None:
     import trio
     import trio.testing
 
-    from styxfs import ramfs as styxfs_ramfs, wire
+    from styxfs import errors, wire
     from styxfs.wire import NOFID, NOTAG
 
     cs, ss = trio.testing.memory_stream_pair()
@@ -457,10 +457,10 @@ async def _normal_client(server) -> None:
                     reply = await rpc(wire.Tcreate(1, 101, name, 0o644, wire.ORDWR))
                     if isinstance(reply, wire.Rcreate):
                         break
-                    _check(reply == wire.Rerror(1, "file already exists"), "normal client: create refused", repr(reply))
+                    _check(reply == wire.Rerror(1, str(errors.EXISTS)), "normal client: create refused", repr(reply))
                     await rpc(wire.Tclunk(1, 101), wire.Rclunk)
                 written = await rpc(wire.Twrite(1, 101, 0, body))
-                if written != wire.Rerror(1, styxfs_ramfs.FULL):  # the input may have filled ramfs: a clear, fair refusal
+                if written != wire.Rerror(1, str(errors.FS_FULL)):  # the input may have filled ramfs: a clear, fair refusal
                     _check(written == wire.Rwrite(1, len(body)), "normal client: short write", repr(written))
                     _check(await rpc(wire.Tread(1, 101, 0, 8000)) == wire.Rread(1, body), "normal client: read back differs")
                     _check((await rpc(wire.Tstat(1, 101), wire.Rstat)).stat.length == len(body), "normal client: stat length")

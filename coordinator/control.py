@@ -6,7 +6,7 @@ from __future__ import annotations
 import trio
 
 from styxfs import client, dial
-from styxfs.errors import StyxError
+from styxfs import errors
 from styxfs.llama.namespace import LlamaTree, RootBackend
 from styxfs.metrics import exposition, server_samples
 from styxfs.tree import Caller, Commands, Entry, parse_number
@@ -36,16 +36,16 @@ class CoordinatorRoot(RootBackend):
             weight = 1.0
             if len(args) > 2:
                 if args[2] != "weight" or len(args) != 4:
-                    raise StyxError("bad ctl request: usage: add ID ADDR [weight W]")
+                    raise errors.BAD_CTL(why="usage: add ID ADDR [weight W]")
                 weight = parse_number("add weight", args[3], float, 0.0, 1e9)
             try:
                 dial.parse(address)
             except ValueError as e:
-                raise StyxError(f"bad ctl request: add: {e}") from None
+                raise errors.BAD_CTL(why=f"add: {e}") from None
             try:
                 pool.add(node_id, address, weight)
             except ValueError as e:
-                raise StyxError(f"bad ctl request: add: {e}") from None
+                raise errors.BAD_CTL(why=f"add: {e}") from None
 
         @commands.verb("remove", "ID", 1)
         def remove(caller, args):
@@ -59,18 +59,18 @@ class CoordinatorRoot(RootBackend):
         @commands.verb("balance", "STRATEGY", 1)
         def balance(caller, args):
             if args[0] not in STRATEGIES:
-                raise StyxError(f"bad ctl request: balance: unknown strategy {args[0]!r}: use {' '.join(STRATEGIES)}")
+                raise errors.BAD_CTL(why=f"balance: unknown strategy {args[0]!r}: use {' '.join(STRATEGIES)}")
             pool.set_strategy(args[0])
 
         @commands.verb("scale", "N", 1)
         async def scale(caller, args):
             n = parse_number("scale", args[0], int, 0, 256)
             if self.scaler is None:
-                raise StyxError("scale: this coordinator starts no nodes (use deploy start)")
+                raise errors.SCALE_REFUSED()
             try:
                 await self.scaler(n)
             except RuntimeError as e:  # a node that would not start, say
-                raise StyxError(f"scale: {e}") from None
+                raise errors.SCALE_FAILED(why=e) from None
 
         return commands
 
@@ -78,7 +78,7 @@ class CoordinatorRoot(RootBackend):
         try:
             return self.pool.get(node_id)
         except KeyError:
-            raise StyxError(f"no such node: {node_id}") from None
+            raise errors.NO_SUCH_NODE(node=node_id) from None
 
     async def ctl_text(self, tree: LlamaTree) -> str:
         pool = self.pool

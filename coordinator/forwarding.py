@@ -19,7 +19,7 @@ import logging
 import trio
 
 from styxfs import client, wire
-from styxfs.errors import StyxError
+from styxfs import errors
 from styxfs.llama.namespace import SessionBackend
 from styxfs.llama.reply import Reply
 from styxfs.llama.sessions import Session
@@ -160,7 +160,7 @@ class ForwardingSessions(SessionBackend):
 
     async def submit(self, session: Session, text: bytes) -> Reply:
         if not self.pool.healthy():
-            raise StyxError("no healthy node")
+            raise errors.NO_HEALTHY_NODE()
         remote = self.remotes[session.number]
         reply = ForwardedReply()
         remote.reply = reply
@@ -286,17 +286,17 @@ class ForwardingSessions(SessionBackend):
                         reply.set_state("cancelled" if reply.cancel_requested else "done")
                         break
                     if not self.failover:
-                        reply.set_state("error", f"node {node.id} failed")
+                        reply.set_state("error", errors.NODE_FAILED.format(node=node.id, why="failed"))
                         break
                     self.failovers += 1
                 except client.ServerError as e:
                     reply.set_state("error", e.ename)
                     break
         if timer.cancelled_caught:
-            reply.set_state("error", "request timed out")
+            reply.set_state("error", str(errors.TIMED_OUT))
             self.cancel(session)
         if not reply.ended:
-            reply.set_state("error", "no node could answer")
+            reply.set_state("error", str(errors.NO_NODE_ANSWERED))
         remote.turns += [text, bytes(reply.text)]
         self.spare_wanted.set()  # now, not while the turn (which may have taken one) was starting
 
@@ -377,7 +377,7 @@ class ForwardingSessions(SessionBackend):
         reply.tokens_in = int(fields.get("tokens_in", 0))
         reply.tokens_out += int(fields.get("tokens_out", 0))
         if state == "error":
-            reply.set_state("error", fields.get("error", "generation failed"))
+            reply.set_state("error", fields.get("error", str(errors.GENERATION_FAILED)))
         else:
             reply.set_state("cancelled" if state == "cancelled" or reply.cancel_requested else "done")
 

@@ -18,7 +18,7 @@ from typing import Callable
 
 import trio
 
-from styxfs import client
+from styxfs import client, errors
 
 from .balance import make_strategy, pick
 
@@ -212,4 +212,4 @@ class Pool:
         try:
             return pick(self.strategy, self.nodes, candidates)
         except LookupError:
-            raise NodeDown("no healthy node") from None
+            raise NodeDown(str(errors.NO_HEALTHY_NODE)) from None

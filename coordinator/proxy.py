@@ -13,6 +13,7 @@ from typing import Callable
 import trio
 
 from styxfs import client
+from styxfs import errors
 from styxfs.errors import StyxError
 from styxfs.llama.namespace import QNODES, qpath
 from styxfs.tree import Caller, Directory, Entry, Handle, TextFile
@@ -79,7 +80,7 @@ class NodesDir(Directory):
         try:
             return NodeDir(self.proxy, self.proxy.pool.get(name))
         except KeyError:
-            raise StyxError(f"no such node: {name}") from None
+            raise errors.NO_SUCH_NODE(node=name) from None
 
 
 class NodeDir(Entry):
@@ -118,7 +119,7 @@ class RemoteEntry(Entry):
 
     def _client(self) -> client.Client:
         if self.node.client is None:
-            raise StyxError(f"node {self.node.id} is down")
+            raise errors.NODE_FAILED(node=self.node.id, why="down")
         return self.node.client
 
     async def _call(self, coroutine_fn):
@@ -128,7 +129,7 @@ class RemoteEntry(Entry):
         except client.ServerError as e:
             raise StyxError(e.ename) from None
         except (client.Error, trio.TooSlowError) as e:
-            raise StyxError(f"node {self.node.id}: {e or 'timed out'}") from None
+            raise errors.NODE_FAILED(node=self.node.id, why=str(e) or "timed out") from None
 
     async def walk(self, name: str, caller: Caller) -> Entry:
         path = self.path + [name]

@@ -424,7 +424,7 @@ authenticate(fd: ref Sys->FD, secret: array of byte, aname: string): (ref Sys->F
 	b := array of byte ("response " + cnonce + " " + mac(kr, secret, "client", snonce, cnonce, uname, aname) + "\n");
 	if(sys->write(afd, b, len b) != len b){
 		err := sys->sprint("%r");
-		if(err != AUTHFAILED)
+		if(len err < len AUTHFAILED || err[0:len AUTHFAILED] != AUTHFAILED)
 			err = AUTHFAILED + ": the server said " + err;
 		return (nil, err);
 	}

@@ -20,7 +20,6 @@ import hmac
 import secrets
 
 from . import errors, wire
-from .errors import StyxError
 from .tree import Caller, Entry, Handle
 
 PROTOCOL = "llamafs-secret-1"
@@ -65,21 +64,21 @@ class AuthConversation(Handle):
             self.state = "done"
             proof = mac(self.secret, "server", self.snonce, self.cnonce, self.uname, self.aname)
             return f"proof {proof}\n".encode()[:count]
-        raise StyxError(errors.AUTH_FAILED)
+        raise errors.AUTH_FAILED()
 
     async def write(self, offset: int, data: bytes) -> int:
         if self.state != "response":
             self.state = "failed"
-            raise StyxError(errors.AUTH_FAILED)
+            raise errors.AUTH_FAILED()
         fields = data.decode("utf-8", errors="replace").split()
         if len(fields) != 3 or fields[0] != "response":
             self.state = "failed"
-            raise StyxError(errors.AUTH_FAILED)
+            raise errors.AUTH_FAILED()
         self.cnonce = fields[1]
         want = mac(self.secret, "client", self.snonce, self.cnonce, self.uname, self.aname)
         if not hmac.compare_digest(want, fields[2]):
             self.state = "failed"
-            raise StyxError(errors.AUTH_FAILED)
+            raise errors.AUTH_FAILED()
         self.ok, self.state = True, "proof"
         return len(data)
 
@@ -104,7 +103,7 @@ class SecretAuthenticator:
         handle = fid.handle if fid is not None else None
         if not (isinstance(handle, AuthConversation) and handle.ok
                 and handle.uname == m.uname and handle.aname == m.aname):
-            raise StyxError(errors.AUTH_FAILED)
+            raise errors.AUTH_FAILED()
 
 
 def secret_authenticator(secret: bytes):

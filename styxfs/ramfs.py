@@ -23,8 +23,6 @@ from .wire import DMDIR, ORCLOSE, OTRUNC, QTDIR, Dir, Qid
 _NOCHANGE_INT = {0xFFFF, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF}
 MAX_FILE_SIZE = 64 << 20  # an in-memory test vehicle: refuse what would eat the machine
 MAX_TOTAL_SIZE = 256 << 20
-TOO_LARGE = f"file too large: at most {MAX_FILE_SIZE} bytes"
-FULL = f"file system full: at most {MAX_TOTAL_SIZE} bytes in all"
 
 
 class RamEntry(Entry):
@@ -44,9 +42,9 @@ class RamEntry(Entry):
 
     async def remove(self, caller: Caller) -> None:
         if self.parent is None:
-            raise StyxError(errors.NO_REMOVE)
+            raise errors.NO_REMOVE()
         if isinstance(self, RamDir) and self.files:
-            raise StyxError(errors.NOT_EMPTY)
+            raise errors.NOT_EMPTY()
         if self.parent.files.get(self.name) is self:
             del self.parent.files[self.name]
             self.parent.touch()
@@ -60,25 +58,25 @@ class RamEntry(Entry):
 
     async def wstat(self, new: Dir, caller: Caller) -> None:
         if self.removed:
-            raise StyxError(errors.NOT_FOUND)
+            raise errors.NOT_FOUND()
         for name in ("type", "dev", "atime"):
             if getattr(new, name) not in _NOCHANGE_INT and getattr(new, name) != getattr(self.stat(caller), name):
-                raise StyxError(f"{errors.NO_WSTAT}: cannot change {name}")
+                raise errors.WSTAT_REFUSED(what=name)
         if new.uid and new.uid != self.uid:
-            raise StyxError(f"{errors.NO_WSTAT}: cannot change owner")
+            raise errors.WSTAT_REFUSED(what="owner")
         if new.name and new.name != self.name:
             if self.parent is None:
-                raise StyxError(f"{errors.NO_WSTAT}: cannot rename the root")
+                raise errors.WSTAT_REFUSED(what="the root's name")
             if "/" in new.name or new.name in (".", ".."):
-                raise StyxError(errors.BAD_NAME)
+                raise errors.BAD_NAME()
             if len(new.name.encode()) > errors.MAX_NAME:
-                raise StyxError(errors.NAME_TOO_LONG)
+                raise errors.NAME_TOO_LONG()
             if new.name in self.parent.files:
-                raise StyxError(errors.EXISTS)
+                raise errors.EXISTS()
         if new.length not in _NOCHANGE_INT and self.is_dir and new.length != 0:
-            raise StyxError(f"{errors.NO_WSTAT}: cannot set a directory's length")
+            raise errors.WSTAT_REFUSED(what="a directory's length")
         if new.length not in _NOCHANGE_INT and new.length > MAX_FILE_SIZE:
-            raise StyxError(TOO_LARGE)
+            raise errors.FILE_TOO_LARGE(size=MAX_FILE_SIZE)
         if new.length not in _NOCHANGE_INT and isinstance(self, RamFile):
             self.fs.reserve(new.length - len(self.data))
         # Every check passed: apply the changes together (wstat is all or nothing).
@@ -122,7 +120,7 @@ class RamHandle(Handle):
     async def write(self, offset: int, data: bytes) -> int:
         file = self.entry
         if offset + len(data) > MAX_FILE_SIZE:
-            raise StyxError(TOO_LARGE)
+            raise errors.FILE_TOO_LARGE(size=MAX_FILE_SIZE)
         file.fs.reserve(max(0, offset + len(data) - len(file.data)))
         if offset > len(file.data):
             file.data.extend(bytes(offset - len(file.data)))
@@ -149,15 +147,15 @@ class RamDir(RamEntry):
     async def walk(self, name: str, caller: Caller) -> Entry:
         child = self.files.get(name)
         if child is None:
-            raise StyxError(errors.NOT_FOUND)
+            raise errors.NOT_FOUND()
         return child
 
     async def create(self, name: str, perm: int, mode: int, caller: Caller) -> Handle:
         if name in self.files:
-            raise StyxError(errors.EXISTS)
+            raise errors.EXISTS()
         if perm & DMDIR:
             if mode & 3 or mode & OTRUNC:
-                raise StyxError(errors.DIR_WRITE)
+                raise errors.DIR_WRITE()
             entry = RamDir(self.fs, name, perm & 0o777, caller.uname, self)
             handle = DirHandle(entry, caller)
         else:
@@ -177,7 +175,7 @@ class RamFS:
 
     def reserve(self, growth: int) -> None:
         if self.used + growth > MAX_TOTAL_SIZE:
-            raise StyxError(FULL)
+            raise errors.FS_FULL()
         self.used += growth
 
 

@@ -182,7 +182,7 @@ class ServerConnection:
             # As Plan 9's lib9p (srv.c) does: an Rerror for the newcomer, and the
             # request that holds the tag goes on.  The client is confused, not gone.
             log.warning("connection %d: %s reuses tag %d still in use", self.info.id, message.type_name, message.tag)
-            await self.send(wire.Rerror(message.tag, errors.DUPLICATE_TAG))
+            await self.send(wire.Rerror(message.tag, str(errors.DUPLICATE_TAG)))
             return
         request = Request(message)
         if isinstance(message, wire.Tflush):
@@ -202,15 +202,15 @@ class ServerConnection:
             with request.scope:
                 try:
                     if not self.msize and not isinstance(message, wire.Tflush):
-                        raise StyxError(errors.NOT_NEGOTIATED)
+                        raise errors.NOT_NEGOTIATED()
                     reply = await self.handle(message)
                 except StyxError as e:
                     reply = wire.Rerror(message.tag, str(e))
                 except Exception:
                     log.exception("connection %d: %s failed", self.info.id, message)
-                    reply = wire.Rerror(message.tag, "internal error")
+                    reply = wire.Rerror(message.tag, str(errors.INTERNAL))
             if request.scope.cancelled_caught:
-                reply = None if request.silent else wire.Rerror(message.tag, errors.INTERRUPTED)
+                reply = None if request.silent else wire.Rerror(message.tag, str(errors.INTERRUPTED))
             if reply is not None:
                 await self.send_bytes(self.encode_reply(reply), retiring=request)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
@@ -225,9 +225,9 @@ class ServerConnection:
             data = wire.encode(reply)
         except wire.LocalProtocolError as e:
             log.warning("connection %d: cannot encode %s: %s", self.info.id, reply.type_name, e)
-            return wire.encode(wire.Rerror(reply.tag, "internal error"))
+            return wire.encode(wire.Rerror(reply.tag, str(errors.INTERNAL)))
         if len(data) > (self.msize or self.server.max_msize):
-            return wire.encode(wire.Rerror(reply.tag, errors.REPLY_TOO_LARGE))
+            return wire.encode(wire.Rerror(reply.tag, str(errors.REPLY_TOO_LARGE)))
         return data
 
     async def handle(self, m: Message) -> Message:
@@ -238,7 +238,7 @@ class ServerConnection:
 
     async def version(self, m: wire.Tversion) -> None:
         if m.msize < MIN_MSIZE:  # refused before anything changes, as lib9p does
-            await self.send(wire.Rerror(m.tag, f"msize {m.msize} too small: at least {MIN_MSIZE}"))
+            await self.send(wire.Rerror(m.tag, str(errors.MSIZE_TOO_SMALL(msize=m.msize, least=MIN_MSIZE))))
             return
         # Abort everything outstanding, unanswered, and clunk every fid.
         for request in list(self.outstanding.values()):
@@ -274,13 +274,13 @@ class ServerConnection:
 
     async def do_auth(self, m: wire.Tauth) -> Message:
         if self.server.authenticator is None:
-            raise StyxError(errors.NO_AUTH)
+            raise errors.NO_AUTH()
         return await self.server.authenticator.auth(self, m)
 
     async def do_attach(self, m: wire.Tattach) -> Message:
         self.check_new_fid(m.fid)
         if len(m.uname.encode()) > errors.MAX_NAME or len(m.aname.encode()) > errors.MAX_NAME:
-            raise StyxError(errors.UNAME_TOO_LONG)
+            raise errors.UNAME_TOO_LONG()
         if self.server.authenticator is not None:
             await self.server.authenticator.check_attach(self, m)
         caller = Caller(m.uname, self.info, m.aname)
@@ -293,20 +293,20 @@ class ServerConnection:
 
     def check_new_fid(self, num: int) -> None:
         if num == NOFID:
-            raise StyxError(errors.UNKNOWN_FID)
+            raise errors.UNKNOWN_FID()
         if num in self.fids:
-            raise StyxError(errors.FID_IN_USE)
+            raise errors.FID_IN_USE()
 
     def fid(self, num: int) -> Fid:
         fid = self.fids.get(num)
         if fid is None:
-            raise StyxError(errors.UNKNOWN_FID)
+            raise errors.UNKNOWN_FID()
         return fid
 
     def open_fid(self, num: int) -> Fid:
         fid = self.fid(num)
         if fid.handle is None:
-            raise StyxError(errors.FID_NOT_OPEN)
+            raise errors.FID_NOT_OPEN()
         return fid
 
     def iounit(self) -> int:
@@ -315,22 +315,22 @@ class ServerConnection:
     async def do_walk(self, m: wire.Twalk) -> Message:
         fid = self.fid(m.fid)
         if fid.handle is not None or fid.opening:
-            raise StyxError(errors.WALK_OPEN_FID)
+            raise errors.WALK_OPEN_FID()
         if m.newfid != m.fid:
             self.check_new_fid(m.newfid)
         if len(m.wnames) > wire.MAXWELEM:
-            raise StyxError(errors.TOO_MANY_NAMES)
+            raise errors.TOO_MANY_NAMES()
         path = list(fid.path)
         qids = []
         for i, name in enumerate(m.wnames):
             try:
                 if not path[-1].is_dir:
-                    raise StyxError(errors.WALK_NOT_DIR)
+                    raise errors.WALK_NOT_DIR()
                 if name == "..":
                     if len(path) > 1:
                         path.pop()
                 elif name in (".", "") or "/" in name:
-                    raise StyxError(errors.BAD_NAME if name != "." else errors.NOT_FOUND)
+                    raise (errors.BAD_NAME if name != "." else errors.NOT_FOUND)()
                 else:
                     path.append(await path[-1].walk(name, fid.caller))
             except StyxError:
@@ -348,7 +348,7 @@ class ServerConnection:
     async def do_open(self, m: wire.Topen) -> Message:
         fid = self.fid(m.fid)
         if fid.handle is not None or fid.opening:
-            raise StyxError(errors.FID_OPEN)
+            raise errors.FID_OPEN()
         entry = fid.entry
         entry.check_open(m.mode)
         fid.opening = True
@@ -358,20 +358,20 @@ class ServerConnection:
             fid.opening = False
         if self.fids.get(m.fid) is not fid:  # clunked meanwhile
             await handle.clunk(aborted=True)
-            raise StyxError(errors.UNKNOWN_FID)
+            raise errors.UNKNOWN_FID()
         fid.handle, fid.mode = handle, m.mode
         return wire.Ropen(m.tag, handle.entry.qid, self.iounit())
 
     async def do_create(self, m: wire.Tcreate) -> Message:
         fid = self.fid(m.fid)
         if fid.handle is not None or fid.opening:
-            raise StyxError(errors.FID_OPEN)
+            raise errors.FID_OPEN()
         if not fid.entry.is_dir:
-            raise StyxError(errors.NOT_DIR)
+            raise errors.NOT_DIR()
         if m.name in ("", ".", "..") or "/" in m.name:
-            raise StyxError(errors.BAD_NAME)
+            raise errors.BAD_NAME()
         if len(m.name.encode()) > errors.MAX_NAME:
-            raise StyxError(errors.NAME_TOO_LONG)
+            raise errors.NAME_TOO_LONG()
         fid.opening = True
         try:
             handle = await fid.entry.create(m.name, m.perm, m.mode, fid.caller)
@@ -379,7 +379,7 @@ class ServerConnection:
             fid.opening = False
         if self.fids.get(m.fid) is not fid:  # clunked meanwhile
             await handle.clunk(aborted=True)
-            raise StyxError(errors.UNKNOWN_FID)
+            raise errors.UNKNOWN_FID()
         fid.path.append(handle.entry)
         fid.handle, fid.mode = handle, m.mode
         return wire.Rcreate(m.tag, handle.entry.qid, self.iounit())
@@ -387,7 +387,7 @@ class ServerConnection:
     async def do_read(self, m: wire.Tread) -> Message:
         fid = self.open_fid(m.fid)
         if (fid.mode & 3) == wire.OWRITE:
-            raise StyxError(errors.WRITE_ONLY)
+            raise errors.WRITE_ONLY()
         count = min(m.count, self.iounit())
         data = await fid.handle.read(m.offset, count)
         return wire.Rread(m.tag, data[:count])
@@ -395,9 +395,9 @@ class ServerConnection:
     async def do_write(self, m: wire.Twrite) -> Message:
         fid = self.open_fid(m.fid)
         if fid.entry.is_dir:
-            raise StyxError(errors.DIR_WRITE)
+            raise errors.DIR_WRITE()
         if (fid.mode & 3) not in (wire.OWRITE, wire.ORDWR):
-            raise StyxError(errors.READ_ONLY)
+            raise errors.READ_ONLY()
         count = await fid.handle.write(m.offset, m.data)
         return wire.Rwrite(m.tag, count)
 

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from . import errors
-from .errors import StyxError
 from .wire import DMDIR, ORDWR, OTRUNC, OWRITE, QTDIR, Dir, Qid
 
 START_TIME = int(time.time())
+SYNC = Dir.nochange()  # a wstat that changes nothing
+TRUNCATE = Dir.nochange(length=0)  # one that sets the length to 0, and nothing else
 
 
 @dataclass(eq=False)
@@ -74,21 +75,21 @@ class Entry:
     def check_open(self, mode: int) -> None:
         """The generic permission checks of an open, by the file's mode bits."""
         if mode & ~(3 | OTRUNC | 0x40):
-            raise StyxError(errors.BAD_MODE)
+            raise errors.BAD_MODE()
         if self.is_dir and (wants_write(mode) or mode & OTRUNC):
-            raise StyxError(errors.DIR_WRITE)
+            raise errors.DIR_WRITE()
         if wants_write(mode) and not self.perm & 0o222:
-            raise StyxError(errors.READ_ONLY)
+            raise errors.READ_ONLY()
         if wants_read(mode) and not self.perm & 0o444:
-            raise StyxError(errors.WRITE_ONLY)
+            raise errors.WRITE_ONLY()
 
     async def walk(self, name: str, caller: Caller) -> Entry:
         if not self.is_dir:
-            raise StyxError(errors.WALK_NOT_DIR)
+            raise errors.WALK_NOT_DIR()
         for child in await self.children(caller):
             if child.name == name:
                 return child
-        raise StyxError(errors.NOT_FOUND)
+        raise errors.NOT_FOUND()
 
     async def children(self, caller: Caller) -> list[Entry]:
         return []
@@ -99,13 +100,19 @@ class Entry:
         return Handle(self)
 
     async def create(self, name: str, perm: int, mode: int, caller: Caller) -> Handle:
-        raise StyxError(errors.NO_CREATE)
+        raise errors.NO_CREATE()
 
     async def remove(self, caller: Caller) -> None:
-        raise StyxError(errors.NO_REMOVE)
+        raise errors.NO_REMOVE()
 
     async def wstat(self, new: Dir, caller: Caller) -> None:
-        raise StyxError(errors.NO_WSTAT)
+        """A wstat that changes nothing is Plan 9's sync and succeeds on every
+        file; on a file that may be written, truncation to zero length succeeds
+        too (a shell's `>` through 9pfuse or v9fs is that, as OTRUNC at open).
+        Anything else is refused."""
+        if new == SYNC or (new == TRUNCATE and not self.is_dir and self.perm & 0o222):
+            return
+        raise errors.NO_WSTAT()
 
 
 class Handle:
@@ -116,10 +123,10 @@ class Handle:
         self.entry = entry
 
     async def read(self, offset: int, count: int) -> bytes:
-        raise StyxError(errors.WRITE_ONLY)
+        raise errors.WRITE_ONLY()
 
     async def write(self, offset: int, data: bytes) -> int:
-        raise StyxError(errors.READ_ONLY)
+        raise errors.READ_ONLY()
 
     async def clunk(self, aborted: bool) -> None:
         """The fid is gone.  `aborted`: by a lost connection or a Tversion,
@@ -147,14 +154,14 @@ class DirHandle(Handle):
             self.starts[at] = len(self.records)
         index = self.starts.get(offset)
         if index is None:
-            raise StyxError(errors.BAD_OFFSET)
+            raise errors.BAD_OFFSET()
         out = bytearray()
         for record in self.records[index:]:
             if len(out) + len(record) > count:
                 break
             out += record
         if not out and index < len(self.records):
-            raise StyxError(errors.BAD_COUNT)
+            raise errors.BAD_COUNT()
         return bytes(out)
 
 
@@ -213,14 +220,14 @@ class TextHandle(Handle):
 
     async def read(self, offset: int, count: int) -> bytes:
         if self.entry.reader is None:
-            raise StyxError(errors.WRITE_ONLY)
+            raise errors.WRITE_ONLY()
         if offset == 0 or self.content is None:
             self.content = _as_bytes(await _maybe_await(self.entry.reader(self.caller)))
         return read_slice(self.content, offset, count)
 
     async def write(self, offset: int, data: bytes) -> int:
         if self.entry.writer is None:
-            raise StyxError(errors.READ_ONLY)
+            raise errors.READ_ONLY()
         await _maybe_await(self.entry.writer(self.caller, data))
         return len(data)
 
@@ -252,7 +259,7 @@ def tokenize(line: str) -> list[str]:
                 token.append(c)
             i += 1
         if quoting:
-            raise StyxError("bad ctl request: unterminated quote")
+            raise errors.BAD_CTL(why="unterminated quote")
         fields.append("".join(token))
 
 
@@ -268,7 +275,7 @@ def parse_commands(data: bytes) -> list[list[str]]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise StyxError("bad ctl request: not UTF-8") from None
+        raise errors.BAD_CTL(why="not UTF-8") from None
     return [fields for line in text.split("\n") if (fields := tokenize(line))]
 
 
@@ -305,9 +312,9 @@ class Commands:
             name, args = fields[0], fields[1:]
             verb = self.verbs.get(name)
             if verb is None:
-                raise StyxError(f"bad ctl request: {name}: verbs are {' '.join(self.verbs)}")
+                raise errors.BAD_CTL(why=f"{name}: verbs are {' '.join(self.verbs)}")
             if len(args) < verb.min_args or (verb.max_args >= 0 and len(args) > verb.max_args):
-                raise StyxError(f"bad ctl request: {verb.usage_line()}")
+                raise errors.BAD_CTL(why=verb.usage_line())
             await _maybe_await(verb.run(caller, args))
 
 
@@ -316,9 +323,9 @@ def parse_number(verb: str, text: str, kind=int, low=None, high=None):
     try:
         value = kind(text)
     except ValueError:
-        raise StyxError(f"bad ctl request: {verb}: {text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        raise errors.BAD_CTL(why=f"{verb}: {text!r} is not {'an integer' if kind is int else 'a number'}") from None
     if value != value or value in (float("inf"), float("-inf")):
-        raise StyxError(f"bad ctl request: {verb}: {text!r} is not a finite number")
+        raise errors.BAD_CTL(why=f"{verb}: {text!r} is not a finite number")
     if (low is not None and value < low) or (high is not None and value > high):
-        raise StyxError(f"bad ctl request: {verb}: {text} is out of range [{low}, {high}]")
+        raise errors.BAD_CTL(why=f"{verb}: {text} is out of range [{low}, {high}]")
     return value

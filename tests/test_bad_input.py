@@ -125,9 +125,9 @@ async def session_cap(raw):
 
 CASES = [
     ("frame over msize", frame_over_msize, closed),
-    ("zero msize", lambda raw: raw.rpc(wire.Tversion(NOTAG, 0, "9P2000")), error("msize 0 too small")),
-    ("tiny msize", lambda raw: raw.rpc(wire.Tversion(NOTAG, 100, "9P2000")), error("too small")),
-    ("walk of 17 names", lambda raw: raw.rpc(wire.Twalk(2, 0, 1, ("new",) * 17)), error("too many names in walk")),
+    ("zero msize", lambda raw: raw.rpc(wire.Tversion(NOTAG, 0, "9P2000")), error("invalid msize 0: at least 256")),
+    ("tiny msize", lambda raw: raw.rpc(wire.Tversion(NOTAG, 100, "9P2000")), error("invalid msize 100")),
+    ("walk of 17 names", lambda raw: raw.rpc(wire.Twalk(2, 0, 1, ("new",) * 17)), error("walk too long: more than 16 names")),
     (".. above the root", walk_above_root, lambda r: r.stat.name == "/" or pytest.fail(repr(r))),
     ("duplicate fid", lambda raw: raw.rpc(wire.Tattach(2, 0, NOFID, "glenda", "")), error("fid in use")),
     ("duplicate tag", duplicate_tag, both_refused),
@@ -141,8 +141,8 @@ CASES = [
     ("temperature NaN", ctl("temperature NaN"), error("not a finite number")),
     ("load outside the models dir", root_ctl("load ../../etc/passwd"), error("outside the models directory")),
     ("prompt of 10 MB", big_prompt, error("prompt too long: over 1048576 bytes")),
-    ("invalid UTF-8", bad_utf8, error("prompt is not UTF-8")),
-    ("thousands of clone opens", session_cap, error("too many sessions: the cap is 256")),
+    ("invalid UTF-8", bad_utf8, error("invalid prompt: not UTF-8")),
+    ("thousands of clone opens", session_cap, error("too many sessions: all busy, the cap is 256")),
 ]
 
 

@@ -98,7 +98,7 @@ echo ---end
     ls = out.split("---ls\n")[1].split("---ctl\n")[0].splitlines()
     listed = {line.split()[-1].rsplit("/", 1)[1] for line in ls}
     assert {"ctl", "data", "reply", "clone", "new", "model", "metrics"} <= listed, ls
-    assert "bad ctl request" in result.stderr, result.stderr
+    assert "invalid ctl request" in result.stderr, result.stderr
     assert out.endswith("---ctl\n---end\n")  # the error went to stderr, not stdout
     await quiesce(node.server)
 

@@ -138,7 +138,7 @@ async def test_model_context(start_node, dis):
     assert out[2] == "nil: no such model file: nosuch.gguf\n"
     assert out[3] == want + "\n"
     assert out[4] == "done \n"
-    assert out[5] == "nil: model not loaded\n"
+    assert out[5] == "nil: model not loaded: no such model\n"
     assert out[6] == "ok tiny.gguf 0 -1\n"
     assert out[7] == want + "\n"
     async with client.connect(address) as c:
@@ -215,7 +215,7 @@ async def test_disnode_errors_from_a_live_node_are_not_failures(start_node, dis)
         "send a hello",
         "state a",
     ])
-    assert out[2] == "nil: node a: model not loaded\n"
+    assert out[2] == "nil: node a: model not loaded: no such model\n"
     assert out[3] == "connected 1 failed 0\n"
 
 
@@ -275,7 +275,7 @@ async def test_dispatch_reports_every_failure(start_node, dis):
         "connect a", "connect b", "add one a", "add one b",
         "dispatch one hello",
     ])
-    assert out[7] == "nil: all nodes failed: node a: model not loaded; node b: model not loaded\n", out[7]
+    assert out[7] == "nil: all nodes failed: node a: model not loaded: no such model; node b: model not loaded: no such model\n", out[7]
 
 
 # -- the llama command -----------------------------------------------------------------

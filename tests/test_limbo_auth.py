@@ -101,11 +101,11 @@ async def test_disnode_with_a_secret(start_node, dis, secrets):
     assert out[7] == "0 \n"
     assert out[8] == want + "\n"
     # A wrong secret: the server refuses the response.
-    assert out[11] == f"-1 can't mount tcp!127.0.0.1!{p}: authentication failed\n", out[11]
+    assert out[11] == f"-1 can't mount tcp!127.0.0.1!{p}: authentication failed: permission denied\n", out[11]
     assert out[12] == "connected 0 failed 1\n"
     assert out[13] == "nil: node wrong not connected\n"
     # No secret for a node that requires one: the attach is refused.
-    assert out[15] == f"-1 can't mount tcp!127.0.0.1!{p}: authentication failed\n", out[15]
+    assert out[15] == f"-1 can't mount tcp!127.0.0.1!{p}: authentication failed: permission denied\n", out[15]
     assert out[16] == "connected 0 failed 1\n"
     # A secret for a node without authentication.
     assert out[19].startswith("-1 ") and "authentication failed: the server said authentication not required" \
@@ -157,8 +157,8 @@ echo ---end
     assert out.split("---right\n")[1].split("---module")[0] == want and len(want) > 20
     assert out.split("---module\n")[1].split("---wrong")[0] == want
     statuses = [line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("---status")]
-    assert statuses[0] == f"can't mount {a} on /n: authentication failed", statuses
-    assert statuses[1] == f"can't mount {a} on /n: authentication failed", statuses
+    assert statuses[0] == f"can't mount {a} on /n: authentication failed: permission denied", statuses
+    assert statuses[1] == f"can't mount {a} on /n: authentication failed: permission denied", statuses
     assert statuses[2] == "-k needs -a", statuses
     assert statuses[3].startswith("can't load /dis/nosuch.dis"), statuses
     with trio.fail_after(5):

@@ -206,11 +206,11 @@ async def test_four_sessions_at_once_equal_their_solo_replies(start_node):
 
 
 @pytest.mark.parametrize("command, error", [
-    ("frobnicate", "bad ctl request: frobnicate"),
-    ("temperature abc", "bad ctl request: temperature: 'abc' is not a number"),
+    ("frobnicate", "invalid ctl request: frobnicate"),
+    ("temperature abc", "invalid ctl request: temperature: 'abc' is not a number"),
     ("temperature nan", "not a finite number"),
     ("maxtokens -5", "out of range"),
-    ("topk", "bad ctl request: usage: topk VALUE"),
+    ("topk", "invalid ctl request: usage: topk VALUE"),
     ("temperature 'unterminated", "unterminated quote"),
 ])
 async def test_bad_session_ctl(start_node, command, error):
@@ -228,12 +228,12 @@ async def test_bad_input_gets_clear_errors(start_node):
     async with client.connect(address, uname="alice") as c:
         with pytest.raises(ServerError, match=r"prompt too long: \d+ tokens > context 256"):
             await ask(c, "data", "the king " * 100)
-        with pytest.raises(ServerError, match="prompt is not UTF-8"):
+        with pytest.raises(ServerError, match="invalid prompt: not UTF-8"):
             await ask(c, "data", b"\xff\xfe bad")
         with pytest.raises(ServerError, match="no such session"):
             await c.stat("999/ctl")
         files = [await c.open("clone", wire.ORDWR) for _ in range(3)]
-        with pytest.raises(ServerError, match="too many sessions: the cap is 3"):
+        with pytest.raises(ServerError, match="too many sessions: all busy, the cap is 3"):
             await c.open("clone", wire.ORDWR)
         with pytest.raises(ServerError, match="too many sessions"):
             await c.open("new/data", wire.OWRITE)
@@ -275,7 +275,7 @@ async def test_load_and_unload(start_node, tiny_model, tmp_path):
         assert "state loaded" in (await c.read_file("ctl")).decode()
         for command, error in [
             ("load missing.gguf", "no such model file: missing.gguf"),
-            ("load corrupt.gguf", "cannot load model corrupt.gguf"),
+            ("load corrupt.gguf", "invalid model corrupt.gguf: corrupt or unsupported"),
             ("load ../outside.gguf", "outside the models directory"),
             ("load /etc/passwd", "outside the models directory"),
             ("load link.gguf", "outside the models directory"),
@@ -375,3 +375,22 @@ async def test_a_session_is_named_by_its_number_in_plain_digits_only(start_node,
             await c.stat(name)
         with pytest.raises(ServerError, match="^no such session$"):
             await c.read_file(f"{name}/status")
+
+
+async def test_root_reply_waits_for_a_prompt_written_on_its_connection(start_node):
+    """As through 9pfuse: `echo prompt > new/data; cat reply`, where the clunk
+    that submits the prompt reaches the node after the read of reply."""
+    address, _ = await start_node()
+    async with client.connect(address) as c:
+        await greedy(c, maxtokens=8)
+        first = await ask(c, "data", "the king was")  # the connection's reply before
+        data = await c.open("new/data", wire.OWRITE | wire.OTRUNC)
+        await data.write(PROMPT)
+        reply = await c.open("reply")
+        read = await reply.fid.start_read(8192, 0)
+        await data.close()  # the clunk comes after the read was sent
+        got = (await read.result()).data
+        reply.offset = len(got)
+        got += await reply.read_all()
+        assert got == await ask(c, "data", PROMPT) != first
+        await reply.close()

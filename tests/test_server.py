@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from styxfs import wire
+from styxfs import errors, wire
 from styxfs.server import Server, StaticTree
 from styxfs.tree import Caller, Directory, Entry, Handle
 from styxfs.wire import NOFID, NOTAG
@@ -67,5 +67,5 @@ async def test_a_fid_clunked_during_its_open_or_create_lets_go_of_the_handle(nur
     assert isinstance(await raw.rpc(wire.Tclunk(4, 1)), wire.Rclunk)  # while it waits
     root.release.set()
     reply = await raw.receive()
-    assert isinstance(reply, wire.Rerror) and reply.ename == "unknown fid", reply
+    assert isinstance(reply, wire.Rerror) and reply.ename == str(errors.UNKNOWN_FID), reply
     assert root.clunked == [True]  # the handle it made is let go at once, not leaked

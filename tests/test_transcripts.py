@@ -5,7 +5,8 @@ Each T line is sent as it is read; each R line must match the next message
 the server sends (see styxfs/transcript.py for the notation).  Directives:
 `closed` (the server must close the connection), `raw HEX` (send bytes),
 `sleep SECONDS`.  The server is a ramfs whose root also holds `block`, a file
-whose reads wait until flushed, and `slow`, whose reads answer after 0.2 s.
+whose reads wait until flushed, `slow`, whose reads answer after 0.2 s, and
+`ctl`, a synthetic file that takes writes.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from styxfs import errors, wire
 from styxfs.ramfs import RamFS
 from styxfs.server import Server, StaticTree
 from styxfs.transcript import format_message, parse_line
-from styxfs.tree import Caller, Entry, Handle
+from styxfs.tree import Caller, Entry, Handle, TextFile
 
 from .conftest import start_server
 
@@ -49,6 +50,7 @@ def make_server() -> Server:
     fs = RamFS(owner="ramfs")
     fs.root.files["block"] = WaitingFile("block", 1000, float("inf"))
     fs.root.files["slow"] = WaitingFile("slow", 1001, 0.2)
+    fs.root.files["ctl"] = TextFile("ctl", 1002, read=lambda caller: "ok\n", write=lambda caller, data: None)
     return Server(StaticTree(fs.root), max_msize=8192)
 
 

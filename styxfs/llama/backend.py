@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import os
 
+from styxfs import errors
 from styxfs.errors import StyxError
 from styxfs.tree import Commands, parse_number
 
@@ -91,10 +92,10 @@ class NodeRoot(RootBackend):
     def resolve_model(self, path: str) -> str:
         """A load path, refused unless it resolves inside the models directory."""
         if self.models_dir is None:
-            raise StyxError("load: no models directory configured (serve --models-dir)")
+            raise errors.LOAD_REFUSED(why="no models directory (serve --models-dir)")
         full = os.path.realpath(os.path.join(self.models_dir, path))
         if os.path.commonpath([full, self.models_dir]) != self.models_dir:
-            raise StyxError(f"load: {path}: outside the models directory")
+            raise errors.LOAD_REFUSED(why=f"{path} is outside the models directory")
         return full
 
     def ctl_commands(self, tree: LlamaTree) -> Commands:
@@ -104,12 +105,12 @@ class NodeRoot(RootBackend):
         async def load(caller, args):
             path, options = args[0], args[1:]
             if len(options) % 2:
-                raise StyxError(f"bad ctl request: usage: load {LOAD_USAGE}")
+                raise errors.BAD_CTL(why=f"usage: load {LOAD_USAGE}")
             base = self.settings or ModelSettings(path="")
             values = {key: getattr(base, key) for key in LOAD_OPTIONS}
             for key, value in zip(options[::2], options[1::2]):
                 if key not in values:
-                    raise StyxError(f"bad ctl request: load: unknown option {key!r}")
+                    raise errors.BAD_CTL(why=f"load: unknown option {key!r}")
                 limit = NODE[key]
                 values[key] = parse_number("load " + key, value, int, limit.low, limit.high)
             await self.load(ModelSettings(path=self.resolve_model(path), **values))

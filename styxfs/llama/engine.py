@@ -26,6 +26,8 @@ from typing import Callable
 
 import trio
 
+from styxfs import errors
+
 from .model import EngineError, Model, ModelInfo, ModelOpener, ModelSettings
 from .reply import Reply
 from .settings import NODE, Sampling
@@ -139,18 +141,19 @@ class Engine:
     def tokenize(self, text: bytes, first: bool) -> list[int]:
         with self._vocab_lock:
             if self._llama is None:
-                raise EngineError("model not loaded")
+                raise EngineError(errors.NOT_LOADED.format())
             return self._llama.tokenize(text, add_special=first)
 
     def submit(self, conversation: Conversation, text: bytes, sampling: Sampling) -> Reply:
         """Queue a turn; its reply is returned at once (state queued)."""
         if self.info is None:
-            raise EngineError("model not loaded")
+            raise EngineError(errors.NOT_LOADED.format())
         tokens = self.tokenize(text, first=conversation.submitted_tokens == 0)
         total = conversation.submitted_tokens + len(tokens)
         if total + 1 > self.info.context:
-            what = "prompt too long" if conversation.submitted_tokens == 0 else "conversation too long"
-            raise EngineError(f"{what}: {total} tokens > context {self.info.context}")
+            if conversation.submitted_tokens == 0:
+                raise EngineError(errors.PROMPT_TOO_LONG.format(what=f"{total} tokens > context {self.info.context}"))
+            raise EngineError(errors.CONVERSATION_TOO_LONG.format(tokens=total, context=self.info.context))
         conversation.submitted_tokens = total
         reply = Reply(len(tokens))
         turn = Turn(conversation, tokens, sampling.copy(), reply)
@@ -211,7 +214,7 @@ class Engine:
                 self._step()
             except Exception:
                 log.exception("engine step failed")
-                self._fail_all("internal error in the engine")
+                self._fail_all(errors.ENGINE_FAILED.format())
 
     def _load(self, settings: ModelSettings, progress) -> ModelInfo:
         new = self.open_model(settings, self.slots, progress and (lambda f: self._report(progress, f)))
@@ -221,7 +224,7 @@ class Engine:
         return new.info
 
     def _unload(self) -> None:
-        self._fail_all("model unloaded")
+        self._fail_all(errors.UNLOADED.format())
         with self._vocab_lock:
             llama, self._llama = self._llama, None
         if llama is not None:

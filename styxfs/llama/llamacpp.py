@@ -13,6 +13,8 @@ from typing import Callable
 import llama_cpp as lc
 import numpy
 
+from styxfs import errors
+
 from .model import EngineError, ModelInfo, ModelSettings
 from .settings import DEFAULT_SEED, Sampling
 
@@ -48,10 +50,10 @@ class LlamaModel:
         _init_backend()
         path = settings.path
         if not os.path.isfile(path):
-            raise EngineError(f"no such model file: {os.path.basename(path)}")
+            raise EngineError(errors.NO_MODEL_FILE.format(name=os.path.basename(path)))
         with open(path, "rb") as f:
             if f.read(4) != b"GGUF":
-                raise EngineError(f"not a GGUF model: {os.path.basename(path)}")
+                raise EngineError(errors.BAD_MODEL.format(name=os.path.basename(path), why="not GGUF"))
         mparams = lc.llama_model_default_params()
         mparams.n_gpu_layers = settings.gpulayers
         mparams.use_extra_bufts = False  # the AMX path crashes on these machines (DESIGN.md §5)
@@ -64,7 +66,7 @@ class LlamaModel:
             mparams.progress_callback = on_progress
         self.model = lc.llama_model_load_from_file(path.encode(), mparams)
         if not self.model:
-            raise EngineError(f"cannot load model {os.path.basename(path)}: corrupt or unsupported")
+            raise EngineError(errors.BAD_MODEL.format(name=os.path.basename(path), why="corrupt or unsupported"))
         self.vocab = lc.llama_model_get_vocab(self.model)
         self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
         train_ctx = lc.llama_model_n_ctx_train(self.model)
@@ -84,7 +86,7 @@ class LlamaModel:
         self.ctx = lc.llama_init_from_model(self.model, cparams)
         if not self.ctx:
             lc.llama_model_free(self.model)
-            raise EngineError(f"cannot make a context of {cparams.n_ctx} tokens for {os.path.basename(path)}")
+            raise EngineError(errors.NO_CONTEXT.format(tokens=cparams.n_ctx, name=os.path.basename(path)))
         self.seq_context = lc.llama_n_ctx(self.ctx) // slots
         self.memory = lc.llama_get_memory(self.ctx)
         self.batch = lc.llama_batch_init(self.batch_size, 0, 1)
@@ -159,7 +161,7 @@ class LlamaModel:
         batch.n_tokens = len(entries)
         result = lc.llama_decode(self.ctx, batch)
         if result != 0:
-            raise EngineError(f"llama_decode failed ({result})")
+            raise EngineError(errors.DECODE_FAILED.format(code=result))
 
     # -- sampling ----------------------------------------------------------------
 

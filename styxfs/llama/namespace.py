@@ -136,11 +136,11 @@ class LlamaTree:
 
     async def submit(self, session: Session, prompt: bytes, caller: Caller) -> Reply:
         if len(prompt) > self.max_prompt_bytes:
-            raise StyxError(f"prompt too long: {len(prompt)} bytes > cap {self.max_prompt_bytes}")
+            raise errors.PROMPT_TOO_LONG(what=f"{len(prompt)} bytes > cap {self.max_prompt_bytes}")
         try:
             prompt.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise StyxError(f"prompt is not UTF-8 (byte {e.start})") from None
+            raise errors.PROMPT_NOT_UTF8(at=e.start) from None
         if session.generating:
             self.session_backend.cancel(session)  # a new turn replaces a running one
             with trio.move_on_after(5):
@@ -175,7 +175,7 @@ class LlamaTree:
 
     def check_owner(self, caller: Caller) -> None:
         if self.owner != "*" and caller.uname != self.owner:
-            raise StyxError(errors.PERM)
+            raise errors.PERM()
 
     def defaults_verb(self, caller: Caller, args: list[str]) -> None:
         self.defaults.set(args[0], args[1:])
@@ -208,7 +208,7 @@ class RootDir(Directory):
     async def walk(self, name: str, caller: Caller) -> Entry:
         if name.isdigit():  # Unicode digits too: "²" and "٣" are no session's name
             if not (name.isascii() and name == str(int(name))):
-                raise StyxError("no such session")  # nor is "0001" session 1's
+                raise errors.NO_SUCH_SESSION()  # nor is "0001" session 1's
             return SessionDir(self.tree, self.tree.table.get(int(name), caller.uname))
         return await super().walk(name, caller)
 
@@ -367,23 +367,27 @@ class DataHandle(SessionHandle):
 
     async def write(self, offset: int, data: bytes) -> int:
         if self.reply is not None:
-            raise StyxError("prompt already submitted: open data again for the next turn")
+            raise errors.PROMPT_SUBMITTED()
         if len(self.prompt) + len(data) > self.entry.tree.max_prompt_bytes:
-            raise StyxError(f"prompt too long: over {self.entry.tree.max_prompt_bytes} bytes")
+            raise errors.PROMPT_TOO_LONG(what=f"over {self.entry.tree.max_prompt_bytes} bytes")
         self.prompt += data
         self.session.touch()
         if len(self.prompt) == len(data):
+            pending_prompts(self.caller).add(self)
             await self.entry.tree.session_backend.prepare(self.session, data)
         return len(data)
 
     async def _submit(self) -> None:
         prompt, self.prompt = bytes(self.prompt), bytearray()
-        self.reply = await self.entry.tree.submit(self.session, prompt, self.caller)
+        try:
+            self.reply = await self.entry.tree.submit(self.session, prompt, self.caller)
+        finally:
+            pending_prompts(self.caller).discard(self)
 
     async def read(self, offset: int, count: int) -> bytes:
         if self.reply is None:
             if not self.prompt:
-                raise StyxError("no prompt: write one before reading")
+                raise errors.NO_PROMPT()
             await self._submit()
         try:
             data = await read_reply(self.reply, self.position, count)
@@ -403,7 +407,38 @@ class DataHandle(SessionHandle):
             elif self.reply is None and self.prompt and not self.session.closed:
                 await self._submit()
         finally:
+            pending_prompts(self.caller).discard(self)
             await super().clunk(aborted)
+
+
+class PendingPrompts:
+    """The data files of one connection that hold a prompt not yet submitted.
+    A read of the root reply waits for them: 9pfuse and v9fs send the clunk
+    that submits `echo prompt > new/data` after close() has returned, so the
+    `cat reply` that follows may reach us first."""
+
+    def __init__(self):
+        self.handles: set[Handle] = set()
+        self.settled = trio.Event()
+        self.settled.set()
+
+    def add(self, handle: Handle) -> None:
+        self.handles.add(handle)
+        if self.settled.is_set():
+            self.settled = trio.Event()
+
+    def discard(self, handle: Handle) -> None:
+        self.handles.discard(handle)
+        if not self.handles:
+            self.settled.set()
+
+    async def wait(self) -> None:
+        while self.handles:
+            await self.settled.wait()
+
+
+def pending_prompts(caller: Caller) -> PendingPrompts:
+    return caller.conn.state.setdefault("pending", PendingPrompts())
 
 
 # ---- root files -----------------------------------------------------------------------
@@ -427,15 +462,23 @@ class RootReply(Entry):
         super().__init__("reply", qpath(0, QREPLY), 0o444)
 
     async def open(self, mode: int, caller: Caller) -> Handle:
-        return ConnReplyHandle(self, caller.conn.state.get("reply"))
+        return ConnReplyHandle(self, caller)
 
 
 class ConnReplyHandle(Handle):
-    def __init__(self, entry, reply: Reply | None):
+    """The connection's latest reply as the first read finds it, once the
+    prompts written on this connection have been submitted."""
+
+    def __init__(self, entry, caller: Caller):
         super().__init__(entry)
-        self.reply = reply
+        self.caller = caller
+        self.reply: Reply | None = None
+        self.resolved = False
 
     async def read(self, offset: int, count: int) -> bytes:
+        if not self.resolved:
+            await pending_prompts(self.caller).wait()
+            self.reply, self.resolved = self.caller.conn.state.get("reply"), True
         return await read_reply(self.reply, offset, count)
 
 

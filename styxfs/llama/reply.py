@@ -8,6 +8,7 @@ import time
 
 import trio
 
+from styxfs import errors
 from styxfs.errors import StyxError
 from styxfs.tree import quote
 
@@ -78,7 +79,7 @@ class Reply:
         while len(self.text) <= offset and not (self.ended or self.text_complete):
             await self._changed.wait()
         if self.state == "error" and len(self.text) <= offset:
-            raise StyxError(self.error or "generation failed")
+            raise StyxError(self.error or str(errors.GENERATION_FAILED))
         return bytes(self.text[offset : offset + count])
 
     async def wait(self) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 
 from styxfs import errors
-from styxfs.errors import StyxError
 
 from .reply import Reply
 from .settings import Sampling
@@ -49,7 +48,7 @@ class SessionTable:
 
     def allocate(self) -> int:
         if len(self.sessions) >= self.max_sessions:
-            raise StyxError(f"too many sessions: the cap is {self.max_sessions}")
+            raise errors.TOO_MANY_SESSIONS(cap=self.max_sessions)
         number = self.next_number
         self.next_number = self.next_number % MAX_NUMBER + 1
         while number in self.sessions:
@@ -65,9 +64,9 @@ class SessionTable:
     def get(self, number: int, uname: str) -> Session:
         session = self.sessions.get(number)
         if session is None or session.closed:
-            raise StyxError("no such session")
+            raise errors.NO_SUCH_SESSION()
         if session.owner != uname:
-            raise StyxError(errors.PERM)
+            raise errors.PERM()
         return session
 
     def owned_by(self, uname: str) -> list[Session]:

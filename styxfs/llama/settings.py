@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from styxfs import dial
-from styxfs.errors import StyxError
+from styxfs import errors
 from styxfs.tree import parse_number, quote
 
 DEFAULT_LISTEN = dial.DEFAULT_ADDRESS  # tcp!127.0.0.1!5640
@@ -99,13 +99,13 @@ class Sampling:
         """One verb of N/ctl or `defaults`, checked: a clear error names it."""
         setting = SESSION.get(verb)
         if setting is None:
-            raise StyxError(f"bad ctl request: {verb}: no such setting")
+            raise errors.BAD_CTL(why=f"{verb}: unknown setting")
         if setting.kind is tuple:
             value = getattr(self, verb)
             setattr(self, verb, value + (" ".join(args),) if args else ())
             return
         if len(args) != 1:
-            raise StyxError(f"bad ctl request: usage: {verb} VALUE")
+            raise errors.BAD_CTL(why=f"usage: {verb} VALUE")
         setattr(self, verb, parse_number(verb, args[0], setting.kind, setting.low, setting.high))
 
     def lines(self) -> str:
