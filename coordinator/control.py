@@ -107,6 +107,10 @@ class CoordinatorRoot(RootBackend):
             ("llamafs_coordinator_nodes", "gauge", "nodes configured", {}, len(self.pool.nodes)),
             ("llamafs_coordinator_healthy_nodes", "gauge", "nodes up", {}, len(self.pool.healthy())),
             ("llamafs_coordinator_sessions", "gauge", "open sessions", {}, len(tree.table.sessions)),
+            ("llamafs_coordinator_sessions_reclaimed_total", "counter", "idle sessions closed at the cap to make room",
+             {}, tree.table.reclaimed),
+            ("llamafs_coordinator_node_sessions_released_total", "counter",
+             "node sessions let go behind idle sessions, to stay under a node's cap", {}, self.sessions.released),
             ("llamafs_coordinator_requests_total", "counter", "prompts dispatched", {}, self.sessions.requests),
             ("llamafs_coordinator_failovers_total", "counter", "turns moved to another node", {}, self.sessions.failovers),
         ] + server_samples(tree.server) + [

@@ -124,7 +124,8 @@ class Binding:
 class Remote:
     """A coordinator session's life on nodes."""
 
-    def __init__(self):
+    def __init__(self, session: Session):
+        self.session = session
         self.binding: Binding | None = None
         self.turns: list[bytes] = []  # the conversation so far, prompts and replies
         self.reply: ForwardedReply | None = None
@@ -145,6 +146,7 @@ class ForwardingSessions(SessionBackend):
         self.nursery: trio.Nursery | None = None
         self.requests = 0
         self.failovers = 0
+        self.released = 0  # node sessions let go behind idle sessions of ours, for room on the node
         self.spares: dict[NodeHandle, list[Binding]] = {}
         self.spare_wanted = trio.Event()
 
@@ -156,7 +158,7 @@ class ForwardingSessions(SessionBackend):
     # -- sessions --------------------------------------------------------------
 
     def attach_session(self, session: Session) -> None:
-        self.remotes[session.number] = Remote()
+        self.remotes[session.number] = Remote(session)
 
     async def submit(self, session: Session, text: bytes) -> Reply:
         if not self.pool.healthy():
@@ -206,10 +208,29 @@ class ForwardingSessions(SessionBackend):
     async def _bind(self, remote: Remote, c: client.Client, node: NodeHandle) -> Binding:
         """A session on this node for remote: a spare one made ahead, or a new one."""
         spares = self.spares.get(node, [])
+        if not spares:
+            await self._make_room(node)
         binding = spares.pop() if spares else await Binding.make(node, c)
         remote.binding = binding
         node.sessions.add(remote)
         return binding
+
+    def held(self, node: NodeHandle) -> int:
+        """Sessions we hold on the node: bound ones and spares."""
+        return len(node.sessions) + len(self.spares.get(node, []))
+
+    async def _make_room(self, node: NodeHandle) -> None:
+        """At the node's cap, let go of the node session behind our least
+        recently used idle session there (it is given its conversation again,
+        on whichever node, at its next turn): the node can never reclaim
+        sessions whose files we hold open."""
+        while node.max_sessions and self.held(node) >= node.max_sessions:
+            idle = [r for r in node.sessions if r.session.idle]
+            if not idle:
+                return  # every one busy: the node refuses, and says why
+            victim = min(idle, key=lambda r: r.session.last_active)
+            await self._unbind(victim, close=True)
+            self.released += 1
 
     async def keep_spares(self) -> None:
         """Keep SPARES sessions made ahead on every usable node, so that a new
@@ -222,7 +243,8 @@ class ForwardingSessions(SessionBackend):
                         self.nursery.start_soon(binding.release, True)
             for node in self.pool.healthy():
                 spares = self.spares.setdefault(node, [])
-                while len(spares) < SPARES and node.usable and (c := node.client) is not None:
+                while (len(spares) < SPARES and node.usable and (c := node.client) is not None
+                       and not (node.max_sessions and self.held(node) >= node.max_sessions)):
                     try:
                         with trio.fail_after(self.pool.health_timeout):
                             spares.append(await Binding.make(node, c))

@@ -42,6 +42,7 @@ class NodeHandle:
         self.failures = 0
         self.error = "not yet checked"
         self.draining = False
+        self.max_sessions = 0  # the node's cap, from its ctl (0: not yet known)
         self.scope = trio.CancelScope()
         self.process = None  # a local node process we started (deploy.py)
         self.authenticate = pool.authenticate  # None for an isolate: its export is on loopback, without Tauth
@@ -104,6 +105,8 @@ class NodeHandle:
             return
         self.latency = time.monotonic() - started
         fields = dict(line.split(" ", 1) for line in text.splitlines() if " " in line)
+        if fields.get("maxsessions", "").isdigit():
+            self.max_sessions = int(fields["maxsessions"])
         if fields.get("state") != "loaded":
             self._mark_down("model not loaded" + (f": {fields['error']}" if "error" in fields else ""),
                             cancel_inflight=False)

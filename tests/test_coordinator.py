@@ -15,7 +15,7 @@ from coordinator import ConfigError, DeploymentConfig, DeploymentManager, LimboD
 from styxfs import client, wire
 from styxfs.dial import free_port
 
-from .support import (LLAMAFS, PROMPT, ROOT, config_for, deploy, run_turn, session, start_node_process,
+from .support import (LLAMAFS, PROMPT, ROOT, ask, config_for, deploy, greedy, run_turn, session, start_node_process,
                       status_fields, wait_for_port)
 
 async def test_round_robin_order_and_affinity(nursery, nodes):
@@ -416,3 +416,48 @@ def test_bad_config_stops_deploy_start(tmp_path):
                             capture_output=True, text=True, timeout=30)
     assert result.returncode != 0
     assert "network.loadBalancing: unknown value 'fastest'" in result.stderr
+
+
+async def test_the_plan9_way_runs_on_past_the_caps_of_coordinator_and_node(nursery, start_node):
+    """clone, write N/data, read N/reply, never close: the coordinator reclaims
+    its idle sessions at its cap, and lets go of node sessions at the node's."""
+    address, node = await start_node(threads=1, max_sessions=6)
+    mgr = await deploy(nursery, config_for([("node-0", None, address)], maxSessions=8))
+    with trio.fail_after(10):  # the node's cap is known from its health check
+        while not mgr.pool.get("node-0").max_sessions:
+            await trio.sleep(0.02)
+    async with client.connect(mgr.address) as c:
+        await greedy(c, maxtokens=4)
+        want = await ask(c, "data", PROMPT)
+        for i in range(30):
+            n = await session(c)
+            got, status = await run_turn(c, n, PROMPT)
+            assert got == want and status["state"] == "done", (i, status)
+        metrics = (await c.read_file("metrics")).decode()
+    assert len(mgr.tree.table.sessions) <= 8 and mgr.tree.table.reclaimed >= 22
+    assert len(node.tree.table.sessions) <= 6 and node.tree.table.reclaimed == 0
+    assert mgr.sessions.released > 0
+    assert f"llamafs_coordinator_sessions_reclaimed_total {mgr.tree.table.reclaimed}\n" in metrics
+
+
+async def test_a_session_let_go_on_its_node_is_given_its_conversation_again(nursery, start_node):
+    address, node = await start_node(threads=1, max_sessions=6)
+    mgr = await deploy(nursery, config_for([("node-0", None, address)], maxSessions=40))
+    with trio.fail_after(10):
+        while not mgr.pool.get("node-0").max_sessions:
+            await trio.sleep(0.02)
+    async with client.connect(mgr.address) as c, client.connect(address) as direct:
+        await greedy(c, maxtokens=6)
+        await greedy(direct, maxtokens=6)
+        reference = await session(direct)
+        want = [await run_turn(direct, reference, turn) for turn in (PROMPT, " and then")]
+        first = await session(c)
+        assert (await run_turn(c, first, PROMPT))[0] == want[0][0]
+        for _ in range(12):  # others push first's node session out
+            await run_turn(c, await session(c), "the king was")
+        assert mgr.sessions.remotes[int(first)].binding is None and mgr.sessions.released > 0
+        reply, status = await run_turn(c, first, " and then")
+        # The node it lands on is given the whole conversation, not the turn alone
+        # (as text: the node tokenises it afresh, so the reply may differ).
+        assert reply and status["state"] == "done"
+        assert int(status["tokens_in"]) > int(want[1][1]["tokens_in"]) + int(want[0][1]["tokens_in"])

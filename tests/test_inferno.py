@@ -159,3 +159,28 @@ echo ---end
     assert re.search(r"^temperature 0(\.0*)?$", params, re.M), params
     assert int(number) in node.tree.table.sessions or number in node.tree.table.sessions
     await quiesce(node.server)
+
+
+@requires_emu
+async def test_the_design_cards_loop_runs_past_the_cap_from_inferno(start_node):
+    """40 times `echo prompt > new/data; cat reply` through one mount of a node
+    with a cap of 8 sessions, never writing close."""
+    address, node = await start_node(max_sessions=8)
+    await greedy_at(address, maxtokens=4)
+    script = f"""
+load std
+mount -A tcp!127.0.0.1!{port(address)} /n/remote || exit mount
+for i in {' '.join(str(i) for i in range(40))} {{
+    echo prompt $i > /n/remote/new/data
+    echo ---$i
+    cat /n/remote/reply
+    echo
+}}
+echo ---end
+"""
+    result = await inferno(script, timeout=60)
+    assert result.status == "", (result.stdout, result.stderr)
+    for i in range(40):
+        reply = result.stdout.split(f"---{i}\n")[1].split("\n---")[0]
+        assert reply == (await ask_at(address, f"prompt {i}\n")).decode() and reply, i
+    assert node.tree.table.reclaimed >= 32 and len(node.tree.table.sessions) <= 8

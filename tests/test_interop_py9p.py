@@ -3,6 +3,7 @@ against `python -m styxfs.ramfs` run as a real subprocess."""
 
 from __future__ import annotations
 
+import getpass
 import os
 import socket
 import subprocess
@@ -266,3 +267,41 @@ def test_error_texts(connect):
         c.rpc(py9p.Tauth(afid=7, uname="glenda", aname=""))
     c.walk(0, 8, ["plain"])
     c.remove(8)
+
+
+def test_a_node_runs_the_plan9_loop_past_its_cap(tiny_model):
+    """python-9p, the Plan 9 way through one connection: `echo prompt >
+    new/data; cat reply` 40 times on a node with a cap of 8 sessions."""
+    from .support import start_node_process
+
+    proc, address = start_node_process(tiny_model, threads=1, extra=["--max-sessions", "8"])
+    try:
+        c = py9p.Client.connect_tcp("127.0.0.1", int(address.rsplit("!", 1)[1]), timeout=10)
+        c.negotiate()
+        c.attach(0, uname=getpass.getuser())  # the node's owner, who may set its defaults
+
+        def write(path: list[str], data: bytes) -> None:
+            c.walk(0, 1, path)
+            c.open(1, OWRITE | OTRUNC)
+            c.write(1, data, 0)
+            c.clunk(1)  # submits the prompt
+
+        def read(path: list[str]) -> bytes:
+            c.walk(0, 2, path)
+            c.open(2, OREAD)
+            try:
+                return read_all(c, 2)
+            finally:
+                c.clunk(2)
+
+        write(["ctl"], b"defaults temperature 0\ndefaults maxtokens 4\n")
+        replies = []
+        for i in range(40):
+            write(["new", "data"], f"Once upon a time {i % 2}\n".encode())
+            replies.append(read(["reply"]))
+        assert all(replies) and set(replies[0::2]) == {replies[0]} and set(replies[1::2]) == {replies[1]}
+        metrics = read(["metrics"]).decode()
+        assert "llamafs_sessions 8\n" in metrics and "llamafs_sessions_reclaimed_total 32\n" in metrics
+        c.close()
+    finally:
+        stop_process(proc)

@@ -394,3 +394,61 @@ async def test_root_reply_waits_for_a_prompt_written_on_its_connection(start_nod
         got += await reply.read_all()
         assert got == await ask(c, "data", PROMPT) != first
         await reply.close()
+
+
+async def test_a_loop_of_new_data_and_reply_runs_on_past_the_cap(start_node):
+    """As on Plan 9: `echo prompt > new/data; cat reply` over and over,
+    never writing close, through one connection to a node with a cap of 8."""
+    address, node = await start_node(max_sessions=8)
+    async with client.connect(address) as c:
+        await greedy(c, maxtokens=4)
+        want = {i: await ask(c, "data", f"{PROMPT} {i}") for i in range(3)}
+        for i in range(40):
+            await c.write_file("new/data", f"{PROMPT} {i % 3}")
+            assert await c.read_file("reply") == want[i % 3], i
+        assert len(node.tree.table.sessions) == 8
+        assert node.tree.table.reclaimed >= 32
+        metrics = (await c.read_file("metrics")).decode()
+        assert f"llamafs_sessions_reclaimed_total {node.tree.table.reclaimed}\n" in metrics
+
+
+async def test_a_reclaimed_session_is_gone_and_the_root_reply_stays_whole(start_node):
+    address, node = await start_node(max_sessions=2)
+    async with client.connect(address) as a, client.connect(address) as b:
+        await greedy(a, maxtokens=12)
+        ctl, n = await new_session(a)
+        await ctl.close()  # nothing of it held open
+        await a.write_file(f"{n}/data", PROMPT)
+        whole = await a.read_file(f"{n}/reply")
+        for i in range(4):  # b's loop reclaims a's idle session
+            await b.write_file("new/data", f"the king was {i}")
+            await b.read_file("reply")
+        with pytest.raises(ServerError, match="^no such session$"):
+            await a.read_file(f"{n}/status")
+        assert await a.read_file("reply") == whole  # a's root reply still refers to it, whole
+
+
+async def test_busy_sessions_are_never_reclaimed(start_node):
+    address, node = await start_node(max_sessions=3, engine=SlowEngine(slots=4))
+    async with client.connect(address) as c:
+        await greedy(c, maxtokens=100_000)
+        held, n = await new_session(c)  # a file of it open
+        generating = await new_session(c)
+        await generating[0].close()
+        await c.write_file(f"{generating[1]}/data", PROMPT)  # generating, no file open
+        reader = await c.open(f"{(await new_session(c))[1]}/status")  # only a status file open
+        for _ in range(5):
+            with pytest.raises(ServerError, match="too many sessions: all busy, the cap is 3"):
+                await c.open("new/data", wire.OWRITE)
+        assert node.tree.table.reclaimed == 0
+        await c.write_file(f"{generating[1]}/ctl", "cancel")
+        with trio.fail_after(5):
+            while status_fields(await c.read_file(f"{generating[1]}/status"))["state"] != "cancelled":
+                await trio.sleep(0.01)
+        await c.write_file("new/data", PROMPT)  # now the cancelled one, idle, makes room
+        assert node.tree.table.reclaimed == 1
+        with pytest.raises(ServerError, match="^no such session$"):
+            await c.stat(generating[1])
+        assert await c.stat(n) and reader
+        await held.close()
+        await reader.close()

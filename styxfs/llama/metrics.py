@@ -16,6 +16,8 @@ def node_metrics(engine, recent, tree) -> str:
         ("llamafs_model_loaded", "gauge", "1 if a model is loaded", {}, 1 if engine.loaded else 0),
         ("llamafs_sessions", "gauge", "open sessions", {}, len(tree.table.sessions)),
         ("llamafs_sessions_created_total", "counter", "sessions created", {}, tree.table.created),
+        ("llamafs_sessions_reclaimed_total", "counter", "idle sessions closed at the cap to make room", {},
+         tree.table.reclaimed),
         ("llamafs_requests_total", "counter", "prompts submitted", {}, stats.requests),
         ("llamafs_tokens_in_total", "counter", "prompt tokens evaluated", {}, stats.tokens_in),
         ("llamafs_tokens_out_total", "counter", "tokens generated", {}, stats.tokens_out),

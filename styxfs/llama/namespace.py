@@ -121,7 +121,13 @@ class LlamaTree:
 
     # -- sessions ---------------------------------------------------------------
 
-    def new_session(self, caller: Caller, ephemeral: bool = False) -> Session:
+    async def new_session(self, caller: Caller, ephemeral: bool = False) -> Session:
+        """A new session; at the cap, an idle one is reclaimed to make room
+        (sessions.SessionTable.reclaimable says which), and only when every
+        session is busy is the open refused."""
+        while self.table.full and (victim := self.table.reclaimable(caller.uname)) is not None:
+            await self.close_session(victim)
+            self.table.reclaimed += 1
         number = self.table.allocate()
         session = self.table.add(Session(number, caller.uname, self.defaults, ephemeral))
         self.session_backend.attach_session(session)
@@ -452,7 +458,7 @@ class RootData(Entry):
         self.tree = tree
 
     async def open(self, mode: int, caller: Caller) -> Handle:
-        session = self.tree.new_session(caller, ephemeral=True)
+        session = await self.tree.new_session(caller, ephemeral=True)
         entry = SessionData(self.tree, session)
         return await entry.open(mode, caller)
 
@@ -490,7 +496,7 @@ class CloneFile(Entry):
         self.tree = tree
 
     async def open(self, mode: int, caller: Caller) -> Handle:
-        session = self.tree.new_session(caller)
+        session = await self.tree.new_session(caller)
         return await SessionCtl(self.tree, session).open(mode, caller)
 
 
@@ -504,7 +510,7 @@ class NewFile(Entry):
         self.tree = tree
 
     async def open(self, mode: int, caller: Caller) -> Handle:
-        session = self.tree.new_session(caller)
+        session = await self.tree.new_session(caller)
         entry = session_file(self.tree, session, self.name)
         try:
             entry.check_open(mode)

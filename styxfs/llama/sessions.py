@@ -34,6 +34,11 @@ class Session:
     def generating(self) -> bool:
         return self.reply is not None and not self.reply.ended
 
+    @property
+    def idle(self) -> bool:
+        """No file of it open, nothing running in it, its reply complete."""
+        return not self.open_files and not self.generating
+
     def status(self) -> str:
         return self.reply.status() if self.reply else "idle tokens_in=0 tokens_out=0\n"
 
@@ -45,9 +50,21 @@ class SessionTable:
         self.sessions: dict[int, Session] = {}
         self.next_number = 1
         self.created = 0
+        self.reclaimed = 0
+
+    @property
+    def full(self) -> bool:
+        return len(self.sessions) >= self.max_sessions
+
+    def reclaimable(self, uname: str) -> Session | None:
+        """At the cap, the session to give up for a new one: the least
+        recently used idle session of the same user, else of anyone."""
+        idle = [s for s in self.sessions.values() if s.idle]
+        own = [s for s in idle if s.owner == uname]
+        return min(own or idle, key=lambda s: s.last_active, default=None)
 
     def allocate(self) -> int:
-        if len(self.sessions) >= self.max_sessions:
+        if self.full:
             raise errors.TOO_MANY_SESSIONS(cap=self.max_sessions)
         number = self.next_number
         self.next_number = self.next_number % MAX_NUMBER + 1
