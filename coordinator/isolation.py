@@ -42,6 +42,8 @@ import trio
 
 from styxfs.dial import free_port, port_open
 
+from .launch import spawn
+
 __all__ = ["IsolationError", "EmuNotFound", "Isolate", "find_emu", "find_limbo", "build_dis", "LIMBO_SOURCES"]
 
 LIMBO_SOURCES = Path(__file__).resolve().parent.parent / "limbo"
@@ -238,7 +240,7 @@ class Isolate:
         words += [node_dial, model_path, str(int(ctx)), str(int(layers)), f"tcp!{self.host}!{self.port}"]
         script = " ".join(inferno_quote(w) for w in words) + "; echo halt > /dev/sysctl"
         env = {k: v for k, v in os.environ.items() if k != "EMU"}
-        self.process = subprocess.Popen(
+        self.process = spawn(  # the launcher's: emu ends with this process
             [emu, "-I", "-c0", f"-r{root}", "sh", "-c", script],
             stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT, env=env,
             start_new_session=True,  # emu SIGKILLs its whole process group when it exits

@@ -1,11 +1,23 @@
-"""Node processes a deployment starts: `python -m styxfs.llama` each, as trio
-processes, watched without polling."""
+"""Processes a deployment starts: its nodes (`python -m styxfs.llama`) and
+isolates.  They end when the deployment's process ends, however it ends.
+
+On Linux each child asks the kernel for a signal when its parent goes
+(PR_SET_PDEATHSIG).  The signal comes when the *thread* that forked the
+child exits, not the process: so every child is forked by one launcher
+thread that lives as long as this process, never by a worker thread of
+trio's pool, which exits when idle.  Ends are awaited without polling.
+"""
 
 from __future__ import annotations
 
+import concurrent.futures
+import ctypes
 import os
+import queue
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import trio
@@ -13,6 +25,8 @@ import trio
 import styxfs
 
 from .config import DeploymentConfig, NodeConfig
+
+PR_SET_PDEATHSIG = 1
 
 
 def node_command(config: DeploymentConfig, node: NodeConfig, listen: str) -> list[str]:
@@ -31,10 +45,72 @@ def node_command(config: DeploymentConfig, node: NodeConfig, listen: str) -> lis
     return cmd
 
 
+def _die_with(parent: int):
+    """The child's first act: ask for SIGTERM when its parent thread goes,
+    and go now if the parent is gone already."""
+
+    def preexec() -> None:
+        if sys.platform.startswith("linux"):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
+
+
+class _Launcher:
+    """The one thread that forks children, for as long as this process lives."""
+
+    def __init__(self):
+        self.requests: queue.Queue = queue.Queue()
+        self.thread: threading.Thread | None = None
+        self.lock = threading.Lock()
+
+    def spawn(self, command: list[str], **options) -> subprocess.Popen:
+        with self.lock:
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="llamafs-launcher", daemon=True)
+                self.thread.start()
+        result: concurrent.futures.Future = concurrent.futures.Future()
+        self.requests.put((command, options, result))
+        return result.result()
+
+    def _run(self) -> None:
+        while True:
+            command, options, result = self.requests.get()
+            try:
+                result.set_result(subprocess.Popen(command, preexec_fn=_die_with(os.getpid()), **options))
+            except BaseException as e:  # noqa: BLE001 - the caller's to raise
+                result.set_exception(e)
+
+
+_launcher = _Launcher()
+
+
+def spawn(command: list[str], **options) -> subprocess.Popen:
+    """subprocess.Popen, from the launcher thread, the child ending with us.
+    Blocks: from trio, `await trio.to_thread.run_sync(spawn, ...)`."""
+    return _launcher.spawn(command, **options)
+
+
+async def wait_exit(process: subprocess.Popen) -> int:
+    """The process's exit status, awaited on a pidfd (no polling)."""
+    if process.poll() is None:
+        try:
+            fd = os.pidfd_open(process.pid)
+        except (AttributeError, OSError):  # no pidfds here, or it is gone already
+            return await trio.to_thread.run_sync(process.wait, abandon_on_cancel=True)
+        try:
+            await trio.lowlevel.wait_readable(fd)
+        finally:
+            os.close(fd)
+    return process.wait()
+
+
 class NodeProcess:
     """One node process.  `exited` is set when it ends while its watcher runs."""
 
-    def __init__(self, node_id: str, process: trio.Process, log_path: str | None):
+    def __init__(self, node_id: str, process: subprocess.Popen, log_path: str | None):
         self.node_id, self.process, self.log_path = node_id, process, log_path
         self.exited = trio.Event()
 
@@ -44,7 +120,7 @@ class NodeProcess:
 
     @property
     def returncode(self) -> int | None:
-        return self.process.returncode
+        return self.process.poll()
 
     @classmethod
     async def start(cls, nursery: trio.Nursery, node_id: str, command: list[str],
@@ -56,9 +132,9 @@ class NodeProcess:
         root = str(Path(styxfs.__file__).resolve().parent.parent)
         env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
         try:
-            process = await trio.lowlevel.open_process(
-                command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True)  # Ctrl-C reaches us, and we stop it
+            process = await trio.to_thread.run_sync(
+                lambda: spawn(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                              start_new_session=True))  # Ctrl-C reaches us, and we stop it
         finally:
             if log_path:
                 log.close()  # the child has its own copy
@@ -67,19 +143,19 @@ class NodeProcess:
         return self
 
     async def _watch(self) -> None:
-        await self.process.wait()
+        await wait_exit(self.process)
         self.exited.set()
 
     async def stop(self, grace: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after grace seconds."""
-        if self.process.returncode is not None:
+        if self.process.poll() is not None:
             return
         self.process.terminate()
         with trio.move_on_after(grace):
-            await self.process.wait()
-        if self.process.returncode is None:
+            await wait_exit(self.process)
+        if self.process.poll() is None:
             self.process.kill()
-            await self.process.wait()
+            await wait_exit(self.process)
 
     def log_tail(self, lines: int = 3) -> str:
         """': ' and the last lines of its log, or nothing."""

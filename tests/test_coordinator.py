@@ -7,13 +7,14 @@ import json
 import os
 import signal
 import subprocess
+import time
 
 import pytest
 import trio
 
 from coordinator import ConfigError, DeploymentConfig, DeploymentManager, LimboDeploymentManager
 from styxfs import client, wire
-from styxfs.dial import free_port
+from styxfs.dial import free_port, port_bindable
 
 from .support import (LLAMAFS, PROMPT, ROOT, ask, config_for, deploy, greedy, run_turn, session, start_node_process,
                       status_fields, wait_for_port)
@@ -402,6 +403,31 @@ def test_cli_generate_config_deploy_start_ask_and_ctrl_c(tiny_model, tmp_path):
     assert deployer.returncode == 0, stderr
     assert "coordinator serving on" in stderr and "node-0" in stdout
     assert not any(pid_alive(pid) for pid in node_pids)
+
+
+def test_nodes_end_with_a_deployment_killed_outright(tiny_model, tmp_path):
+    """SIGKILL of `deploy start`: its nodes go too (PR_SET_PDEATHSIG), their
+    ports are free, and the same config starts afresh."""
+    base, port = free_port(), free_port()
+    config = tmp_path / "deployment.json"
+    config.write_text(json.dumps({"name": "doomed", "modelPath": tiny_model, "model": {"threads": 1},
+                                  "network": {"basePort": base, "listen": f"tcp!127.0.0.1!{port}"},
+                                  "nodes": [{"id": "node-0", "port": base}, {"id": "node-1", "port": base + 1}]}))
+    for attempt in range(2):
+        deployer = subprocess.Popen(LLAMAFS + ["deploy", "start", "--config", str(config)], cwd=ROOT,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for_port(port, timeout=60, process=deployer)
+            node_pids = children_of(deployer.pid)
+            assert len(node_pids) == 2, attempt
+        finally:
+            deployer.kill()
+            deployer.wait()
+        deadline = time.monotonic() + 2
+        while any(pid_alive(pid) for pid in node_pids) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not any(pid_alive(pid) for pid in node_pids), attempt
+        assert all(port_bindable("127.0.0.1", p) for p in (base, base + 1)), attempt
 
 
 def children_of(pid: int) -> list[int]:
