@@ -31,6 +31,10 @@ log = logging.getLogger("coordinator.forwarding")
 SPARES = 4  # sessions made ahead on each node: a new session's first turn need not wait to make one
 
 
+class NodeFull(Exception):
+    """The node is at its cap and every session on it is busy."""
+
+
 class ForwardedReply(Reply):
     """A reply relayed from a node: each piece is passed on at once (the
     node batches them already), and the status names the node."""
@@ -148,6 +152,7 @@ class ForwardingSessions(SessionBackend):
         self.failovers = 0
         self.released = 0  # node sessions let go behind idle sessions of ours, for room on the node
         self.spares: dict[NodeHandle, list[Binding]] = {}
+        self.making: dict[NodeHandle, int] = {}  # sessions being made on each node
         self.spare_wanted = trio.Event()
 
     async def run(self) -> None:
@@ -206,25 +211,41 @@ class ForwardingSessions(SessionBackend):
             await binding.release(close)
 
     async def _bind(self, remote: Remote, c: client.Client, node: NodeHandle) -> Binding:
-        """A session on this node for remote: a spare one made ahead, or a new one."""
+        """A session on this node for remote: a spare one made ahead, or a new one.
+        A node at its cap with nothing of ours to let go raises NodeFull."""
         spares = self.spares.get(node, [])
-        if not spares:
-            await self._make_room(node)
-        binding = spares.pop() if spares else await Binding.make(node, c)
+        binding = spares.pop() if spares else await self._make(node, c, room=True)
         remote.binding = binding
         node.sessions.add(remote)
         return binding
 
+    async def _make(self, node: NodeHandle, c: client.Client, room: bool) -> Binding:
+        """A new session on the node, counted as held while it is made (so
+        that makes at once cannot pass the node's cap together); with room,
+        an idle one of ours is let go first if the node is at its cap."""
+        self.making[node] = self.making.get(node, 0) + 1
+        try:
+            if room:
+                await self._make_room(node)
+            try:
+                return await Binding.make(node, c)
+            except client.ServerError as e:
+                if e.ename.startswith(errors.TOO_MANY_SESSIONS.prefix):
+                    raise NodeFull(e.ename) from None
+                raise
+        finally:
+            self.making[node] -= 1
+
     def held(self, node: NodeHandle) -> int:
-        """Sessions we hold on the node: bound ones and spares."""
-        return len(node.sessions) + len(self.spares.get(node, []))
+        """Sessions we hold on the node: bound ones, spares, and those being made."""
+        return len(node.sessions) + len(self.spares.get(node, [])) + self.making.get(node, 0)
 
     async def _make_room(self, node: NodeHandle) -> None:
         """At the node's cap, let go of the node session behind our least
         recently used idle session there (it is given its conversation again,
         on whichever node, at its next turn): the node can never reclaim
         sessions whose files we hold open."""
-        while node.max_sessions and self.held(node) >= node.max_sessions:
+        while node.max_sessions and self.held(node) > node.max_sessions:  # ours, being made, is counted
             idle = [r for r in node.sessions if r.session.idle]
             if not idle:
                 return  # every one busy: the node refuses, and says why
@@ -247,7 +268,7 @@ class ForwardingSessions(SessionBackend):
                        and not (node.max_sessions and self.held(node) >= node.max_sessions)):
                     try:
                         with trio.fail_after(self.pool.health_timeout):
-                            spares.append(await Binding.make(node, c))
+                            spares.append(await self._make(node, c, room=False))
                     except (client.Error, trio.TooSlowError) as e:
                         log.info("no spare session on node %s: %s", node.id, e)
                         break
@@ -279,7 +300,7 @@ class ForwardingSessions(SessionBackend):
                     prompt = b""  # the turn sends it
                 with b.node.request():
                     await b.send_ahead(session.sampling.ctl_text(), prompt)
-            except (NodeDown, client.Error) as e:
+            except (NodeDown, NodeFull, client.Error) as e:
                 log.info("session %d: nothing sent ahead: %s", session.number, e)  # the turn sees to it
             except Exception:  # a bug here must not fail the client's write
                 log.exception("session %d: sending ahead", session.number)
@@ -287,18 +308,22 @@ class ForwardingSessions(SessionBackend):
     async def forward(self, session: Session, remote: Remote, text: bytes, reply: ForwardedReply) -> None:
         """Run one turn on a node, failing over as the config says."""
         tried: set[NodeHandle] = set()
+        full: NodeFull | None = None
         with trio.move_on_after(self.request_timeout) as timer:
             while not reply.ended:
                 healthy = self.pool.healthy()
                 try:
                     node = remote.node if remote.node in healthy else self.pool.choose(tried)
                 except NodeDown as e:
-                    reply.set_state("error", str(e))
+                    reply.set_state("error", str(full or e))  # every node full says so
                     break
                 if remote.node is not None and remote.node is not node and remote.node not in tried:
                     self.failovers += 1  # its node went down before the turn began there: it moves
                 try:
                     await self._turn_on(node, session, remote, text, reply)
+                except NodeFull as e:  # at its cap, all busy: another node may have room
+                    full = e
+                    tried.add(node)
                 except (NodeDown, client.ConnectionLost, OSError) as e:
                     log.warning("session %d: node %s failed: %s", session.number, node.id, e)
                     node.failed(str(e))
