@@ -41,27 +41,34 @@ def connect(addr: str, auth_secret_file: str | None):
 @click.option("--temperature", type=click.FloatRange(0, 100), help="sampling temperature")
 @click.option("--maxtokens", type=click.IntRange(1), help="tokens to generate at most")
 @click.option("--seed", type=int, help="sampling seed")
+@click.option("--system", help="a system prompt (chat)")
+@click.option("--raw", is_flag=True, help="raw completion, even where the model has a chat template")
 @auth_option
 @click.argument("prompt", nargs=-1)
-def ask(addr, temperature, maxtokens, seed, auth_secret_file, prompt):
-    """Stream one reply to PROMPT (or to standard input)."""
+def ask(addr, temperature, maxtokens, seed, system, raw, auth_secret_file, prompt):
+    """Stream one reply to PROMPT (or to standard input); say on standard
+    error when the reply was cut short."""
     text = " ".join(prompt) if prompt else sys.stdin.read()
     if not text.strip():
         raise click.UsageError("no prompt: give one as arguments or on standard input")
-    settings = [(k, v) for k, v in (("temperature", temperature), ("maxtokens", maxtokens), ("seed", seed))
-                if v is not None]
+    settings = [f"{k} {v}" for k, v in (("temperature", temperature), ("maxtokens", maxtokens), ("seed", seed))
+                if v is not None] + (["mode raw"] if raw else [])
 
     async def run():
         async with connect(addr, auth_secret_file) as c:
-            if settings:  # a session of our own, so that the settings apply to it
-                async with await c.open("clone", wire.ORDWR) as ctl:
-                    number = (await ctl.read()).decode().strip()
-                    for key, value in settings:
-                        await c.write_file(f"{number}/ctl", f"{key} {value}\n", wire.OWRITE)
-                    await stream_reply(c, f"{number}/data", text)
-                    await ctl.fid.write(b"close", 0)
-            else:
-                await stream_reply(c, "data", text)
+            async with await c.open("clone", wire.ORDWR) as ctl:  # a session of our own, closed after
+                number = (await ctl.read()).decode().strip()
+                if settings:
+                    await ctl.fid.write("\n".join(settings).encode(), 0)
+                if system:
+                    await c.write_file(f"{number}/system", system)
+                await stream_reply(c, f"{number}/data", text)
+                status = (await c.read_file(f"{number}/status")).decode()
+                await ctl.fid.write(b"close", 0)
+        reason = dict(w.split("=", 1) for w in status.split()[1:] if "=" in w).get("reason")
+        if reason in ("length", "context"):
+            why = "maxtokens" if reason == "length" else "the context is full"
+            click.echo(f"llamafs: the reply was cut short ({why}: reason={reason})", err=True)
 
     try:
         trio.run(run)

@@ -44,6 +44,7 @@ class ModelConfig:
     batchSize: int = NODE["batch"].default
     threads: int = NODE["threads"].default
     mlock: bool = False
+    chatTemplateFile: str | None = None  # in place of the model's own template
 
 
 @dataclass
@@ -150,7 +151,8 @@ class DeploymentConfig:
         model = check.section(data, "model")
         config.model = ModelConfig(**{key: check.node_option(model, f"model.{key}", NODE[option].default, option)
                                       for key, option in NODE_KEYS.items()},
-                                   mlock=check.boolean(model, "model.mlock", False))
+                                   mlock=check.boolean(model, "model.mlock", False),
+                                   chatTemplateFile=check.string(model, "model.chatTemplateFile", None))
         nodes = data.get("nodes", [])
         if not isinstance(nodes, list):
             raise ConfigError(f"{where}: nodes: must be a list")

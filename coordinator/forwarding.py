@@ -20,6 +20,7 @@ import trio
 
 from styxfs import client, wire
 from styxfs import errors
+from styxfs.llama.chat import Message, format_records, parse_records
 from styxfs.llama.namespace import SessionBackend
 from styxfs.llama.reply import Reply
 from styxfs.llama.sessions import Session
@@ -59,6 +60,7 @@ class Binding:
         self.settings: str | None = None  # the settings last written to its ctl
         self.ahead: bytes | None = b""  # prompt already in data for the next turn (None: unknown)
         self.calls: list[client.Call] = []  # writes sent ahead, their replies to come
+        self.files: dict[str, bytes] = {}  # what was written to the session's setting files
         self.released = False
 
     @classmethod
@@ -131,7 +133,7 @@ class Remote:
     def __init__(self, session: Session):
         self.session = session
         self.binding: Binding | None = None
-        self.turns: list[bytes] = []  # the conversation so far, prompts and replies
+        self.messages: list[Message] = []  # the conversation so far: prompts and replies
         self.reply: ForwardedReply | None = None
 
     @property
@@ -185,10 +187,27 @@ class ForwardingSessions(SessionBackend):
                 except RuntimeError:  # shutting down: the node's session goes too
                     pass
 
+    def conversation_text(self, session: Session) -> bytes:
+        remote = self.remotes[session.number]
+        system = [Message("system", session.sampling.system.decode())] if session.sampling.system else []
+        return format_records(system + remote.messages)
+
+    async def give(self, session: Session, data: bytes) -> None:
+        """Take a conversation: the node session behind goes, and the next
+        turn gives the conversation to whichever node takes it."""
+        messages = parse_records(data)
+        if session.generating:
+            raise errors.PROMPT_SUBMITTED()
+        if messages and messages[0].role == "system":
+            session.sampling.system = messages.pop(0).text.encode()
+        remote = self.remotes[session.number]
+        await self._unbind(remote, close=True)
+        remote.messages = messages
+
     async def reset(self, session: Session) -> None:
         remote = self.remotes.get(session.number)
         if remote is not None:
-            remote.turns = []
+            remote.messages = []
             if remote.binding is not None:
                 await self._remote_ctl(remote.binding, b"reset")
 
@@ -290,7 +309,7 @@ class ForwardingSessions(SessionBackend):
         with trio.CancelScope(shield=True), trio.move_on_after(self.pool.health_timeout):
             try:
                 if remote.binding is None:
-                    if remote.turns:
+                    if remote.messages:
                         return  # a new node must first be given the conversation: the turn does that
                     node = self.pool.choose()
                     with node.request() as c:
@@ -344,7 +363,11 @@ class ForwardingSessions(SessionBackend):
             self.cancel(session)
         if not reply.ended:
             reply.set_state("error", str(errors.NO_NODE_ANSWERED))
-        remote.turns += [text, bytes(reply.text)]
+        said = bytes(reply.text).decode(errors="replace")
+        if text:
+            remote.messages += [Message("user", text.decode()), Message("assistant", said)]
+        elif remote.messages and remote.messages[-1].role == "assistant":
+            remote.messages[-1].text += said  # it went on with the last message
         self.spare_wanted.set()  # now, not while the turn (which may have taken one) was starting
 
     async def _turn_on(self, node: NodeHandle, session: Session, remote: Remote, text: bytes,
@@ -376,14 +399,31 @@ class ForwardingSessions(SessionBackend):
         if remote.node is node:
             return text
         await self._unbind(remote, close=True)
-        await self._bind(remote, c, node)
-        return b"".join(remote.turns) + text + bytes(reply.text)
+        b = await self._bind(remote, c, node)
+        messages = [Message(m.role, m.text) for m in remote.messages]
+        if reply.text:  # taken over mid-reply: the node goes on with the assistant's message
+            said = bytes(reply.text).decode(errors="replace")
+            if text:
+                messages += [Message("user", text.decode()), Message("assistant", said)]
+            else:  # it was itself going on with the last message
+                messages[-1].text += said
+            text = b""
+        if messages:
+            # The settings first: they say how the node reads a conversation (chat or raw).
+            await b.send_ahead(remote.session.sampling.ctl_text())
+            await b.settle()
+            await c.write_file(f"{b.number}/conversation", format_records(messages))
+        return text
 
     async def _send_turn(self, c: client.Client, session: Session, remote: Remote,
                          prompt: bytes) -> client.Fid | None:
         """The settings and what was not sent ahead of the prompt, written to
         the binding's data file, which is returned (None: cancelled)."""
         b = remote.binding
+        for name, value in session.sampling.raw_settings().items():  # a system prompt of many lines
+            if b.files.get(name) != value:
+                await c.write_file(f"{b.number}/{name}", value)
+                b.files[name] = value
         if b.data is None:
             b.data = (await c.open(f"{b.number}/data", wire.ORDWR)).fid
         # The node takes a turn's settings when the turn is submitted, at the
@@ -423,10 +463,12 @@ class ForwardingSessions(SessionBackend):
         state, fields = parse_status(status)
         reply.tokens_in = int(fields.get("tokens_in", 0))
         reply.tokens_out += int(fields.get("tokens_out", 0))
+        reply.tokens_dropped = int(fields.get("tokens_dropped", 0))
         if state == "error":
             reply.set_state("error", fields.get("error", str(errors.GENERATION_FAILED)))
         else:
-            reply.set_state("cancelled" if state == "cancelled" or reply.cancel_requested else "done")
+            reply.set_state("cancelled" if state == "cancelled" or reply.cancel_requested else "done",
+                            reason=fields.get("reason"))
 
     async def _next_data(self, binding: Binding, c: client.Client, used: client.Fid) -> None:
         """The data file for the binding's next turn, opened ahead (and the

@@ -42,6 +42,8 @@ def node_command(config: DeploymentConfig, node: NodeConfig, listen: str) -> lis
         cmd += ["--models-dir", config.modelsDir]
     if config.authSecretFile:
         cmd += ["--auth-secret-file", config.authSecretFile]
+    if config.model.chatTemplateFile:
+        cmd += ["--chat-template-file", config.model.chatTemplateFile]
     return cmd
 
 

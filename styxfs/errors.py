@@ -112,6 +112,10 @@ DECODE_FAILED = Error("i/o error: llama_decode failed ({code})", E.EIO)
 ENGINE_FAILED = Error("i/o error: internal error in the engine", E.EIO)
 GENERATION_FAILED = Error("i/o error: generation failed", E.EIO)
 LOAD_REFUSED = Error("load not permitted: {why}", E.EPERM)
+NO_TEMPLATE = Error("invalid mode chat: the model has no chat template", E.EINVAL)
+BAD_TEMPLATE = Error("invalid chat template: {why}", E.EINVAL)
+BAD_CONVERSATION = Error("invalid conversation: {why}", E.EINVAL)
+NOTHING_TO_CONTINUE = Error("invalid read: no prompt, and no assistant message to continue", E.EINVAL)
 
 # ---- the coordinator --------------------------------------------------------------------------------
 NO_SUCH_NODE = Error("no such node: {node}", E.ENOENT)

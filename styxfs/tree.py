@@ -270,13 +270,22 @@ def quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def parse_commands(data: bytes) -> list[list[str]]:
-    """A ctl write: one command a line, blank lines ignored."""
+def parse_commands(data: bytes, raw: frozenset[str] = frozenset()) -> list[list[str]]:
+    """A ctl write: one command a line, blank lines ignored.  A verb in raw
+    takes the rest of its line as it is (one argument, or none if empty)."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise errors.BAD_CTL(why="not UTF-8") from None
-    return [fields for line in text.split("\n") if (fields := tokenize(line))]
+    commands = []
+    for line in text.split("\n"):
+        verb, _, rest = line.lstrip(" \t\r").partition(" ")
+        if verb.rstrip("\r") in raw:
+            rest = rest.rstrip("\r")
+            commands.append([verb.rstrip("\r")] + ([rest] if rest else []))
+        elif fields := tokenize(line):
+            commands.append(fields)
+    return commands
 
 
 @dataclass
@@ -286,6 +295,7 @@ class Verb:
     min_args: int
     max_args: int  # -1: any number
     run: Callable[..., Any]
+    raw: bool = False  # takes the rest of the line as it is
 
     def usage_line(self) -> str:
         return f"usage: {self.name} {self.usage}".rstrip()
@@ -300,15 +310,16 @@ class Commands:
     def __init__(self):
         self.verbs: dict[str, Verb] = {}
 
-    def verb(self, name: str, usage: str = "", min_args: int = 0, max_args: int | None = None):
+    def verb(self, name: str, usage: str = "", min_args: int = 0, max_args: int | None = None, raw: bool = False):
         def register(fn):
             self.verbs[name] = Verb(name, usage, min_args,
-                                    min_args if max_args is None else max_args, fn)
+                                    min_args if max_args is None else max_args, fn, raw)
             return fn
         return register
 
     async def run(self, caller: Caller, data: bytes) -> None:
-        for fields in parse_commands(data):
+        raw = frozenset(name for name, verb in self.verbs.items() if verb.raw)
+        for fields in parse_commands(data, raw):
             name, args = fields[0], fields[1:]
             verb = self.verbs.get(name)
             if verb is None:

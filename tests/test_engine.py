@@ -35,8 +35,14 @@ async def engine():
         await trio.to_thread.run_sync(e.stop)
 
 
+def submit(engine: Engine, conversation: Conversation, text: bytes, **settings):
+    """A raw turn: the conversation so far and the text's tokens."""
+    history = conversation.history + tokens_of(text, first=not conversation.history)
+    return engine.submit(conversation, history, Sampling(**{**GREEDY, **settings}))
+
+
 async def turn(engine: Engine, conversation: Conversation, text: bytes, **settings) -> bytes:
-    reply = engine.submit(conversation, text, Sampling(**{**GREEDY, **settings}))
+    reply = submit(engine, conversation, text, **settings)
     with trio.fail_after(5):
         await reply.wait()
     assert reply.state == "done", (reply.state, reply.error)
@@ -66,9 +72,9 @@ async def test_sessions_together_are_batched_and_equal_their_solo_replies(engine
 
 
 async def test_a_long_prompt_is_prefilled_in_chunks_within_the_batch_budget(engine):
-    e = await engine(slots=2, batch=16)
+    e = await engine(slots=2, batch=16, ctx=1 << 20)  # the first generates on until cancelled
     generating = Conversation()
-    first = e.submit(generating, b"go", Sampling(**GREEDY, maxtokens=100_000))
+    first = submit(e, generating, b"go", maxtokens=100_000)
     with trio.fail_after(5):
         while first.tokens_out < 3:
             await trio.sleep(0.001)
@@ -101,7 +107,7 @@ async def test_stop_strings_are_held_back_across_pieces_and_cut_the_reply(engine
     e = await engine()
     whole = continuation(tokens_of(b"abc"), 40)
     stop = whole[10:13].decode()  # three tokens, one byte each: met across pieces
-    reply = e.submit(Conversation(), b"abc", Sampling(**GREEDY, maxtokens=40, stop=(stop,)))
+    reply = submit(e, Conversation(), b"abc", maxtokens=40, stop=(stop,))
     seen = []
     with trio.fail_after(5):
         while not reply.ended:
@@ -116,8 +122,8 @@ async def test_stop_strings_are_held_back_across_pieces_and_cut_the_reply(engine
 
 async def test_cancel_ends_a_turn_and_frees_its_sequence(engine):
     e = await engine(slots=1)
-    long = e.submit(Conversation(), b"long", Sampling(**GREEDY, maxtokens=100_000))
-    queued = e.submit(Conversation(), b"next", Sampling(**GREEDY, maxtokens=3))
+    long = submit(e, Conversation(), b"long", maxtokens=100_000)
+    queued = submit(e, Conversation(), b"next", maxtokens=3)
     with trio.fail_after(5):
         while long.tokens_out < 2:
             await trio.sleep(0.001)
@@ -129,8 +135,8 @@ async def test_cancel_ends_a_turn_and_frees_its_sequence(engine):
     assert long.state == "cancelled" and queued.state == "done"
     assert bytes(queued.text) == continuation(tokens_of(b"next"), 3)
     # Cancelled while still queued: it never runs.
-    first = e.submit(Conversation(), b"a", Sampling(**GREEDY, maxtokens=100_000))
-    waiting = e.submit(Conversation(), b"b", Sampling(**GREEDY, maxtokens=5))
+    first = submit(e, Conversation(), b"a", maxtokens=100_000)
+    waiting = submit(e, Conversation(), b"b", maxtokens=5)
     e.cancel(waiting)
     e.cancel(first)
     with trio.fail_after(5):
@@ -153,4 +159,4 @@ async def test_a_prompt_longer_than_the_context_is_refused_at_submit(engine):
 
     e = await engine(ctx=32)
     with pytest.raises(EngineError, match="prompt too long: 41 tokens > context 32"):
-        e.submit(Conversation(), b"x" * 40, Sampling(**GREEDY))
+        submit(e, Conversation(), b"x" * 40)

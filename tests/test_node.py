@@ -40,7 +40,8 @@ async def test_clone_open_becomes_session_ctl(start_node):
         assert "temperature 0.25\n" in params and "maxtokens 7\n" in params
         names = {d.name for d in await c.listdir("")}
         assert {"ctl", "data", "reply", "clone", "new", "model", "metrics", number} <= names
-        assert {d.name for d in await c.listdir(number)} == {"ctl", "params", "data", "reply", "status"}
+        assert {d.name for d in await c.listdir(number)} == {"ctl", "params", "data", "reply", "status", "system",
+                                                             "conversation"}
         await ctl.close()
 
 

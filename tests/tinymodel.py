@@ -25,10 +25,16 @@ WORDS = (
 
 N_EMBD, N_LAYER, N_HEAD, N_FF, CONTEXT = 64, 2, 4, 128, 2048
 
+# ChatML, as SmolLM2's and many others': with chat=True the model carries it.
+CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+          "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+CHAT_TOKENS = ["<|im_start|>", "<|im_end|>"]
 
-def vocabulary() -> tuple[list[str], list[float], list[int]]:
-    tokens = ["<unk>", "<s>", "</s>"]
-    types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
+
+def vocabulary(chat: bool = False) -> tuple[list[str], list[float], list[int]]:
+    tokens = ["<unk>", "<s>", "</s>"] + (CHAT_TOKENS if chat else [])
+    types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL] + \
+        [gguf.TokenType.CONTROL] * (len(CHAT_TOKENS) if chat else 0)
     tokens += [f"<0x{b:02X}>" for b in range(256)]
     types += [gguf.TokenType.BYTE] * 256
     pieces = ["\u2581" + w for w in WORDS] + list("abcdefghijklmnopqrstuvwxyz.,!?") + ["\u2581"]
@@ -36,14 +42,18 @@ def vocabulary() -> tuple[list[str], list[float], list[int]]:
         if piece not in tokens:
             tokens.append(piece)
             types.append(gguf.TokenType.NORMAL)
-    scores = [0.0] * 259 + [-float(i) for i in range(len(tokens) - 259)]
+    first_word = 3 + (len(CHAT_TOKENS) if chat else 0) + 256
+    scores = [0.0] * first_word + [-float(i) for i in range(len(tokens) - first_word)]
     return tokens, scores, [int(t) for t in types]
 
 
-def write_tiny_model(path: str | Path, seed: int = 1234) -> Path:
+def write_tiny_model(path: str | Path, seed: int = 1234, chat: bool = False, end_of_turn: float = 0.0) -> Path:
+    """chat: with <|im_start|>, <|im_end|> and a ChatML template.  end_of_turn:
+    how strongly <|im_end|> may be chosen (0: never, as other control tokens;
+    about 3: now and then, so that a reply can end by itself)."""
     path = Path(path)
     rng = np.random.default_rng(seed)
-    tokens, scores, types = vocabulary()
+    tokens, scores, types = vocabulary(chat)
     n_vocab = len(tokens)
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_name("llamafs-tiny")
@@ -72,7 +82,11 @@ def write_tiny_model(path: str | Path, seed: int = 1234) -> Path:
     tensor("token_embd.weight", n_vocab, N_EMBD, scale=1.0)
     writer.add_tensor("output_norm.weight", np.ones(N_EMBD, dtype=np.float32))
     output = (rng.standard_normal((n_vocab, N_EMBD)) * 1.0).astype(np.float32)
-    output[:259] = 0.0  # never choose control or byte tokens greedily
+    output[: 3 + (len(CHAT_TOKENS) if chat else 0) + 256] = 0.0  # never choose control or byte tokens greedily
+    if chat:
+        writer.add_chat_template(CHATML)
+        if end_of_turn:
+            output[tokens.index("<|im_end|>")] = rng.standard_normal(N_EMBD) * end_of_turn
     writer.add_tensor("output.weight", output)
     for i in range(N_LAYER):
         writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(N_EMBD, dtype=np.float32))

@@ -10,56 +10,205 @@ from __future__ import annotations
 import collections
 import os
 
+import trio
+
 from styxfs import errors
 from styxfs.errors import StyxError
 from styxfs.tree import Commands, parse_number
 
+from .chat import Message, Template, format_records, parse_records
 from .engine import Conversation, Engine
 from .metrics import node_metrics
 from .model import EngineError, ModelSettings
 from .namespace import LlamaTree, RootBackend, SessionBackend
 from .reply import Reply
 from .sessions import Session
-from .settings import NODE
+from .settings import NODE, Sampling
+
+
+class Dialogue:
+    """What the node keeps of a session: the engine's conversation (tokens,
+    KV cache) and its messages, as the conversation file shows them."""
+
+    def __init__(self, conversation: Conversation | None = None):
+        self.conversation = conversation or Conversation()
+        self.messages: list[Message] = []
+        self.reply: Reply | None = None  # the latest turn's, whose text is the next assistant message
+        self.dropped = 0  # tokens left out, all turns together
+        self.keep = 0  # raw form: the first prompt's tokens, kept when older ones are dropped
+        self.continuing = False  # the latest turn goes on with the last assistant message
+
+    def settle(self) -> None:
+        """The latest reply, once it has ended, becomes an assistant message
+        (or the rest of one it continued)."""
+        if self.reply is not None and self.reply.ended:
+            text = bytes(self.reply.text).decode(errors="replace")
+            if self.continuing:
+                self.messages[-1].text += text
+            else:
+                self.messages.append(Message("assistant", text))
+            self.reply, self.continuing = None, False
 
 
 class EngineSessions(SessionBackend):
+    """Sessions answered by the engine in this process, in chat form (the
+    model's template over the messages) or raw (the text as it is)."""
+
     def __init__(self, engine: Engine):
         self.engine = engine
-        self.conversations: dict[int, Conversation] = {}
+        self.dialogues: dict[int, Dialogue] = {}
         self.recent: collections.deque[Reply] = collections.deque(maxlen=256)  # for metrics
 
     def attach_session(self, session: Session) -> None:
-        self.conversations[session.number] = Conversation()
+        self.dialogues[session.number] = Dialogue()
+
+    def chat(self, sampling: Sampling) -> bool:
+        """Whether a session with these settings is a chat."""
+        info = self.engine.info
+        has_template = bool(info and info.chat_template)
+        return sampling.mode == "chat" or (sampling.mode == "auto" and has_template)
+
+    def check_settings(self, sampling: Sampling) -> None:
+        info = self.engine.info
+        if sampling.mode == "chat" and info is not None and not info.chat_template:
+            raise errors.NO_TEMPLATE()
 
     async def submit(self, session: Session, text: bytes) -> Reply:
-        conversation = self.conversations[session.number]
+        if self.engine.info is None:
+            raise errors.NOT_LOADED()
+        d = self.dialogues[session.number]
+        d.settle()
+        before = (len(d.messages), d.dropped, [m.dropped for m in d.messages])
         try:
-            reply = self.engine.submit(conversation, text, session.sampling)
-        except EngineError as e:
+            if self.chat(session.sampling):
+                history = await self._chat_history(d, session.sampling, text)
+            else:
+                history = self._raw_history(d, session.sampling, text)
+            reply = self.engine.submit(d.conversation, history, session.sampling, d.dropped)
+        except (EngineError, StyxError) as e:
+            # The turn never happened: the conversation stays as it was.
+            count, d.dropped, marks = before
+            del d.messages[count:]
+            for m, mark in zip(d.messages, marks):
+                m.dropped = mark
+            d.continuing = False
             raise StyxError(str(e)) from None
+        d.reply = reply
         self.recent.append(reply)
         return reply
+
+    def _reserve(self, sampling: Sampling) -> int:
+        """Room kept for the reply when the conversation must be cut to fit."""
+        return min(sampling.maxtokens, self.engine.info.context // 2)
+
+    def _raw_history(self, d: Dialogue, sampling: Sampling, text: bytes) -> list[int]:
+        before = d.conversation.history
+        if not text:  # go on from where it stands (a conversation given, ending mid-reply)
+            if not before:
+                raise errors.NOTHING_TO_CONTINUE()
+            d.continuing = bool(d.messages) and d.messages[-1].role == "assistant"
+            return list(before)
+        new = self.engine.tokenize(text, first=not before)
+        d.messages.append(Message("user", text.decode()))
+        if not before:
+            d.keep = min(len(new), self.engine.info.context // 4)
+        history = before + new
+        excess = len(history) + self._reserve(sampling) - self.engine.info.context
+        if excess > 0 and len(before) > d.keep:
+            if sampling.overflow == "refuse":
+                raise EngineError(errors.CONVERSATION_TOO_LONG.format(
+                    tokens=len(history) + self._reserve(sampling), context=self.engine.info.context))
+            cut = min(excess, len(before) - d.keep)  # the oldest, after the kept beginning
+            history = history[: d.keep] + history[d.keep + cut:]
+            d.dropped += cut
+            self._mark_dropped(d, d.dropped)
+        return history
+
+    @staticmethod
+    def _mark_dropped(d: Dialogue, dropped: int) -> None:
+        """Raw form: mark the messages whose text is all gone (roughly: by their
+        length in bytes, the tokens not being kept per message)."""
+        for m in d.messages[:-1]:
+            size = len(m.text.encode())
+            if dropped < size:
+                break
+            m.dropped, dropped = True, dropped - size
+
+    async def _chat_history(self, d: Dialogue, sampling: Sampling, text: bytes) -> list[int]:
+        info = self.engine.info
+        if not info.chat_template:
+            raise errors.NO_TEMPLATE()
+        template = Template(info.chat_template, info.bos_text, info.eos_text)
+        if text:
+            d.messages.append(Message("user", text.decode()))
+        elif not d.messages or d.messages[-1].role != "assistant":
+            raise errors.NOTHING_TO_CONTINUE()
+        else:
+            d.continuing = True
+        reserve = self._reserve(sampling)
+        first_size = None
+        while True:
+            visible = [m for m in d.messages if not m.dropped]
+            if sampling.system:
+                visible.insert(0, Message("system", sampling.system.decode()))
+            rendered = await trio.to_thread.run_sync(
+                lambda: template.render(visible, continue_final=visible[-1].role == "assistant"))
+            tokens = self.engine.tokenize(rendered.encode(), first=False)  # the template writes its own BOS
+            first_size = first_size or len(tokens)
+            droppable = [m for m in d.messages[:-1] if not m.dropped]
+            if len(tokens) + reserve <= info.context or not droppable:
+                d.dropped += first_size - len(tokens)
+                return tokens
+            if sampling.overflow == "refuse":
+                raise EngineError(errors.CONVERSATION_TOO_LONG.format(tokens=len(tokens) + reserve,
+                                                                      context=info.context))
+            droppable[0].dropped = True  # the oldest exchange: a user message and its reply
+            if len(droppable) > 1 and droppable[1].role == "assistant":
+                droppable[1].dropped = True
+
+    def conversation_text(self, session: Session) -> bytes:
+        d = self.dialogues[session.number]
+        d.settle()
+        system = [Message("system", session.sampling.system.decode())] if session.sampling.system else []
+        return format_records(system + d.messages)
+
+    async def give(self, session: Session, data: bytes) -> None:
+        """The session takes this conversation (a conversation file's text) in
+        place of its own: its next turn goes on from it."""
+        messages = parse_records(data)
+        if session.generating:
+            raise errors.PROMPT_SUBMITTED()
+        if messages and messages[0].role == "system":
+            session.sampling.system = messages.pop(0).text.encode()
+        old = self.dialogues[session.number]
+        self.engine.forget(old.conversation)
+        d = self.dialogues[session.number] = Dialogue()
+        d.messages = messages
+        if not self.chat(session.sampling) and messages:
+            # Raw form: the model reads the texts one after another.
+            d.conversation.history = self.engine.tokenize(
+                "".join(m.text for m in messages if not m.dropped).encode(), first=True)
+            d.keep = min(len(d.conversation.history), self.engine.info.context // 4)
 
     def cancel(self, session: Session) -> None:
         if session.reply is not None and not session.reply.ended:
             self.engine.cancel(session.reply)
 
     async def reset(self, session: Session) -> None:
-        old = self.conversations.get(session.number)
+        old = self.dialogues.get(session.number)
         if old is not None:
-            self.engine.forget(old)
-        self.conversations[session.number] = Conversation()
+            self.engine.forget(old.conversation)
+        self.dialogues[session.number] = Dialogue()
 
     async def close(self, session: Session) -> None:
-        old = self.conversations.pop(session.number, None)
+        old = self.dialogues.pop(session.number, None)
         if old is not None:
-            self.engine.forget(old)
+            self.engine.forget(old.conversation)
 
     def start_over(self) -> None:
         """A new model, a new vocabulary: every conversation starts again."""
-        for number in list(self.conversations):
-            self.conversations[number] = Conversation()
+        for number in list(self.dialogues):
+            self.dialogues[number] = Dialogue()
 
 
 LOAD_OPTIONS = ("ctx", "gpulayers", "threads", "batch")

@@ -72,9 +72,11 @@ def int_range(key: str) -> click.IntRange:
 @click.option("--owner", default=None, help="who may write the root ctl (default: you; '*': anyone)")
 @click.option("--auth-secret-file", type=click.Path(dir_okay=False, exists=True),
               help="require clients to prove they know this file's secret (Tauth)")
+@click.option("--chat-template-file", type=click.Path(dir_okay=False, exists=True),
+              help="a Jinja chat template to use in place of the model's own")
 @click.option("-v", "--verbose", count=True, help="log more (-vv: every message)")
 def serve(model, listen, models_dir, ctx, gpu_layers, threads, batch, slots, max_sessions, session_timeout,
-          max_connections, owner, auth_secret_file, verbose):
+          max_connections, owner, auth_secret_file, chat_template_file, verbose):
     """Serve one model as a 9P file tree."""
     if verbose:
         setup_logging(verbose)
@@ -82,7 +84,8 @@ def serve(model, listen, models_dir, ctx, gpu_layers, threads, batch, slots, max
     options = NodeOptions(model=model, listen=listen, models_dir=models_dir, ctx=ctx, gpu_layers=gpu_layers,
                           threads=threads, batch=batch, slots=slots, max_sessions=max_sessions,
                           session_timeout=session_timeout, max_connections=max_connections,
-                          owner=owner or getpass.getuser(), auth_secret_file=auth_secret_file)
+                          owner=owner or getpass.getuser(), auth_secret_file=auth_secret_file,
+                          chat_template_file=chat_template_file)
     bar = click.progressbar(length=100, label="loading model", file=sys.stderr)
 
     def progress(fraction: float) -> None:

@@ -45,13 +45,12 @@ class Conversation:
         self.cached: list[int] = []  # the tokens in the sequence's KV cache
         self.last_used = 0.0
         self.busy = False
-        self.submitted_tokens = 0  # tokens the trio side has handed over so far
 
 
 @dataclass
 class Turn:
     conversation: Conversation
-    new_tokens: list[int]
+    history: list[int]  # every token the conversation holds before this turn's reply
     sampling: Sampling
     reply: Reply
     # worker-thread state
@@ -71,6 +70,7 @@ class Stats:
     decode_seconds: float = 0.0
     steps: int = 0
     evictions: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)  # how replies ended: stop, length, context...
 
 
 # ---- the engine ------------------------------------------------------------------
@@ -144,19 +144,20 @@ class Engine:
                 raise EngineError(errors.NOT_LOADED.format())
             return self._llama.tokenize(text, add_special=first)
 
-    def submit(self, conversation: Conversation, text: bytes, sampling: Sampling) -> Reply:
-        """Queue a turn; its reply is returned at once (state queued)."""
+    def submit(self, conversation: Conversation, history: list[int], sampling: Sampling,
+               dropped: int = 0) -> Reply:
+        """Queue a turn: the conversation is to hold history (what it held and
+        the new prompt, or a re-rendered chat) and go on from there.  Only
+        what its KV cache lacks is evaluated.  The reply is returned at once
+        (state queued).  Call between turns of the conversation: history was
+        made from conversation.history, which the worker owns during a turn."""
         if self.info is None:
             raise EngineError(errors.NOT_LOADED.format())
-        tokens = self.tokenize(text, first=conversation.submitted_tokens == 0)
-        total = conversation.submitted_tokens + len(tokens)
-        if total + 1 > self.info.context:
-            if conversation.submitted_tokens == 0:
-                raise EngineError(errors.PROMPT_TOO_LONG.format(what=f"{total} tokens > context {self.info.context}"))
-            raise EngineError(errors.CONVERSATION_TOO_LONG.format(tokens=total, context=self.info.context))
-        conversation.submitted_tokens = total
-        reply = Reply(len(tokens))
-        turn = Turn(conversation, tokens, sampling.copy(), reply)
+        if len(history) + 1 > self.info.context:
+            raise EngineError(errors.PROMPT_TOO_LONG.format(what=f"{len(history)} tokens > context {self.info.context}"))
+        reply = Reply(len(history) - _common_prefix(conversation.history, history))
+        reply.tokens_dropped = dropped
+        turn = Turn(conversation, history, sampling.copy(), reply)
         self.stats.requests += 1
         self.unfinished.add(reply)
         # Through the command queue, so that it is ordered after a reset.
@@ -250,7 +251,9 @@ class Engine:
         for conv in list(self.seq_owner.values()):
             self._release(conv)
 
-    def _finish(self, turn: Turn, state: str, error: str | None = None) -> None:
+    def _finish(self, turn: Turn, state: str, error: str | None = None, reason: str | None = None) -> None:
+        why = state if state in ("cancelled", "error") else reason or "stop"
+        self.stats.reasons[why] = self.stats.reasons.get(why, 0) + 1
         if turn.held and state in ("done", "cancelled"):
             self._report(turn.reply.append, turn.held, 0)
             turn.held = b""
@@ -260,7 +263,7 @@ class Engine:
         if turn.sampler is not None:
             self._llama.free_sampler(turn.sampler)
             turn.sampler = None
-        self._report(turn.reply.set_state, state, error)
+        self._report(turn.reply.set_state, state, error, reason)
 
     def _assign_sequences(self) -> None:
         """Give queued turns a sequence, evicting idle conversations if need be."""
@@ -270,7 +273,7 @@ class Engine:
             conv = turn.conversation
             if turn.reply.cancel_requested:
                 self.queued.remove(turn)
-                conv.history += turn.new_tokens
+                conv.history = list(turn.history)
                 self._finish(turn, "cancelled")
                 continue
             if conv.busy:
@@ -280,7 +283,7 @@ class Engine:
             self.queued.remove(turn)
             self.active.append(turn)
             conv.busy = True
-            conv.history += turn.new_tokens
+            conv.history = list(turn.history)
             common = _common_prefix(conv.cached, conv.history)
             if common == len(conv.history):  # always evaluate at least the last token
                 common -= 1
@@ -359,7 +362,7 @@ class Engine:
             self._report(turn.reply.set_state, "generating")
         token = llama.sample(turn.sampler, batch_index)
         if llama.is_eog(token):
-            self._retire(turn, "done")
+            self._retire(turn, "done", "stop")
             return
         turn.generated += 1
         self.stats.tokens_out += 1
@@ -371,14 +374,15 @@ class Engine:
         full = len(conv.cached) + 1 >= llama.seq_context
         if stopped or full or turn.generated >= turn.sampling.maxtokens:
             conv.history.append(token)  # in the conversation, not yet in the cache
-            self._retire(turn, "done")
+            length = turn.generated >= turn.sampling.maxtokens
+            self._retire(turn, "done", "stop" if stopped else "length" if length else "context")
         else:
             turn.next_token = token
 
-    def _retire(self, turn: Turn, state: str) -> None:
+    def _retire(self, turn: Turn, state: str, reason: str | None = None) -> None:
         if turn in self.active:
             self.active.remove(turn)
-        self._finish(turn, state)
+        self._finish(turn, state, reason=reason)
 
 
 def _set_prefill(reply: Reply, tokens: int) -> None:

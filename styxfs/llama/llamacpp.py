@@ -101,6 +101,9 @@ class LlamaModel:
             vocabulary=self.n_vocab,
             quantisation=self._desc().rsplit(" ", 1)[-1],
             settings=settings,
+            chat_template=settings.chat_template or self._chat_template(),
+            bos_text=self._special_text(lc.llama_vocab_bos(self.vocab)),
+            eos_text=self._special_text(lc.llama_vocab_eos(self.vocab)),
         )
 
     def _desc(self) -> str:
@@ -112,6 +115,17 @@ class LlamaModel:
         buf = ctypes.create_string_buffer(256)
         n = lc.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
         return buf.value.decode(errors="replace") if n >= 0 else ""
+
+    def _chat_template(self) -> str | None:
+        source = lc.llama_model_chat_template(self.model, None)
+        return source.decode(errors="replace") if source else None
+
+    def _special_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        buf = ctypes.create_string_buffer(64)
+        n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
+        return buf.raw[:max(n, 0)].decode(errors="replace")
 
     def close(self) -> None:
         lc.llama_batch_free(self.batch)

@@ -6,6 +6,8 @@ import statistics
 
 from styxfs.metrics import exposition, server_samples
 
+from .reply import REASONS
+
 
 def node_metrics(engine, recent, tree) -> str:
     """The node's metrics file: the engine's figures, the sessions', the server's."""
@@ -26,6 +28,10 @@ def node_metrics(engine, recent, tree) -> str:
         ("llamafs_queue_length", "gauge", "turns waiting for a sequence", {}, engine.queue_length()),
         ("llamafs_slots", "gauge", "sequences decoded together at most", {}, engine.slots),
         ("llamafs_evictions_total", "counter", "idle sessions whose KV cache was evicted", {}, stats.evictions),
+    ] + [
+        ("llamafs_replies_total", "counter", "replies ended, by why: stop, length, context, cancelled, error",
+         {"reason": reason}, stats.reasons.get(reason, 0)) for reason in REASONS
+    ] + [
         ("llamafs_decode_steps_total", "counter", "llama_decode calls", {}, stats.steps),
         ("llamafs_decode_seconds_total", "counter", "time spent in llama_decode", {}, stats.decode_seconds),
     ] + server_samples(tree.server)

@@ -25,6 +25,7 @@ class ModelSettings:
     gpulayers: int = NODE["gpulayers"].default
     threads: int = NODE["threads"].default  # 0: all cores
     batch: int = NODE["batch"].default
+    chat_template: str | None = None  # overrides the model's own (serve --chat-template-file)
 
     def resolved_threads(self) -> int:
         return self.threads or max(1, os.cpu_count() or 1)
@@ -42,6 +43,9 @@ class ModelInfo:
     vocabulary: int
     quantisation: str
     settings: ModelSettings
+    chat_template: str | None = None  # Jinja source: the settings' override, else the model's
+    bos_text: str = ""  # the begin and end tokens as text, for the template
+    eos_text: str = ""
 
 
 class Model(Protocol):

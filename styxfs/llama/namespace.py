@@ -33,8 +33,9 @@ log = logging.getLogger("styxfs.llama.namespace")
 # Every file and directory has a qid path of its own.
 (QROOT, QCTL, QDATA, QREPLY, QCLONE, QNEW, QMODEL, QMETRICS, QNODES,
  QNEWCTL, QNEWDATA, QNEWREPLY, QNEWSTATUS) = range(13)
-QSESSION, QSCTL, QSPARAMS, QSDATA, QSREPLY, QSSTATUS = range(0x10, 0x16)
-SESSION_FILES = {"ctl": QSCTL, "params": QSPARAMS, "data": QSDATA, "reply": QSREPLY, "status": QSSTATUS}
+QSESSION, QSCTL, QSPARAMS, QSDATA, QSREPLY, QSSTATUS, QSSYSTEM, QSCONVERSATION = range(0x10, 0x18)
+SESSION_FILES = {"ctl": QSCTL, "params": QSPARAMS, "data": QSDATA, "reply": QSREPLY, "status": QSSTATUS,
+                 "system": QSSYSTEM, "conversation": QSCONVERSATION}
 NEW_FILES = {"ctl": QNEWCTL, "data": QNEWDATA, "reply": QNEWREPLY, "status": QNEWSTATUS}
 
 
@@ -59,6 +60,17 @@ class SessionBackend:
     def cancel(self, session: Session) -> None:
         if session.reply is not None and not session.reply.ended:
             session.reply.cancel_requested = True
+
+    def check_settings(self, sampling: Sampling) -> None:
+        """Refuse settings this backend cannot honour (chat without a template)."""
+
+    def conversation_text(self, session: Session) -> bytes:
+        """The conversation so far, as chat.format_records writes it."""
+        return b""
+
+    async def give(self, session: Session, data: bytes) -> None:
+        """Take this conversation (chat.format_records' form) as the session's own."""
+        raise errors.NO_CREATE()
 
     async def reset(self, session: Session) -> None:
         """Forget the conversation."""
@@ -160,9 +172,10 @@ class LlamaTree:
     def session_ctl(self, session: Session) -> Commands:
         commands = Commands()
         for setting in SESSION.values():
-            repeatable = setting.kind is tuple
-            commands.verb(setting.name, setting.usage, 0 if repeatable else 1, -1 if repeatable else 1)(
-                lambda caller, args, verb=setting.name: session.sampling.set(verb, args))
+            clears = setting.kind is tuple or setting.raw  # a bare verb clears it
+            commands.verb(setting.name, setting.usage, 0 if clears else 1, -1 if setting.kind is tuple else 1,
+                          raw=setting.raw)(
+                lambda caller, args, verb=setting.name: self.set_setting(session, verb, args))
 
         @commands.verb("reset")
         async def reset(caller, args):
@@ -179,12 +192,23 @@ class LlamaTree:
 
         return commands
 
+    def set_setting(self, session: Session, verb: str, args: list[str]) -> None:
+        session.sampling = self._checked(session.sampling, verb, args)
+
+    def _checked(self, sampling: Sampling, verb: str, args: list[str]) -> Sampling:
+        """The settings with one more verb applied, if the backend takes them;
+        a refusal leaves them as they were."""
+        changed = sampling.copy()
+        changed.set(verb, args)
+        self.session_backend.check_settings(changed)
+        return changed
+
     def check_owner(self, caller: Caller) -> None:
         if self.owner != "*" and caller.uname != self.owner:
             raise errors.PERM()
 
     def defaults_verb(self, caller: Caller, args: list[str]) -> None:
-        self.defaults.set(args[0], args[1:])
+        self.defaults = self._checked(self.defaults, args[0], args[1:])
 
 
 # ---- the root -----------------------------------------------------------------------
@@ -233,8 +257,8 @@ class SessionDir(Directory):
 
 
 def session_file(tree: LlamaTree, session: Session, name: str) -> Entry:
-    cls = {"ctl": SessionCtl, "params": SessionParams, "data": SessionData,
-           "reply": SessionReply, "status": SessionStatus}[name]
+    cls = {"ctl": SessionCtl, "params": SessionParams, "data": SessionData, "reply": SessionReply,
+           "status": SessionStatus, "system": SessionSystem, "conversation": SessionConversation}[name]
     return cls(tree, session)
 
 
@@ -304,6 +328,59 @@ class CtlHandle(SnapshotHandle):
         if self.session.sampling.lines() != before:
             await self.entry.tree.session_backend.prepare(self.session)
         return len(data)
+
+
+class WholeWriteHandle(SnapshotHandle):
+    """Reads give a snapshot; writes (any number, as Inferno's 8 KB pieces)
+    are gathered and taken whole at clunk."""
+
+    def __init__(self, entry, caller, text, take):
+        super().__init__(entry, caller, text)
+        self.take, self.written = take, bytearray()
+
+    async def write(self, offset: int, data: bytes) -> int:
+        if len(self.written) + len(data) > self.entry.tree.max_prompt_bytes:
+            raise errors.PROMPT_TOO_LONG(what=f"over {self.entry.tree.max_prompt_bytes} bytes")
+        self.written += data
+        return len(data)
+
+    async def clunk(self, aborted: bool) -> None:
+        try:
+            if self.written and not aborted and not self.session.closed:
+                await self.take(bytes(self.written))
+        finally:
+            await super().clunk(aborted)
+
+
+class SessionSystem(SessionEntry):
+    """The system prompt, any number of lines (ctl's `system` takes one)."""
+
+    name_, file, perm_ = "system", QSSYSTEM, 0o600
+
+    def make_handle(self, mode, caller):
+        session, tree = self.session, self.tree
+
+        async def take(data: bytes) -> None:
+            try:
+                data.decode()
+            except UnicodeDecodeError as e:
+                raise errors.PROMPT_NOT_UTF8(at=e.start) from None
+            session.sampling.system = data
+            await tree.session_backend.prepare(session)
+
+        return WholeWriteHandle(self, caller, lambda: session.sampling.system.decode(), take)
+
+
+class SessionConversation(SessionEntry):
+    """The conversation so far, one record a message; writing one gives it
+    to the session in place of its own."""
+
+    name_, file, perm_ = "conversation", QSCONVERSATION, 0o600
+
+    def make_handle(self, mode, caller):
+        session, backend = self.session, self.tree.session_backend
+        return WholeWriteHandle(self, caller, lambda: backend.conversation_text(session).decode(errors="replace"),
+                                lambda data: backend.give(session, data))
 
 
 class SessionParams(SessionEntry):
@@ -392,9 +469,7 @@ class DataHandle(SessionHandle):
 
     async def read(self, offset: int, count: int) -> bytes:
         if self.reply is None:
-            if not self.prompt:
-                raise errors.NO_PROMPT()
-            await self._submit()
+            await self._submit()  # with no prompt: go on with the last assistant message, if any
         try:
             data = await read_reply(self.reply, self.position, count)
         except trio.Cancelled:

@@ -38,6 +38,7 @@ class NodeOptions:
     max_connections: int = NODE["maxconnections"].default
     owner: str = "*"  # who may write the root ctl; "*": anyone
     auth_secret_file: str | None = None  # require shared-secret authentication
+    chat_template_file: str | None = None  # a Jinja chat template, in place of the model's own
 
 
 def default_model_path() -> Path:
@@ -79,9 +80,13 @@ class Node:
                 model = str(await trio.to_thread.run_sync(default_model_path))
                 if self.root.models_dir is None:
                     self.root.models_dir = os.path.dirname(model)
+            template = None
+            if o.chat_template_file:
+                with open(o.chat_template_file, encoding="utf-8") as f:
+                    template = f.read()
             try:
-                await self.root.load(ModelSettings(path=os.path.abspath(model), ctx=o.ctx,
-                                                   gpulayers=o.gpu_layers, threads=o.threads, batch=o.batch))
+                await self.root.load(ModelSettings(path=os.path.abspath(model), ctx=o.ctx, gpulayers=o.gpu_layers,
+                                                   threads=o.threads, batch=o.batch, chat_template=template))
             except StyxError as e:
                 log.error("model not loaded: %s", e)
             async with trio.open_nursery() as nursery:

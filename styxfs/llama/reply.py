@@ -16,10 +16,16 @@ STREAM_INTERVAL = 0.05  # seconds between wake-ups of a reply's readers while it
 ENDED = ("done", "cancelled", "error")
 
 
+REASONS = ("stop", "length", "context", "cancelled", "error")
+
+
 class Reply:
     """Any number of readers, each from the start; a read waits until there
     is more text or the turn has ended.  States: queued, prefill,
-    generating, then one of done, cancelled, error."""
+    generating, then one of done, cancelled, error; once ended, the reason,
+    in the words the ecosystem uses: stop (end of generation or a stop
+    string), length (maxtokens), context (the context is full), cancelled,
+    error."""
 
     def __init__(self, prompt_tokens: int = 0, stream_interval: float = STREAM_INTERVAL):
         self.text = bytearray()
@@ -28,6 +34,8 @@ class Reply:
         self.error: str | None = None
         self.tokens_in = prompt_tokens  # prompt tokens this turn evaluates
         self.tokens_out = 0
+        self.tokens_dropped = 0  # of the conversation, to make this turn fit the context
+        self.reason: str | None = None
         self.submitted = time.monotonic()
         self.first_token: float | None = None
         self.finished: float | None = None
@@ -57,12 +65,16 @@ class Reply:
             self._woken = now
             self._wake()
 
-    def set_state(self, state: str, error: str | None = None) -> None:
+    def set_state(self, state: str, error: str | None = None, reason: str | None = None) -> None:
         if self.ended:
             return
         self.state = state
         if error is not None:
             self.error = error
+        if state in ("cancelled", "error"):
+            reason = state
+        if reason is not None:
+            self.reason = reason
         if self.ended:
             self.finished = time.monotonic()
         self._wake()
@@ -98,6 +110,10 @@ class Reply:
     def status(self) -> str:
         """N/status: the state, then key=value figures."""
         fields = self.status_fields()
+        if self.ended and self.reason:
+            fields.insert(1, f"reason={self.reason}")
+        if self.tokens_dropped:
+            fields.append(f"tokens_dropped={self.tokens_dropped}")
         if self.error:
             fields.append(f"error={quote(self.error)}")
         return " ".join(fields) + "\n"

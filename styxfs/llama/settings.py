@@ -49,18 +49,28 @@ DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp: pick a random seed
 
 @dataclass(frozen=True)
 class Setting:
-    """One session setting.  kind is int, float, or tuple: a repeatable
-    string (`stop`), where a bare verb clears the list."""
+    """One session setting.  kind is int or float (in [low, high]); str, one
+    of `choices`; tuple, a repeatable string (`stop`: a bare verb clears the
+    list); or bytes, the raw rest of the line, no quotes processed (`system`:
+    a bare verb clears it)."""
 
     name: str
     kind: type
     default: Any
     low: float | None = None
     high: float | None = None
+    choices: tuple[str, ...] = ()
 
     @property
     def usage(self) -> str:
-        return "[STRING]" if self.kind is tuple else "VALUE"
+        if self.choices:
+            return "|".join(self.choices)
+        return {tuple: "[STRING]", bytes: "[TEXT]"}.get(self.kind, "VALUE")
+
+    @property
+    def raw(self) -> bool:
+        """Its argument is the rest of the line as written."""
+        return self.kind is bytes
 
 
 SESSION = {s.name: s for s in (
@@ -72,6 +82,11 @@ SESSION = {s.name: s for s in (
     Setting("maxtokens", int, 256, 1, 1_000_000),
     Setting("repeatpenalty", float, 1.1, 0.0, 100.0),
     Setting("stop", tuple, ()),
+    # auto: chat when the model has a chat template, else raw completion
+    Setting("mode", str, "auto", choices=("auto", "chat", "raw")),
+    Setting("system", bytes, b""),  # the system prompt of a chat
+    # a turn that would not fit: drop the oldest turns, or refuse it
+    Setting("overflow", str, "drop", choices=("drop", "refuse")),
 )}
 
 
@@ -104,8 +119,16 @@ class Sampling:
             value = getattr(self, verb)
             setattr(self, verb, value + (" ".join(args),) if args else ())
             return
+        if setting.raw:
+            setattr(self, verb, " ".join(args).encode())  # one raw argument, or (by defaults) words
+            return
         if len(args) != 1:
-            raise errors.BAD_CTL(why=f"usage: {verb} VALUE")
+            raise errors.BAD_CTL(why=f"usage: {verb} {setting.usage}")
+        if setting.choices:
+            if args[0] not in setting.choices:
+                raise errors.BAD_CTL(why=f"{verb}: {args[0]!r}: use {' or '.join(setting.choices)}")
+            setattr(self, verb, args[0])
+            return
         setattr(self, verb, parse_number(verb, args[0], setting.kind, setting.low, setting.high))
 
     def lines(self) -> str:
@@ -115,6 +138,9 @@ class Sampling:
             value = getattr(self, name)
             if setting.kind is tuple:
                 out += [f"{name} {quote(v)}" for v in value]
+            elif setting.raw:
+                if value:  # the first line: a longer one is in the session's own file
+                    out.append(f"{name} {value.decode(errors='replace').splitlines()[0]}")
             else:
                 out.append(f"{name} {value}")
         return "\n".join(out) + "\n"
@@ -128,6 +154,15 @@ class Sampling:
             if setting.kind is tuple:
                 out.append(name)
                 out += [f"{name} {quote(v)}" for v in value]
+            elif setting.raw:
+                if b"\n" not in value:  # else the session's own file carries it (raw_settings)
+                    out.append(f"{name} {value.decode()}".rstrip())
             else:
                 out.append(f"{name} {value}")
         return "\n".join(out) + "\n"
+
+    def raw_settings(self) -> dict[str, bytes]:
+        """The text settings that a ctl line cannot carry (more than a line):
+        what goes to a node through the session's file of that name."""
+        return {name: getattr(self, name) for name, s in SESSION.items()
+                if s.raw and b"\n" in getattr(self, name)}
