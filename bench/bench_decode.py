@@ -74,9 +74,9 @@ def report(figures: dict) -> None:
 @click.option("--steps", default=20, show_default=True)
 @click.option("--rounds", default=3, show_default=True)
 def main(model, threads, batches, steps, rounds):
-    from styxfs.llama.node import default_model_path
+    from styxfs.llama.models import model_path
 
-    model = model or str(default_model_path())
+    model = model or str(model_path("gemma3-270m"))
     figures = decode_ceiling(model, threads, [int(b) for b in batches.split(",")], steps, rounds)
     print(machine_line())
     print(f"llama_decode alone, {os.path.basename(model)}, {threads} threads, median of {rounds} rounds of {steps} steps")

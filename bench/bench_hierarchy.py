@@ -78,9 +78,9 @@ async def measure(dc_address: str, delay: float, sessions: int, tokens: int) -> 
 @click.option("--threads", default=2, show_default=True)
 def main(model, sessions, tokens, rounds, threads):
     if model is None:
-        from styxfs.llama.node import default_model_path
+        from styxfs.llama.models import model_path
 
-        model = str(default_model_path())
+        model = str(model_path("gemma3-270m"))
     node, node_address = start_node_process(model, threads=threads, slots=sessions)
     dc, dc_address = start_coordinator_process([node_address])
     delays = (0.0, 0.020, 0.050)

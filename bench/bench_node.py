@@ -54,9 +54,9 @@ def direct(llm, tokens: int) -> tuple[int, float]:
 def main(runs: int, tokens: int, model: str | None, threads: int) -> None:
     from llama_cpp import Llama
 
-    from styxfs.llama.node import default_model_path
+    from styxfs.llama.models import model_path
 
-    model = model or str(default_model_path())
+    model = model or str(model_path("gemma3-270m"))
     node, address = start_node_process(model, threads=threads, slots=1)
     try:
         llm = Llama(model, n_ctx=2048, n_threads=threads, n_threads_batch=threads, n_batch=512, verbose=False)

@@ -240,10 +240,10 @@ def start_llama_server(model: str, threads: int, parallel: int) -> tuple[subproc
 def main(tokens, runs, threads, model, json_path, sessions, rounds):
     from llama_cpp import Llama
 
-    from styxfs.llama.node import default_model_path
+    from styxfs.llama.models import model_path
 
     setup()
-    model = model or str(default_model_path())
+    model = model or str(model_path("gemma3-270m"))
     levels = [int(s) for s in sessions.split(",")]
     figures: dict = {"machine": machine_line(), "model": os.path.basename(model), "tokens": tokens,
                      "threads": threads}

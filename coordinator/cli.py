@@ -10,6 +10,7 @@ import trio
 
 from styxfs import client, dial, wire
 from styxfs.auth import read_secret, secret_authenticator
+from styxfs.llama.models import NAMED
 from styxfs.llama.cli import check_listen, mount_help, serve, setup_logging, stop_on_signals
 
 from .config import STRATEGIES, ConfigError, DeploymentConfig, generate
@@ -94,7 +95,7 @@ def deploy() -> None:
 
 
 @deploy.command("generate-config")
-@click.option("--model", type=click.Path(dir_okay=False), help="a .gguf file (default: Gemma 3 270M)")
+@click.option("--model", help="a .gguf file, or a name: smollm2 (the default), gemma3-270m")
 @click.option("--nodes", default=2, show_default=True, type=click.IntRange(1, 256))
 @click.option("--output", required=True, type=click.Path(dir_okay=False), help="the JSON file to write")
 @click.option("--strategy", default="round-robin", show_default=True, type=click.Choice(STRATEGIES))
@@ -103,7 +104,9 @@ def generate_config(model, nodes, output, strategy, base_port):
     """Write a config with NODES nodes on localhost, ports base-port+i."""
     if base_port + nodes - 1 > 65535:
         raise click.BadParameter(f"ports {base_port}..{base_port + nodes - 1} go past 65535", param_hint="--base-port")
-    config = generate(os.path.abspath(model) if model else None, nodes, strategy, base_port)
+    if model and model not in NAMED:
+        model = os.path.abspath(model)
+    config = generate(model, nodes, strategy, base_port)
     config.save(output)
     click.echo(f"wrote {output}: {nodes} nodes on ports {base_port}-{base_port + nodes - 1}, {strategy}")
 

@@ -147,7 +147,7 @@ class DeploymentManager:
 
     async def _isolate(self, node: NodeConfig, node_dial: str, process: NodeProcess) -> None:
         """An Inferno emu in front of the node, serving on the node's port."""
-        from styxfs.llama.node import default_model_path
+        from styxfs.llama.models import model_path
 
         from .isolation import Isolate
 
@@ -157,7 +157,7 @@ class DeploymentManager:
                 if process.returncode is not None:
                     raise RuntimeError(f"node {node.id} exited before listening{process.log_tail()}")
                 await trio.sleep(0.05)
-        model = self.config.modelPath or str(await trio.to_thread.run_sync(default_model_path))
+        model = str(await trio.to_thread.run_sync(model_path, self.config.modelPath))
         log_path = os.path.join(self.node_log_dir, f"{node.id}-isolate.log") if self.node_log_dir else None
         isolate = Isolate(node.id, log_path=log_path)
         await isolate.start_async(node_dial, os.path.abspath(model), self.config.node_value(node, "contextSize"),

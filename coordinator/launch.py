@@ -24,6 +24,8 @@ import trio
 
 import styxfs
 
+from styxfs.llama.models import DEFAULT as DEFAULT_MODEL
+
 from .config import DeploymentConfig, NodeConfig
 
 PR_SET_PDEATHSIG = 1
@@ -36,8 +38,7 @@ def node_command(config: DeploymentConfig, node: NodeConfig, listen: str) -> lis
            "--gpu-layers", str(config.node_value(node, "gpuLayers")),
            "--threads", str(config.node_value(node, "threads")),
            "--batch", str(config.node_value(node, "batchSize"))]
-    if config.modelPath:
-        cmd += ["--model", config.modelPath]
+    cmd += ["--model", config.modelPath or DEFAULT_MODEL]  # which model, said outright
     if config.modelsDir:
         cmd += ["--models-dir", config.modelsDir]
     if config.authSecretFile:

@@ -355,11 +355,11 @@ async def test_python_api_end_to_end_with_scaling(nursery, tiny_model, tmp_path)
 
 async def test_a_node_that_exits_at_start_is_a_clear_error_at_once(nursery, tmp_path):
     base = free_port()
-    config = {"name": "bad", "modelPath": str(tmp_path),  # a directory: `llamafs serve` refuses it
+    config = {"name": "bad", "modelPath": str(tmp_path),  # a directory: the node stops at once
               "network": {"basePort": base, "listen": "tcp!127.0.0.1!0"},
               "nodes": [{"id": "node-0", "address": "localhost", "port": base}]}
     mgr = DeploymentManager(config, node_log_dir=str(tmp_path))
-    with trio.fail_after(30), pytest.raises(RuntimeError, match=r"node node-0 exited \(status 2\).*is a directory"):
+    with trio.fail_after(30), pytest.raises(RuntimeError, match=r"node node-0 exited \(status 1\).*no such model file"):
         await mgr.deploy(nursery)
 
 

@@ -80,9 +80,11 @@ async def test_coordinator_restarted_reconnects(nursery, nodes):
 
 
 async def test_node_without_its_model_reports_it_and_gets_no_traffic(nursery, nodes, tmp_path):
-    process, address = start_node_process(str(tmp_path / "missing.gguf"), threads=1)
+    process, address = start_node_process(str(tmp_path / "missing.gguf"), threads=1, extra=["--no-model"])
     try:
         async with client.connect(address) as c:
+            with pytest.raises(client.ServerError, match="no such model file: missing.gguf"):
+                await c.write_file("ctl", "load missing.gguf")
             ctl = (await c.read_file("ctl")).decode()
             assert "state unloaded" in ctl and "error no such model file: missing.gguf" in ctl
         mgr = DeploymentManager({**config_for(nodes[:2]), "nodes": config_for(nodes[:2])["nodes"] + [
@@ -105,3 +107,14 @@ async def test_node_without_its_model_reports_it_and_gets_no_traffic(nursery, no
     finally:
         stop_process(process)
 
+
+
+def test_serve_with_a_model_that_is_not_there_stops_with_the_reason(tmp_path):
+    import subprocess
+
+    from .support import LLAMAFS, ROOT
+
+    done = subprocess.run(LLAMAFS + ["serve", "--model", str(tmp_path / "no.gguf"), "--listen", "tcp!127.0.0.1!0"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert "model not loaded: no such model file: no.gguf" in done.stderr

@@ -50,7 +50,8 @@ def int_range(key: str) -> click.IntRange:
 
 
 @click.command()
-@click.option("--model", type=click.Path(dir_okay=False), help="a .gguf file (default: Gemma 3 270M)")
+@click.option("--model", help="a .gguf file, or a name: smollm2 (the default: SmolLM2-135M-Instruct, chat), "
+              "gemma3-270m (Gemma 3 270M, a base model)")
 @click.option("--listen", default=DEFAULT_LISTEN, show_default=True,
               help="dial string; tcp!*!PORT listens on every interface")
 @click.option("--models-dir", type=click.Path(file_okay=False), help="where ctl `load` may load from")
@@ -74,9 +75,10 @@ def int_range(key: str) -> click.IntRange:
               help="require clients to prove they know this file's secret (Tauth)")
 @click.option("--chat-template-file", type=click.Path(dir_okay=False, exists=True),
               help="a Jinja chat template to use in place of the model's own")
+@click.option("--no-model", is_flag=True, help="start without a model (load one later through ctl)")
 @click.option("-v", "--verbose", count=True, help="log more (-vv: every message)")
 def serve(model, listen, models_dir, ctx, gpu_layers, threads, batch, slots, max_sessions, session_timeout,
-          max_connections, owner, auth_secret_file, chat_template_file, verbose):
+          max_connections, owner, auth_secret_file, chat_template_file, no_model, verbose):
     """Serve one model as a 9P file tree."""
     if verbose:
         setup_logging(verbose)
@@ -85,7 +87,7 @@ def serve(model, listen, models_dir, ctx, gpu_layers, threads, batch, slots, max
                           threads=threads, batch=batch, slots=slots, max_sessions=max_sessions,
                           session_timeout=session_timeout, max_connections=max_connections,
                           owner=owner or getpass.getuser(), auth_secret_file=auth_secret_file,
-                          chat_template_file=chat_template_file)
+                          chat_template_file=chat_template_file, no_model=no_model)
     bar = click.progressbar(length=100, label="loading model", file=sys.stderr)
 
     def progress(fraction: float) -> None:
@@ -104,8 +106,10 @@ def serve(model, listen, models_dir, ctx, gpu_layers, threads, batch, slots, max
             info = node.engine.info
             if info:
                 click.echo(f"llamafs: {info.path} ({info.description}, context {info.context})", err=True)
-            else:
-                click.echo(f"llamafs: no model loaded: {node.root.load_error}", err=True)
+            elif no_model:
+                click.echo("llamafs: no model yet: load one with ctl (load PATH)", err=True)
+            else:  # a mistyped path at a shell: say so and stop, as llama-server does
+                raise click.ClickException(f"model not loaded: {node.root.load_error}")
             port = dial.listening_port(node.listeners) if address.network == "tcp" else 0
             shown = dial.Address(address.network, address.host, port, address.path)
             click.echo(f"llamafs: serving on {shown}", err=True)

