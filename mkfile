@@ -1,6 +1,6 @@
-# Builds limbo/*.dis with Inferno's mk and limbo:
+# Builds coordinator/limbo/*.dis with Inferno's mk and limbo:
 #	ROOT=/path/to/inferno; PATH=$ROOT/Linux/386/bin:$PATH
-#	mk			# limbo/llamacpp.dis limbo/llama.dis limbo/isolate.dis
+#	mk			# coordinator/limbo/llamacpp.dis coordinator/limbo/llama.dis coordinator/limbo/isolate.dis
 #	mk install		# llamacpp.dis (and isolate.dis) to $ROOT$MODULEPATH's
 #				# directory, llama.dis to $ROOT/dis
 #	mk clean
@@ -11,12 +11,12 @@
 <$ROOT/mkconfig
 
 TARG=\
-	limbo/llamacpp.dis\
-	limbo/llama.dis\
-	limbo/isolate.dis\
+	coordinator/limbo/llamacpp.dis\
+	coordinator/limbo/llama.dis\
+	coordinator/limbo/isolate.dis\
 
 MODULES=\
-	limbo/llamacpp.m\
+	coordinator/limbo/llamacpp.m\
 
 SYSMODULES=\
 	arg.m\
@@ -29,13 +29,13 @@ CONFIG=
 
 <$ROOT/mkfiles/mkdis
 
-LIMBOFLAGS=-I$MODDIR -Ilimbo
+LIMBOFLAGS=-I$MODDIR -Icoordinator/limbo
 
-# The sources are in limbo/: the .dis goes beside its .b.
+# The sources are in coordinator/limbo/: the .dis goes beside its .b.
 %.dis:	%.b
 	limbo $LIMBOFLAGS -gw -o $target $stem.b
 
-# mkdis's install is $DISBIN/limbo/*.dis: send each where it belongs
+# mkdis's install is $DISBIN/coordinator/limbo/*.dis: send each where it belongs
 # instead (isolate.dis beside the module).
 $DISBIN/%.dis:V:	%.dis
 	modpath=$MODULEPATH
@@ -44,14 +44,14 @@ $DISBIN/%.dis:V:	%.dis
 		if [ -n "$p" ]; then modpath=$p; fi
 	fi
 	case $stem in
-	limbo/llamacpp)	dest=$ROOT$modpath ;;
-	limbo/isolate)	dest=`dirname $ROOT$modpath`/isolate.dis ;;
+	coordinator/limbo/llamacpp)	dest=$ROOT$modpath ;;
+	coordinator/limbo/isolate)	dest=`dirname $ROOT$modpath`/isolate.dis ;;
 	*)	dest=$DISBIN/`basename $stem`.dis ;;
 	esac
 	mkdir -p `dirname $dest`
 	rm -f $dest && cp $stem.dis $dest && echo $stem.dis '->' $dest
 
 clean:V:
-	rm -f limbo/*.dis limbo/*.sbl
+	rm -f coordinator/limbo/*.dis coordinator/limbo/*.sbl
 
 nuke:V:	clean

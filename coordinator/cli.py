@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
 import click
 import trio
 
+import styxfs
 from styxfs import client, dial, wire
 from styxfs.auth import read_secret, secret_authenticator
 from styxfs.llama.models import NAMED
@@ -18,6 +20,7 @@ from .deploy import DeploymentManager
 
 
 @click.group()
+@click.version_option(styxfs.__version__, prog_name="llamafs")
 @click.option("-v", "--verbose", count=True, help="log more (-vv: every message)")
 def main(verbose: int) -> None:
     """llama.cpp served as a 9P file tree."""
@@ -32,9 +35,19 @@ def auth_option(fn):
                         help="authenticate with this file's secret")(fn)
 
 
-def connect(addr: str, auth_secret_file: str | None):
+@contextlib.asynccontextmanager
+async def connect(addr: str, auth_secret_file: str | None):
+    """A client of addr; nothing listening there is a clear error that says what to start."""
     authenticate = secret_authenticator(read_secret(auth_secret_file)) if auth_secret_file else None
-    return client.connect(addr, authenticate=authenticate)
+    try:
+        stream = await dial.connect(dial.parse(addr))
+    except OSError as e:
+        raise click.ClickException(
+            f"nothing answers at {addr} ({e.strerror or e}): start a node there with `llamafs serve` "
+            f"(or bin/serve), or a deployment with `llamafs deploy start`, or give --addr") from None
+    await stream.aclose()
+    async with client.connect(addr, authenticate=authenticate) as c:
+        yield c
 
 
 @main.command()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import trio
 
+import styxfs
 from styxfs import client, dial
 from styxfs import errors
 from styxfs.llama.namespace import LlamaTree, RootBackend
@@ -82,7 +83,7 @@ class CoordinatorRoot(RootBackend):
 
     async def ctl_text(self, tree: LlamaTree) -> str:
         pool = self.pool
-        lines = [("role", "coordinator"), ("name", self.name), ("state", "loaded" if pool.healthy() else "unloaded"),
+        lines = [("role", "coordinator"), ("version", styxfs.__version__), ("name", self.name), ("state", "loaded" if pool.healthy() else "unloaded"),
                  ("strategy", pool.strategy.name), ("failover", "on" if self.sessions.failover else "off"),
                  ("healthcheckinterval", int(pool.health_interval * 1000)),
                  ("requesttimeout", int(self.sessions.request_timeout * 1000)),

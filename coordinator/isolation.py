@@ -1,7 +1,7 @@
 """Dis-VM isolates: one Inferno emu in front of each local node.
 
 With ``"isolation": "dis"`` each node is reached through an isolate: a hosted
-Inferno emulator (``emu``) running ``limbo/isolate.b``, which mounts the node
+Inferno emulator (``emu``) running ``coordinator/limbo/isolate.b``, which mounts the node
 in a namespace of its own, loads the model through Llamacpp's
 ``ModelContext.loadmodel`` and serves the node's tree back out on a port of
 its own (as ``styxlisten -A … export`` would; each client connection gets its
@@ -29,6 +29,8 @@ Errors are :class:`IsolationError` with the reason and the end of emu's output.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.resources
 import os
 import shutil
 import signal
@@ -46,7 +48,8 @@ from .launch import spawn
 
 __all__ = ["IsolationError", "EmuNotFound", "Isolate", "find_emu", "find_limbo", "build_dis", "LIMBO_SOURCES"]
 
-LIMBO_SOURCES = Path(__file__).resolve().parent.parent / "limbo"
+# The Limbo sources are package data: in a checkout and in an installed wheel alike.
+LIMBO_SOURCES = Path(str(importlib.resources.files("coordinator") / "limbo"))
 PROGRAMS = ("llamacpp", "isolate", "llama")
 READY = "isolate: serving"
 
@@ -125,27 +128,30 @@ def _require_emu() -> tuple[str, str]:
     return found
 
 
-def _cache_dir() -> Path:
+def _cache_dir(src: Path) -> Path:
+    """~/.cache/llamafs/dis/HASH: a directory per version of the sources."""
+    digest = hashlib.sha256()
+    for f in sorted(src.glob("*.[bm]")):
+        digest.update(f.name.encode() + b"\0" + f.read_bytes())
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "llamafs" / "dis"
+    return Path(base) / "llamafs" / "dis" / digest.hexdigest()[:16]
 
 
 def build_dis(root: str, emu: str, names: tuple[str, ...] = PROGRAMS, src: Path = LIMBO_SOURCES) -> Path:
-    """The directory holding ``NAME.dis`` for each name, compiled if missing or stale.
+    """The directory holding ``NAME.dis`` for each name, compiled if missing.
 
-    Compiled beside the sources (as ``mk`` does) when that directory is
-    writable, else in ``~/.cache/llamafs/dis``. Warnings are errors.
+    Compiled into the user's cache, never beside the sources (an installed
+    package does not write into itself). Warnings are errors.
     """
     if not (src / "llamacpp.m").is_file():
         raise IsolationError(f"the Limbo sources are not in {src}")
-    out = src if os.access(src, os.W_OK) else _cache_dir()
+    out = _cache_dir(src)
     with _build_lock:
         limbo = None
         for name in names:
             source = src / f"{name}.b"
             target = out / f"{name}.dis"
-            newest = max(source.stat().st_mtime, (src / "llamacpp.m").stat().st_mtime)
-            if target.is_file() and target.stat().st_mtime >= newest:
+            if target.is_file():  # the directory is the sources' own (by their hash)
                 continue
             limbo = limbo or find_limbo(emu)
             if limbo is None:

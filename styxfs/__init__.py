@@ -3,4 +3,4 @@ server, a file-tree API (tree), a client, dial strings, authentication and
 a RAM file server.  It knows nothing of llama.cpp: the llamafs node built
 on it is the subpackage `styxfs.llama`."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -41,7 +41,10 @@ def server_samples(server) -> list:
     """The 9P server's own figures: what a leak would show in."""
     if server is None:
         return []
+    from . import __version__
+
     return [
+        ("llamafs_build_info", "gauge", "1, labelled with the llamafs version", {"version": __version__}, 1),
         ("llamafs_connections", "gauge", "9P connections open", {}, len(server.connections)),
         ("llamafs_fids", "gauge", "fids held on all connections", {}, server.fid_count()),
         ("llamafs_outstanding_requests", "gauge", "9P requests being answered", {}, server.outstanding_count()),

@@ -191,7 +191,7 @@ def dis(tmp_path_factory) -> tuple[Path, Path]:
     built = isolation.build_dis(root, emu)
     d = tmp_path_factory.mktemp("driver")
     (d / "driver.b").write_text(DRIVER)
-    done = subprocess.run([str(bindir / "limbo"), f"-I{root}/module", f"-I{REPO / 'limbo'}", "-w",
+    done = subprocess.run([str(bindir / "limbo"), f"-I{root}/module", f"-I{isolation.LIMBO_SOURCES}", "-w",
                            "-o", str(d / "driver.dis"), str(d / "driver.b")], capture_output=True, text=True)
     assert done.returncode == 0 and not done.stdout and not done.stderr, done
     return built / "llamacpp.dis", d / "driver.dis"

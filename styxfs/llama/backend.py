@@ -12,6 +12,7 @@ import os
 
 import trio
 
+import styxfs
 from styxfs import errors
 from styxfs.errors import StyxError
 from styxfs.tree import Commands, parse_number
@@ -276,6 +277,7 @@ class NodeRoot(RootBackend):
         info = self.engine.info
         lines = [
             ("role", "node"),
+            ("version", styxfs.__version__),
             ("model", info.path if info else "none"),
             ("state", self.state),
             ("ctx", info.context if info else (s.ctx if s else 0)),

@@ -11,6 +11,7 @@ import sys
 import click
 import trio
 
+import styxfs
 from styxfs import dial
 
 from .node import Node, NodeOptions
@@ -50,6 +51,7 @@ def int_range(key: str) -> click.IntRange:
 
 
 @click.command()
+@click.version_option(styxfs.__version__, prog_name="llamafs")
 @click.option("--model", help="a .gguf file, or a name: smollm2 (the default: SmolLM2-135M-Instruct, chat), "
               "gemma3-270m (Gemma 3 270M, a base model)")
 @click.option("--listen", default=DEFAULT_LISTEN, show_default=True,

@@ -7,6 +7,7 @@ against load and unload)."""
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 from typing import Callable
 
@@ -21,23 +22,35 @@ from .settings import DEFAULT_SEED, Sampling
 _backend_ready = False
 
 
-def _quiet_logs() -> None:
-    """llama.cpp logs to stderr by default; keep warnings and errors only."""
+# llama.cpp's log levels (ggml_log_level) as Python's, one down: its warnings
+# ("control-looking token", "full-size SWA cache") are not ours to show a user
+# by default, but `-v` shows them; its errors always show.
+_LEVELS = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.INFO, 4: logging.ERROR}
+_llama_log = logging.getLogger("llama.cpp")
+
+
+def _log_through_logging() -> None:
+    """llama.cpp's log, a line at a time, to the logger "llama.cpp"."""
+    pending = {"text": b"", "level": logging.DEBUG}
 
     @lc.llama_log_callback
     def callback(level, text, user_data):
-        if level in (3, 4):  # GGML_LOG_LEVEL_WARN, _ERROR
-            os.write(2, text)
+        if level != 5:  # GGML_LOG_LEVEL_CONT goes on with the line before
+            pending["level"] = _LEVELS.get(level, logging.DEBUG)
+        pending["text"] += text or b""
+        while b"\n" in pending["text"]:
+            line, pending["text"] = pending["text"].split(b"\n", 1)
+            if line.strip():
+                _llama_log.log(pending["level"], "%s", line.decode(errors="replace"))
 
-    _quiet_logs.callback = callback  # keep it alive
+    _log_through_logging.callback = callback  # keep it alive
     lc.llama_log_set(callback, ctypes.c_void_p(0))
 
 
 def _init_backend() -> None:
     global _backend_ready
     if not _backend_ready:
-        if not os.environ.get("LLAMAFS_LLAMA_LOGS"):
-            _quiet_logs()
+        _log_through_logging()
         lc.llama_backend_init()
         _backend_ready = True
 

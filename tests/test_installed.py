@@ -1,0 +1,136 @@
+"""llamafs as a user installs it: a wheel, in a fresh virtual environment,
+used from outside the checkout.
+
+The wheel's dependencies are the ones bin/setup installed (llama-cpp-python
+among them, built from source with the portable flags: built again without
+them it would be the build that crashes here, and take minutes): the fresh
+environment reaches them through a .pth line naming the checkout
+environment's site-packages.  A .pth line adds a directory to the path but
+runs none of the .pth files in it, so the checkout's editable install of
+llamafs stays out, and `import styxfs` finds the wheel's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from styxfs.dial import free_port
+
+from .inferno import find_emu
+from .support import ROOT, wait_for_port
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), ROOT],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    (path,) = out.glob("llamafs-*.whl")
+    return path
+
+
+@pytest.fixture(scope="module")
+def venv(wheel, tmp_path_factory) -> Path:
+    """A fresh environment holding the wheel (not editable)."""
+    env = tmp_path_factory.mktemp("venv") / "env"
+    subprocess.run([sys.executable, "-m", "venv", str(env)], check=True, timeout=120)
+    python = env / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    Path(site, "llamafs-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    done = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(wheel)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return env
+
+
+def test_the_wheel_holds_every_file_of_the_packages_the_checkout_tracks(wheel):
+    listed = subprocess.run(["git", "ls-files", "styxfs", "coordinator"], cwd=ROOT, capture_output=True,
+                            text=True)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout")
+    tracked = {name for name in listed.stdout.split() if not name.endswith((".pyc",))}
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert tracked and tracked <= names, sorted(tracked - names)
+    assert any(n.endswith("licenses/LICENSE") for n in names)
+    assert not any(n.startswith(("tests/", "bench/")) for n in names)
+
+
+def run(env: Path, *args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([str(env / "bin" / args[0]), *args[1:]], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_the_installed_package_serves_asks_and_deploys(venv, tiny_model, tmp_path):
+    where = run(venv, "python", "-c", "import styxfs, coordinator; print(styxfs.__file__, coordinator.__file__)",
+                cwd=tmp_path)
+    assert where.returncode == 0 and str(ROOT) not in where.stdout and str(venv) in where.stdout, where
+    version = run(venv, "llamafs", "--version", cwd=tmp_path)
+    assert version.returncode == 0 and "llamafs, version" in version.stdout
+    # A node, by the package's own entry point.
+    port = free_port()
+    node = subprocess.Popen([str(venv / "bin" / "python"), "-m", "styxfs.llama", "--model", tiny_model,
+                             "--listen", f"tcp!127.0.0.1!{port}", "--threads", "1"], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_port(port, timeout=60, process=node)
+        ask = run(venv, "llamafs", "ask", "--addr", f"tcp!127.0.0.1!{port}", "--maxtokens", "4", "Once upon a time",
+                  cwd=tmp_path)
+        assert ask.returncode == 0 and ask.stdout.strip(), ask.stderr
+    finally:
+        node.send_signal(signal.SIGINT)
+        node.wait(30)
+    # A deployment of two nodes, started by the installed llamafs.
+    base, listen = free_port(), free_port()
+    config = tmp_path / "deployment.json"
+    config.write_text(json.dumps({"name": "installed", "modelPath": tiny_model, "model": {"threads": 1},
+                                  "network": {"basePort": base, "listen": f"tcp!127.0.0.1!{listen}"},
+                                  "nodes": [{"id": "a", "port": base}, {"id": "b", "port": base + 1}]}))
+    deployer = subprocess.Popen([str(venv / "bin" / "llamafs"), "deploy", "start", "--config", str(config)],
+                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_port(listen, timeout=90, process=deployer)
+        status = run(venv, "llamafs", "status", "--addr", f"tcp!127.0.0.1!{listen}", cwd=tmp_path)
+        assert " up " in status.stdout and "a " in status.stdout and "b " in status.stdout, status
+        ask = run(venv, "llamafs", "ask", "--addr", f"tcp!127.0.0.1!{listen}", "--maxtokens", "4", "hello",
+                  cwd=tmp_path)
+        assert ask.returncode == 0 and ask.stdout.strip(), ask.stderr
+    finally:
+        deployer.send_signal(signal.SIGINT)
+        deployer.communicate(timeout=60)
+    assert deployer.returncode == 0
+
+
+@pytest.mark.skipif(find_emu() is None, reason="Inferno emu not found: set INFERNO_ROOT or put emu on PATH")
+def test_the_installed_package_puts_an_isolate_in_front_of_a_node(venv, tiny_model, tmp_path):
+    base, listen = free_port(), free_port()
+    config = tmp_path / "deployment.json"
+    config.write_text(json.dumps({"name": "isolated", "isolation": "dis", "modelPath": tiny_model,
+                                  "model": {"threads": 1, "contextSize": 512},
+                                  "network": {"basePort": base, "listen": f"tcp!127.0.0.1!{listen}"},
+                                  "nodes": [{"id": "a", "port": base}]}))
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))  # the .dis go here, not into the package
+    deployer = subprocess.Popen([str(venv / "bin" / "llamafs"), "deploy", "start", "--config", str(config)],
+                                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_port(listen, timeout=120, process=deployer)
+        ask = run(venv, "llamafs", "ask", "--addr", f"tcp!127.0.0.1!{listen}", "--maxtokens", "4", "hello",
+                  cwd=tmp_path)
+        assert ask.returncode == 0 and ask.stdout.strip(), ask.stderr
+    finally:
+        deployer.send_signal(signal.SIGINT)
+        deployer.communicate(timeout=60)
+    assert list((tmp_path / "cache" / "llamafs" / "dis").glob("*/llamacpp.dis"))
+    assert not list(venv.rglob("*.dis"))
