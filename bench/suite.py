@@ -3,10 +3,12 @@
     .venv/bin/python bench/suite.py [--tokens 128] [--runs 3] [--rounds 3] [--json bench/results/suite.json]
 
 a. one session: tokens/s through the 9P data file vs llama-cpp-python directly
-b. 1, 2, 4, 8 concurrent sessions of 128 tokens: aggregate tokens/s and p50/p99
-   time to first token, llamafs vs `python -m llama_cpp.server` (same model and
-   build), in rounds that alternate the two with fresh processes; and vs
-   `llama-server --parallel N` when one is on PATH
+b. 1, 2, 4, 8, 16 concurrent sessions of 128 tokens: aggregate tokens/s and
+   p50/p99 time to first token: llamafs (a node with --slots N), llama-server
+   (--parallel N, built from the same llama.cpp by bench/llama_server.py) and
+   `python -m llama_cpp.server`, in rounds, each level of each round with
+   fresh processes, and llamafs / llama-server per level (--no-peers: llamafs
+   alone)
 c. a coordinator over 2 nodes vs 1 node at 8 concurrent sessions
 d. a node's resident memory, idle and at 8 sessions
 and the ceiling on b: llama_decode alone, N tokens a step against one
@@ -21,7 +23,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -214,16 +215,33 @@ def start_peer(model: str, threads: int) -> tuple[subprocess.Popen, int]:
     return process, port
 
 
-def start_llama_server(model: str, threads: int, parallel: int) -> tuple[subprocess.Popen, int] | None:
-    binary = shutil.which("llama-server")
-    if not binary:
-        return None
+def start_llama_server(binary: str, model: str, threads: int, parallel: int) -> tuple[subprocess.Popen, int]:
+    """llama-server with a slot per session and 2048 tokens a slot, as a node with --slots N."""
     port = free_port()
     process = subprocess.Popen([binary, "-m", model, "-c", str(2048 * parallel), "-t", str(threads),
-                                "--parallel", str(parallel), "--port", str(port), "--host", "127.0.0.1"],
+                                "-tb", str(threads), "--parallel", str(parallel), "--port", str(port),
+                                "--host", "127.0.0.1"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_port(port, process=process)
+    wait_ready(port)
     return process, port
+
+
+def wait_ready(port: int, timeout: float = 120) -> None:
+    """llama-server listens before its model is loaded: /health says 200 when it is."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            conn.request("GET", "/health")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        finally:
+            conn.close()
+        time.sleep(0.1)
+    raise TimeoutError("llama-server did not become ready")
 
 
 # ---- the suite ---------------------------------------------------------------------------
@@ -235,9 +253,10 @@ def start_llama_server(model: str, threads: int, parallel: int) -> tuple[subproc
 @click.option("--threads", default=os.cpu_count() or 2, show_default=True)
 @click.option("--model", default=None, help="default: Gemma 3 270M")
 @click.option("--json", "json_path", default=os.path.join(ROOT, "bench", "results", "suite.json"), show_default=True)
-@click.option("--sessions", default="1,2,4,8", show_default=True)
-@click.option("--rounds", default=3, show_default=True, help="rounds of part b, each with fresh processes")
-def main(tokens, runs, threads, model, json_path, sessions, rounds):
+@click.option("--sessions", default="1,2,4,8,16", show_default=True)
+@click.option("--rounds", default=5, show_default=True, help="rounds of part b, each with fresh processes")
+@click.option("--no-peers", is_flag=True, help="llamafs alone in part b (no llama-server, no llama_cpp.server)")
+def main(tokens, runs, threads, model, json_path, sessions, rounds, no_peers):
     from llama_cpp import Llama
 
     from styxfs.llama.models import model_path
@@ -267,21 +286,13 @@ def main(tokens, runs, threads, model, json_path, sessions, rounds):
         stop_process(node)
     # b. concurrency, in rounds: each level runs llamafs and then llama_cpp.server, so
     # the drift of this machine's speed (often 15% within minutes) hits both alike.
-    figures["b"], peaks = concurrency_figures(model, threads, tokens, levels, rounds)
+    from bench.llama_server import find_or_build
+
+    server = None if no_peers else find_or_build()
+    figures["b"], peaks = concurrency_figures(model, threads, tokens, levels, rounds, server, not no_peers)
     for level, peak in peaks.items():
         figures[f"rss_{level}_sessions_mb"] = peak
     figures["metrics_while_busy"] = metrics_while_busy(model, threads, tokens, max(levels))
-    figures["b"]["llama-server"] = {}
-    for level in levels:
-        started = start_llama_server(model, threads, level)
-        if started is None:
-            figures["b"]["llama-server"] = "not on PATH"
-            break
-        process, port = started
-        try:
-            figures["b"]["llama-server"][level] = combine([http_concurrent(port, level, tokens)])
-        finally:
-            stop_process(process)
     # c. a coordinator over 2 nodes vs 1 node, 8 sessions
     figures["c"] = coordinator_figures(model, threads, tokens, max(levels))
     # What batching can give at most here: llama.cpp alone, N tokens a step.
@@ -293,17 +304,22 @@ def main(tokens, runs, threads, model, json_path, sessions, rounds):
     print(f"figures written to {json_path}")
 
 
-def concurrency_figures(model: str, threads: int, tokens: int, levels: list[int], rounds: int) -> tuple[dict, dict]:
-    """Part b: per round a llama_cpp.server process and, per level, a node with
-    --slots N for N sessions (as llama-server gets --parallel N), each started
-    afresh (one process can run 10% faster or slower than the next).
+def concurrency_figures(model: str, threads: int, tokens: int, levels: list[int], rounds: int,
+                        llama_server: str | None, python_peer: bool) -> tuple[dict, dict]:
+    """Part b: per round and level, a node with --slots N for N sessions and
+    llama-server with --parallel N, each started afresh (one process can run
+    10% faster or slower than the next), one after the other so that the
+    drift of this machine's speed hits both alike; and per round one
+    llama_cpp.server (it answers one request at a time whatever N).
     ({server: {level: figures}}, {level: the node's peak resident MB})."""
-    runs: dict = {"llamafs": {level: [] for level in levels}, "llama_cpp.server": {level: [] for level in levels}}
+    names = ["llamafs"] + (["llama-server"] if llama_server else []) + (["llama_cpp.server"] if python_peer else [])
+    runs: dict = {name: {level: [] for level in levels} for name in names}
     peaks: dict = {}
     for _ in range(rounds):
-        peer, port = start_peer(model, threads)
+        peer, port = start_peer(model, threads) if python_peer else (None, 0)
         try:
-            http_concurrent(port, 1, 8)  # warm up
+            if peer:
+                http_concurrent(port, 1, 8)  # warm up
             for level in levels:
                 node, address = start_node_process(model, threads=threads, slots=level)
                 try:
@@ -313,9 +329,18 @@ def concurrency_figures(model: str, threads: int, tokens: int, levels: list[int]
                 finally:
                     stop_process(node)
                 peaks[level] = max(peaks.get(level, 0.0), rss.peak)
-                runs["llama_cpp.server"][level].append(http_concurrent(port, level, tokens))
+                if llama_server:
+                    process, server_port = start_llama_server(llama_server, model, threads, level)
+                    try:
+                        http_concurrent(server_port, 1, 8)  # warm up
+                        runs["llama-server"][level].append(http_concurrent(server_port, level, tokens))
+                    finally:
+                        stop_process(process)
+                if peer:
+                    runs["llama_cpp.server"][level].append(http_concurrent(port, level, tokens))
         finally:
-            stop_process(peer)
+            if peer:
+                stop_process(peer)
     return {name: {level: combine(r) for level, r in by_level.items()} for name, by_level in runs.items()}, peaks
 
 
@@ -366,11 +391,15 @@ def report(f: dict) -> None:
         for level, r in rows.items():
             print(f"   {level:<9} {name:<18} {r['aggregate_tps']:>15.1f}  {r['ttft_p50']:>7.3f}s  {r['ttft_p99']:>7.3f}s")
     print("   (aggregate: the median of the rounds; time to first token: over all rounds' sessions)")
-    four = f["b"]["llamafs"].get(4), f["b"]["llama_cpp.server"].get(4)
-    if all(four):
-        rounds = ", ".join(f"{a / b:.2f}" for a, b in zip(four[0]["runs_tps"], four[1]["runs_tps"]))
-        print(f"   at 4 sessions llamafs / llama_cpp.server = {four[0]['aggregate_tps'] / four[1]['aggregate_tps']:.2f}"
-              f" (goal >= 2); round by round {rounds}")
+    peer = f["b"].get("llama-server")
+    if peer:
+        print("\n   llamafs / llama-server (goal >= 1.0 at every level; TTFT p50 no worse):")
+        for level, ours in f["b"]["llamafs"].items():
+            theirs = peer[level]
+            rounds = [a / b for a, b in zip(ours["runs_tps"], theirs["runs_tps"])]
+            print(f"   {level:>3} sessions: {ours['aggregate_tps'] / theirs['aggregate_tps']:.2f} (median of rounds;"
+                  f" rounds {', '.join(f'{r:.2f}' for r in rounds)}), TTFT p50 {ours['ttft_p50']:.3f}s vs"
+                  f" {theirs['ttft_p50']:.3f}s")
     busy = f["metrics_while_busy"]
     print(f"   reading metrics while {busy['sessions']} sessions generate: p50 {busy['p50'] * 1000:.1f} ms, "
           f"p99 {busy['p99'] * 1000:.1f} ms")

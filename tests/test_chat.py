@@ -298,3 +298,19 @@ async def session_reply(c, messages) -> str:
     reply, _ = await run_turn(c, n, last)
     await ctl.close()
     return reply.decode()
+
+
+async def test_a_reply_cut_by_an_error_says_so(start_node, tiny_model):
+    address, node = await start_node(engine=SlowEngine(slots=2))
+    async with client.connect(address) as c:
+        await greedy(c, maxtokens=100_000)
+        ctl, n = await new_session(c)
+        async with await c.open(f"{n}/data", wire.ORDWR) as f:
+            await f.write(PROMPT)
+            await f.read()  # it is generating
+            await c.write_file("ctl", "unload")  # the model goes from under it
+            with pytest.raises(ServerError, match="interrupted: the model was unloaded"):
+                await f.read_all()
+        status = status_fields(await c.read_file(f"{n}/status"))
+        assert status["state"] == "error" and status["reason"] == "error", status
+        await ctl.close()

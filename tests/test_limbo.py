@@ -316,6 +316,8 @@ unmount /n/llama
 mkdir -p /n/other
 mount -A tcp!127.0.0.1!{port(address)} /n/other
 {llama} -m /n/other -t 0 -n 24 {PROMPT}
+echo ---raw
+{llama} -m /n/other -r -s 'Be brief.' -t 0 -n 24 {PROMPT}
 echo ---dead
 {llama} -a tcp!127.0.0.1!{dead} hello
 echo ---status $status
@@ -335,13 +337,17 @@ echo ---end
     assert section("stdin", "pipe") == want_stdin
     assert section("pipe", "addr").strip() == str(len(want))  # wc -c counts characters
     assert section("addr", "mount") == want
-    assert section("mount", "dead") == want
+    assert section("mount", "raw") == want
+    assert section("raw", "dead") == want  # a model without a template: raw anyway, the system unused
     statuses = [line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("---status")]
     assert statuses[0].startswith(f"can't dial tcp!127.0.0.1!{dead}"), statuses
     assert statuses[1].startswith("can't open /n/nowhere/clone"), statuses
     assert statuses[2].lstrip("|").startswith("no prompt"), statuses  # a pipeline's status
     assert statuses[3] == "bad temperature: warm", statuses
-    errors = result.stderr.splitlines()
+    lines = result.stderr.splitlines()
+    cut = [e for e in lines if e == "llama: the reply was cut short (reason=length)"]
+    errors = [e for e in lines if e not in cut]
+    assert len(cut) == 6, result.stderr  # every -n reply: maxtokens ended it
     assert len(errors) == 4 and all(e.startswith("llama: ") for e in errors), result.stderr
     # Every session the command made was closed.
     with trio.fail_after(5):

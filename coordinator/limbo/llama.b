@@ -2,12 +2,15 @@ implement Llama;
 
 #
 # llama [-m mountpoint] [-a tcp!host!port [-k secretfile] [-M modulepath]]
-#	[-t temperature] [-n maxtokens] [prompt ...]
+#	[-t temperature] [-n maxtokens] [-s system] [-r] [prompt ...]
 #
 # Ask a llamafs node or coordinator: a session of its own (clone), the
 # settings written to its ctl, the prompt (the arguments, or else standard
 # input) written to its data file, and the reply copied to standard output
-# as it arrives.  The session is closed at the end.  With -a, -k
+# as it arrives.  -s gives a chat its system prompt; -r asks for raw
+# completion where the model has a chat template.  A reply cut short
+# (maxtokens, or a full context) is said on standard error.  The session is
+# closed at the end.  With -a, -k
 # authenticates with the secret in secretfile (to a server started with
 # --auth-secret-file) through Llamacpp's authmount: the module from -M,
 # else Llamacpp->PATH, else llamacpp.dis beside this command.
@@ -40,7 +43,7 @@ init(nil: ref Draw->Context, argv: list of string)
 	if(arg == nil)
 		fail(sys->sprint("can't load %s: %r", Arg->PATH));
 	arg->init(argv);
-	arg->setusage("llama [-m mountpoint] [-a tcp!host!port [-k secretfile] [-M modulepath]] [-t temperature] [-n maxtokens] [prompt ...]");
+	arg->setusage("llama [-m mountpoint] [-a tcp!host!port [-k secretfile] [-M modulepath]] [-t temperature] [-n maxtokens] [-s system] [-r] [prompt ...]");
 	mnt := "";
 	addr := "";
 	secretfile := "";
@@ -61,6 +64,10 @@ init(nil: ref Draw->Context, argv: list of string)
 			settings = "temperature " + number(arg->earg(), "temperature") :: settings;
 		'n' =>
 			settings = "maxtokens " + number(arg->earg(), "maxtokens") :: settings;
+		's' =>
+			settings = "system " + arg->earg() :: settings;
+		'r' =>
+			settings = "mode raw" :: settings;
 		* =>
 			arg->usage();
 		}
@@ -120,9 +127,26 @@ init(nil: ref Draw->Context, argv: list of string)
 			fail(sys->sprint("%s: %r", hd settings));
 
 	err := stream(session + "/data", prompt);
+	if(err == nil)
+		saycut(session + "/status");
 	sys->fprint(ctl, "close");
 	if(err != nil)
 		fail(err);
+}
+
+# Say on standard error when the reply was cut short: N/status's reason.
+saycut(status: string)
+{
+	fd := sys->open(status, Sys->OREAD);
+	if(fd == nil)
+		return;
+	buf := array[256] of byte;
+	n := sys->read(fd, buf, len buf);
+	if(n <= 0)
+		return;
+	for((nil, f) := sys->tokenize(string buf[0:n], " \t\n"); f != nil; f = tl f)
+		if(hd f == "reason=length" || hd f == "reason=context")
+			sys->fprint(sys->fildes(2), "llama: the reply was cut short (%s)\n", hd f);
 }
 
 # The module: from modpath if given, else its installed PATH, else
