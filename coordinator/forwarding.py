@@ -20,7 +20,7 @@ import trio
 
 from styxfs import client, wire
 from styxfs import errors
-from styxfs.llama.chat import Message, format_records, parse_records
+from styxfs.llama.chat import Message, format_records
 from styxfs.llama.namespace import SessionBackend
 from styxfs.llama.reply import Reply
 from styxfs.llama.sessions import Session
@@ -187,19 +187,12 @@ class ForwardingSessions(SessionBackend):
                 except RuntimeError:  # shutting down: the node's session goes too
                     pass
 
-    def conversation_text(self, session: Session) -> bytes:
-        remote = self.remotes[session.number]
-        system = [Message("system", session.sampling.system.decode())] if session.sampling.system else []
-        return format_records(system + remote.messages)
+    def conversation(self, session: Session) -> list[Message]:
+        return self.remotes[session.number].messages
 
-    async def give(self, session: Session, data: bytes) -> None:
-        """Take a conversation: the node session behind goes, and the next
-        turn gives the conversation to whichever node takes it."""
-        messages = parse_records(data)
-        if session.generating:
-            raise errors.PROMPT_SUBMITTED()
-        if messages and messages[0].role == "system":
-            session.sampling.system = messages.pop(0).text.encode()
+    async def give(self, session: Session, messages: list[Message]) -> None:
+        """The node session behind goes: the next turn gives the conversation
+        to whichever node takes it."""
         remote = self.remotes[session.number]
         await self._unbind(remote, close=True)
         remote.messages = messages

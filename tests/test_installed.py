@@ -12,6 +12,7 @@ llamafs stays out, and `import styxfs` finds the wheel's.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -73,6 +74,29 @@ def run(env: Path, *args: str, cwd: Path, timeout: float = 60) -> subprocess.Com
                           timeout=timeout)
 
 
+@contextlib.contextmanager
+def deployed(venv: Path, config: dict, cwd: Path, **options):
+    """`llamafs deploy start` of the installed package, serving; stopped by
+    SIGINT at the end, which it must take cleanly."""
+    path = cwd / "deployment.json"
+    path.write_text(json.dumps(config))
+    listen = int(config["network"]["listen"].rsplit("!", 1)[1])
+    deployer = subprocess.Popen([str(venv / "bin" / "llamafs"), "deploy", "start", "--config", str(path)], cwd=cwd,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **options)
+    try:
+        wait_for_port(listen, timeout=120, process=deployer)
+        yield f"tcp!127.0.0.1!{listen}"
+    finally:
+        deployer.send_signal(signal.SIGINT)
+        deployer.communicate(timeout=60)
+    assert deployer.returncode == 0
+
+
+def ask_through(env: Path, address: str, cwd: Path) -> None:
+    ask = run(env, "llamafs", "ask", "--addr", address, "--maxtokens", "4", "Once upon a time", cwd=cwd)
+    assert ask.returncode == 0 and ask.stdout.strip(), ask.stderr
+
+
 def test_the_installed_package_serves_asks_and_deploys(venv, tiny_model, tmp_path):
     where = run(venv, "python", "-c", "import styxfs, coordinator; print(styxfs.__file__, coordinator.__file__)",
                 cwd=tmp_path)
@@ -86,51 +110,30 @@ def test_the_installed_package_serves_asks_and_deploys(venv, tiny_model, tmp_pat
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_for_port(port, timeout=60, process=node)
-        ask = run(venv, "llamafs", "ask", "--addr", f"tcp!127.0.0.1!{port}", "--maxtokens", "4", "Once upon a time",
-                  cwd=tmp_path)
-        assert ask.returncode == 0 and ask.stdout.strip(), ask.stderr
+        ask_through(venv, f"tcp!127.0.0.1!{port}", tmp_path)
     finally:
         node.send_signal(signal.SIGINT)
         node.wait(30)
     # A deployment of two nodes, started by the installed llamafs.
-    base, listen = free_port(), free_port()
-    config = tmp_path / "deployment.json"
-    config.write_text(json.dumps({"name": "installed", "modelPath": tiny_model, "model": {"threads": 1},
-                                  "network": {"basePort": base, "listen": f"tcp!127.0.0.1!{listen}"},
-                                  "nodes": [{"id": "a", "port": base}, {"id": "b", "port": base + 1}]}))
-    deployer = subprocess.Popen([str(venv / "bin" / "llamafs"), "deploy", "start", "--config", str(config)],
-                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for_port(listen, timeout=90, process=deployer)
-        status = run(venv, "llamafs", "status", "--addr", f"tcp!127.0.0.1!{listen}", cwd=tmp_path)
+    base = free_port()
+    config = {"name": "installed", "modelPath": tiny_model, "model": {"threads": 1},
+              "network": {"basePort": base, "listen": f"tcp!127.0.0.1!{free_port()}"},
+              "nodes": [{"id": "a", "port": base}, {"id": "b", "port": base + 1}]}
+    with deployed(venv, config, tmp_path) as address:
+        status = run(venv, "llamafs", "status", "--addr", address, cwd=tmp_path)
         assert " up " in status.stdout and "a " in status.stdout and "b " in status.stdout, status
-        ask = run(venv, "llamafs", "ask", "--addr", f"tcp!127.0.0.1!{listen}", "--maxtokens", "4", "hello",
-                  cwd=tmp_path)
-        assert ask.returncode == 0 and ask.stdout.strip(), ask.stderr
-    finally:
-        deployer.send_signal(signal.SIGINT)
-        deployer.communicate(timeout=60)
-    assert deployer.returncode == 0
+        ask_through(venv, address, tmp_path)
 
 
 @pytest.mark.skipif(find_emu() is None, reason="Inferno emu not found: set INFERNO_ROOT or put emu on PATH")
 def test_the_installed_package_puts_an_isolate_in_front_of_a_node(venv, tiny_model, tmp_path):
-    base, listen = free_port(), free_port()
-    config = tmp_path / "deployment.json"
-    config.write_text(json.dumps({"name": "isolated", "isolation": "dis", "modelPath": tiny_model,
-                                  "model": {"threads": 1, "contextSize": 512},
-                                  "network": {"basePort": base, "listen": f"tcp!127.0.0.1!{listen}"},
-                                  "nodes": [{"id": "a", "port": base}]}))
+    base = free_port()
+    config = {"name": "isolated", "isolation": "dis", "modelPath": tiny_model,
+              "model": {"threads": 1, "contextSize": 512},
+              "network": {"basePort": base, "listen": f"tcp!127.0.0.1!{free_port()}"},
+              "nodes": [{"id": "a", "port": base}]}
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))  # the .dis go here, not into the package
-    deployer = subprocess.Popen([str(venv / "bin" / "llamafs"), "deploy", "start", "--config", str(config)],
-                                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for_port(listen, timeout=120, process=deployer)
-        ask = run(venv, "llamafs", "ask", "--addr", f"tcp!127.0.0.1!{listen}", "--maxtokens", "4", "hello",
-                  cwd=tmp_path)
-        assert ask.returncode == 0 and ask.stdout.strip(), ask.stderr
-    finally:
-        deployer.send_signal(signal.SIGINT)
-        deployer.communicate(timeout=60)
+    with deployed(venv, config, tmp_path, env=env) as address:
+        ask_through(venv, address, tmp_path)
     assert list((tmp_path / "cache" / "llamafs" / "dis").glob("*/llamacpp.dis"))
     assert not list(venv.rglob("*.dis"))

@@ -17,7 +17,7 @@ from styxfs import errors
 from styxfs.errors import StyxError
 from styxfs.tree import Commands, parse_number
 
-from .chat import Message, Template, format_records, parse_records
+from .chat import Message, Template
 from .engine import Conversation, Engine
 from .metrics import node_metrics
 from .model import EngineError, ModelSettings
@@ -167,20 +167,12 @@ class EngineSessions(SessionBackend):
             if len(droppable) > 1 and droppable[1].role == "assistant":
                 droppable[1].dropped = True
 
-    def conversation_text(self, session: Session) -> bytes:
+    def conversation(self, session: Session) -> list[Message]:
         d = self.dialogues[session.number]
         d.settle()
-        system = [Message("system", session.sampling.system.decode())] if session.sampling.system else []
-        return format_records(system + d.messages)
+        return d.messages
 
-    async def give(self, session: Session, data: bytes) -> None:
-        """The session takes this conversation (a conversation file's text) in
-        place of its own: its next turn goes on from it."""
-        messages = parse_records(data)
-        if session.generating:
-            raise errors.PROMPT_SUBMITTED()
-        if messages and messages[0].role == "system":
-            session.sampling.system = messages.pop(0).text.encode()
+    async def give(self, session: Session, messages: list[Message]) -> None:
         old = self.dialogues[session.number]
         self.engine.forget(old.conversation)
         d = self.dialogues[session.number] = Dialogue()

@@ -23,6 +23,7 @@ from styxfs import errors
 from styxfs.errors import StyxError
 from styxfs.tree import Caller, Commands, Directory, Entry, Handle, TextFile, read_slice
 
+from .chat import Message, format_records, parse_records
 from .reply import Reply
 from .sessions import Session, SessionTable
 from .settings import MAX_PROMPT_BYTES, NODE, SESSION, Sampling
@@ -64,12 +65,13 @@ class SessionBackend:
     def check_settings(self, sampling: Sampling) -> None:
         """Refuse settings this backend cannot honour (chat without a template)."""
 
-    def conversation_text(self, session: Session) -> bytes:
-        """The conversation so far, as chat.format_records writes it."""
-        return b""
+    def conversation(self, session: Session) -> list[Message]:
+        """The conversation so far, the system prompt aside."""
+        return []
 
-    async def give(self, session: Session, data: bytes) -> None:
-        """Take this conversation (chat.format_records' form) as the session's own."""
+    async def give(self, session: Session, messages: list[Message]) -> None:
+        """Take these messages (no system prompt among them) as the session's
+        conversation, in place of its own; its next turn goes on from them."""
         raise errors.NO_CREATE()
 
     async def reset(self, session: Session) -> None:
@@ -379,8 +381,20 @@ class SessionConversation(SessionEntry):
 
     def make_handle(self, mode, caller):
         session, backend = self.session, self.tree.session_backend
-        return WholeWriteHandle(self, caller, lambda: backend.conversation_text(session).decode(errors="replace"),
-                                lambda data: backend.give(session, data))
+
+        def text() -> str:
+            system = [Message("system", session.sampling.system.decode())] if session.sampling.system else []
+            return format_records(system + backend.conversation(session)).decode()
+
+        async def take(data: bytes) -> None:
+            messages = parse_records(data)
+            if session.generating:
+                raise errors.PROMPT_SUBMITTED()
+            if messages and messages[0].role == "system":
+                session.sampling.system = messages.pop(0).text.encode()
+            await backend.give(session, messages)
+
+        return WholeWriteHandle(self, caller, text, take)
 
 
 class SessionParams(SessionEntry):
