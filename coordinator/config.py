@@ -25,6 +25,7 @@ class LoadBalancingStrategy(str, enum.Enum):
     LeastConnections = "least-connections"
     Random = "random"
     WeightedRandom = "weighted-random"
+    PrefixAffinity = "prefix-affinity"
 
     def __str__(self) -> str:
         return self.value

@@ -304,7 +304,9 @@ class ForwardingSessions(SessionBackend):
                 if remote.binding is None:
                     if remote.messages:
                         return  # a new node must first be given the conversation: the turn does that
-                    node = self.pool.choose()
+                    if not prompt and self.pool.strategy.name == "prefix-affinity":
+                        return  # the node is chosen by the prompt: at its first write
+                    node = self.pool.choose(prompt=affinity_key(session, prompt))
                     with node.request() as c:
                         await self._bind(remote, c, node)
                 b = remote.binding
@@ -317,6 +319,11 @@ class ForwardingSessions(SessionBackend):
             except Exception:  # a bug here must not fail the client's write
                 log.exception("session %d: sending ahead", session.number)
 
+    @staticmethod
+    def _first_words(remote: Remote, text: bytes) -> bytes:
+        """The conversation's first message, else this turn's text."""
+        return remote.messages[0].text.encode() if remote.messages else text
+
     async def forward(self, session: Session, remote: Remote, text: bytes, reply: ForwardedReply) -> None:
         """Run one turn on a node, failing over as the config says."""
         tried: set[NodeHandle] = set()
@@ -325,7 +332,8 @@ class ForwardingSessions(SessionBackend):
             while not reply.ended:
                 healthy = self.pool.healthy()
                 try:
-                    node = remote.node if remote.node in healthy else self.pool.choose(tried)
+                    node = (remote.node if remote.node in healthy
+                            else self.pool.choose(tried, affinity_key(session, self._first_words(remote, text))))
                 except NodeDown as e:
                     reply.set_state("error", str(full or e))  # every node full says so
                     break
@@ -457,6 +465,7 @@ class ForwardingSessions(SessionBackend):
         reply.tokens_in = int(fields.get("tokens_in", 0))
         reply.tokens_out += int(fields.get("tokens_out", 0))
         reply.tokens_dropped = int(fields.get("tokens_dropped", 0))
+        reply.tokens_cached = int(fields.get("tokens_cached", 0))
         if state == "error":
             reply.set_state("error", fields.get("error", str(errors.GENERATION_FAILED)))
         else:
@@ -476,6 +485,12 @@ class ForwardingSessions(SessionBackend):
             binding.data = fid
         else:
             await fid.clunk_quietly()
+
+
+def affinity_key(session: Session, first: bytes) -> bytes:
+    """What a session's prompts begin with, as the node will see them: its
+    system prompt, then its first words (for prefix-affinity)."""
+    return session.sampling.system + b"\n" + first
 
 
 def parse_status(text: str) -> tuple[str, dict[str, str]]:

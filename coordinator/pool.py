@@ -210,9 +210,11 @@ class Pool:
     def healthy(self) -> list[NodeHandle]:
         return [n for n in self.nodes if n.usable]
 
-    def choose(self, exclude=()) -> NodeHandle:
+    def choose(self, exclude=(), prompt: bytes = b"") -> NodeHandle:
+        """A healthy node, by the strategy; prompt: the beginning of the
+        session's conversation, for prefix-affinity."""
         candidates = [n for n in self.healthy() if n not in exclude]
         try:
-            return pick(self.strategy, self.nodes, candidates)
+            return pick(self.strategy, self.nodes, candidates, prompt)
         except LookupError:
             raise NodeDown(str(errors.NO_HEALTHY_NODE)) from None

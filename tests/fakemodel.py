@@ -88,6 +88,10 @@ class FakeModel:
     def clear_seq(self, seq: int) -> None:
         self.cache[seq] = []
 
+    def copy_seq(self, src: int, dst: int, count: int) -> None:
+        assert not self.cache[dst], "copied into a sequence that holds tokens"
+        self.cache[dst] = self.cache[src][:count]
+
     def decode(self, entries: list[tuple[int, int, int, bool]]) -> None:
         assert 0 < len(entries) <= self.batch_size, f"a step of {len(entries)} tokens"
         self.steps.append(list(entries))

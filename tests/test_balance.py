@@ -76,3 +76,33 @@ def test_no_healthy_node_is_an_error(name):
 def test_an_unknown_strategy_names_the_known_ones():
     with pytest.raises(ValueError, match="unknown strategy 'fastest': use one of round-robin"):
         make_strategy("fastest")
+
+
+def test_prefix_affinity_follows_the_prompts_beginning_within_a_bound():
+    nodes = cluster(1, 1, 1)
+    s = make_strategy("prefix-affinity")
+    system = b"You are a careful assistant. " * 20  # several blocks
+    first = pick(s, nodes, nodes, system + b"question one")
+    first.sessions |= {1}
+    # The same beginning goes to the same node, while it is not more than SLACK over the least loaded.
+    for i in range(2, 2 + s.SLACK):
+        assert pick(s, nodes, nodes, system + f"question {i}".encode()) is first
+        first.sessions |= {i}
+    # Past the bound: least-connections, which then holds that beginning too.
+    other = pick(s, nodes, nodes, system + b"one more")
+    assert other is not first and other.session_count == 0
+    # A prompt nobody has seen: least-connections.
+    other.sessions |= {100}
+    fresh = pick(s, nodes, nodes, b"something else entirely " * 10)
+    assert fresh not in (first, other)
+    # The node that held it gone: another takes the prompt.
+    assert pick(s, nodes, [n for n in nodes if n is not other], system + b"again") in nodes
+
+
+def test_prefix_affinity_remembers_a_bounded_number_of_prefixes():
+    nodes = cluster(1, 1)
+    s = make_strategy("prefix-affinity")
+    s.MEMORY = 50
+    for i in range(200):
+        pick(s, nodes, nodes, f"{i:08d}".encode() * 64)
+    assert len(s.seen) == 50

@@ -314,3 +314,45 @@ async def test_a_reply_cut_by_an_error_says_so(start_node, tiny_model):
         status = status_fields(await c.read_file(f"{n}/status"))
         assert status["state"] == "error" and status["reason"] == "error", status
         await ctl.close()
+
+
+# ---- shared prefixes ------------------------------------------------------------------------------
+
+LONG_SYSTEM = "You are a careful assistant who answers every question about kings and water in one line. " * 3
+
+
+@pytest.mark.parametrize("mode", ["raw", "chat"])
+async def test_a_shared_prefix_gives_the_same_replies_as_none(start_node, tiny_model, chat_model, mode):
+    """Two sessions of one user begin alike: the second evaluates only its own
+    part, and its replies (two turns) equal those of another user's session,
+    which shares nothing.  (Shared cells sit elsewhere in the one KV buffer
+    than a sequence's own: attention then adds in another order, and on the
+    chat model's raw text that turned a near-tie after ~20 tokens; a
+    difference of rounding, as other sessions in the cache can make too.)"""
+    address, node = await start_node(model=tiny_model if mode == "raw" else chat_model)
+    prefix = LONG_SYSTEM if mode == "raw" else ""
+    turns = [prefix + "What is the meaning of life?", " And the king?"]
+
+    async def conversation(c, first: str) -> list[tuple[bytes, dict]]:
+        ctl, n = await new_session(c)
+        await ctl.fid.write(f"mode {mode}\ntemperature 0\nrepeatpenalty 1\nmaxtokens 12".encode(), 0)
+        if mode == "chat":
+            await c.write_file(f"{n}/system", LONG_SYSTEM)
+        out = [await run_turn(c, n, t) for t in [first] + turns[1:]]
+        await ctl.close()
+        return out
+
+    async with client.connect(address, uname="alice") as alice, client.connect(address, uname="bob") as bob:
+        await conversation(alice, prefix + "Where is the water?")  # leaves its prefix in the cache
+        shared = await conversation(alice, turns[0])
+        alone = await conversation(bob, turns[0])
+    assert [r for r, _ in shared] == [r for r, _ in alone]
+    assert int(shared[0][1]["tokens_cached"]) > 100 and "tokens_cached" not in alone[0][1]
+    assert int(shared[0][1]["tokens_in"]) < int(alone[0][1]["tokens_in"]) - 100
+    metrics = (await ask_metrics(address)).decode()
+    assert "llamafs_prompt_tokens_reused_total 0\n" not in metrics
+
+
+async def ask_metrics(address: str) -> bytes:
+    async with client.connect(address) as c:
+        return await c.read_file("metrics")

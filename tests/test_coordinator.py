@@ -487,3 +487,26 @@ async def test_a_session_let_go_on_its_node_is_given_its_conversation_again(nurs
         # (as text: the node tokenises it afresh, so the reply may differ).
         assert reply and status["state"] == "done"
         assert int(status["tokens_in"]) > int(want[1][1]["tokens_in"]) + int(want[0][1]["tokens_in"])
+
+
+async def test_prefix_affinity_sends_a_shared_beginning_to_the_node_that_holds_it(nursery, nodes):
+    mgr = await deploy(nursery, config_for(nodes[:2], "prefix-affinity"))
+    system = "You are a careful assistant who answers every question about kings in one line. " * 4
+    async with client.connect(mgr.address) as c:
+        await greedy(c, maxtokens=4)
+
+        async def turn(prompt: str) -> dict:
+            return (await run_turn(c, await session(c), prompt))[1]
+
+        first = await turn(system + "Who was the first king?")
+        same = [await turn(system + f"Question {i}?") for i in range(2)]
+        assert {s["node"] for s in same} == {first["node"]}
+        assert all(int(s.get("tokens_cached", 0)) > 100 for s in same), same  # the node had that beginning
+        other = await turn("Something else entirely, about water.")
+        assert other["node"] != first["node"]  # no prefix to follow: the least loaded
+        # The node that holds the beginning dies: another takes it.
+        nodes[[n for n, _, _ in nodes].index(first["node"])][1].kill()
+        with trio.fail_after(10):
+            while mgr.pool.get(first["node"]).state != "down":
+                await trio.sleep(0.02)
+        assert (await turn(system + "And now?"))["node"] != first["node"]

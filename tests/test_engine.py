@@ -21,9 +21,9 @@ async def engine():
     """engine(slots=, batch=, ctx=, **FakeModel options) -> a started engine with its model loaded."""
     engines = []
 
-    async def make(slots=4, batch=512, ctx=2048, **options):
+    async def make(slots=4, batch=512, ctx=2048, prefix_cache=4096, share_prefixes=False, **options):
         opener = FakeModel.opener(**options)
-        e = Engine(opener, slots=slots)
+        e = Engine(opener, slots=slots, prefix_cache=prefix_cache, share_prefixes=share_prefixes)
         e.start()
         engines.append(e)
         await e.load(ModelSettings(path="fake.gguf", ctx=ctx, batch=batch))
@@ -160,3 +160,70 @@ async def test_a_prompt_longer_than_the_context_is_refused_at_submit(engine):
     e = await engine(ctx=32)
     with pytest.raises(EngineError, match="prompt too long: 41 tokens > context 32"):
         submit(e, Conversation(), b"x" * 40)
+
+
+# ---- shared prefixes ------------------------------------------------------------------------
+
+PREFIX = b"You are a careful assistant. Answer in one line. " * 2  # 100 tokens
+
+
+def evaluated(model: FakeModel, seq: int, since: int) -> int:
+    """Prompt tokens evaluated for a sequence in the steps after `since`."""
+    return sum(1 for step in model.steps[since:] for s, _, _, logits in step if s == seq and not logits)
+
+
+async def test_a_prefix_of_the_same_users_other_session_is_shared_not_evaluated(engine):
+    e = await engine(slots=4)
+    a, b = Conversation("alice"), Conversation("alice")
+    await turn(e, a, PREFIX + b"first question", maxtokens=4)
+    before = len(e.model.steps)
+    reply = submit(e, b, PREFIX + b"second question", maxtokens=4)
+    with trio.fail_after(5):
+        await reply.wait()
+    # Only the tail is evaluated; the text is what the whole prompt gives.
+    assert bytes(reply.text) == continuation(tokens_of(PREFIX + b"second question"), 4)
+    assert reply.tokens_cached == len(tokens_of(PREFIX))
+    assert evaluated(e.model, b.seq, before) == len(b"second question") - 1  # the last rides with the logits
+    assert e.stats.tokens_reused >= len(tokens_of(PREFIX))
+
+
+async def test_prefixes_are_not_shared_between_users_unless_told(engine):
+    e = await engine(slots=4)
+    await turn(e, Conversation("alice"), PREFIX + b"x", maxtokens=2)
+    bob = Conversation("bob")
+    reply = submit(e, bob, PREFIX + b"y", maxtokens=2)
+    with trio.fail_after(5):
+        await reply.wait()
+    assert reply.tokens_cached == 0
+    shared = await engine(slots=4, share_prefixes=True)
+    await turn(shared, Conversation("alice"), PREFIX + b"x", maxtokens=2)
+    reply = submit(shared, Conversation("bob"), PREFIX + b"y", maxtokens=2)
+    with trio.fail_after(5):
+        await reply.wait()
+    assert reply.tokens_cached == len(tokens_of(PREFIX))
+
+
+async def test_a_closed_sessions_prefix_is_kept_within_the_bound_and_goes_first(engine):
+    e = await engine(slots=2, prefix_cache=150)
+    gone = Conversation("alice")
+    await turn(e, gone, PREFIX + b"old", maxtokens=2)
+    e.forget(gone)
+    later = Conversation("alice")
+    reply = submit(e, later, PREFIX + b"new", maxtokens=2)
+    with trio.fail_after(5):
+        await reply.wait()
+    assert reply.tokens_cached == len(tokens_of(PREFIX))
+    assert bytes(reply.text) == continuation(tokens_of(PREFIX + b"new"), 2)
+    # Two sequences: a third conversation takes the kept prefix's, not the live idle one's.
+    third = Conversation("carol")
+    await turn(e, third, b"something else entirely", maxtokens=2)
+    assert later.seq is not None and e.stats.evictions == 0
+    # Over the bound, nothing is kept.
+    small = await engine(slots=2, prefix_cache=10)
+    gone = Conversation("alice")
+    await turn(small, gone, PREFIX, maxtokens=2)
+    small.forget(gone)
+    reply = submit(small, Conversation("alice"), PREFIX + b"new", maxtokens=2)
+    with trio.fail_after(5):
+        await reply.wait()
+    assert reply.tokens_cached == 0

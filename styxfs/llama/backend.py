@@ -31,8 +31,8 @@ class Dialogue:
     """What the node keeps of a session: the engine's conversation (tokens,
     KV cache) and its messages, as the conversation file shows them."""
 
-    def __init__(self, conversation: Conversation | None = None):
-        self.conversation = conversation or Conversation()
+    def __init__(self, owner: str):
+        self.conversation = Conversation(group=owner)  # shares cached prefixes with its owner's others
         self.messages: list[Message] = []
         self.reply: Reply | None = None  # the latest turn's, whose text is the next assistant message
         self.dropped = 0  # tokens left out, all turns together
@@ -61,7 +61,7 @@ class EngineSessions(SessionBackend):
         self.recent: collections.deque[Reply] = collections.deque(maxlen=256)  # for metrics
 
     def attach_session(self, session: Session) -> None:
-        self.dialogues[session.number] = Dialogue()
+        self.dialogues[session.number] = Dialogue(session.owner)
 
     def chat(self, sampling: Sampling) -> bool:
         """Whether a session with these settings is a chat."""
@@ -175,7 +175,7 @@ class EngineSessions(SessionBackend):
     async def give(self, session: Session, messages: list[Message]) -> None:
         old = self.dialogues[session.number]
         self.engine.forget(old.conversation)
-        d = self.dialogues[session.number] = Dialogue()
+        d = self.dialogues[session.number] = Dialogue(session.owner)
         d.messages = messages
         if not self.chat(session.sampling) and messages:
             # Raw form: the model reads the texts one after another.
@@ -191,7 +191,7 @@ class EngineSessions(SessionBackend):
         old = self.dialogues.get(session.number)
         if old is not None:
             self.engine.forget(old.conversation)
-        self.dialogues[session.number] = Dialogue()
+        self.dialogues[session.number] = Dialogue(session.owner)
 
     async def close(self, session: Session) -> None:
         old = self.dialogues.pop(session.number, None)
@@ -200,8 +200,8 @@ class EngineSessions(SessionBackend):
 
     def start_over(self) -> None:
         """A new model, a new vocabulary: every conversation starts again."""
-        for number in list(self.dialogues):
-            self.dialogues[number] = Dialogue()
+        for number, d in self.dialogues.items():
+            self.dialogues[number] = Dialogue(d.conversation.group)
 
 
 LOAD_OPTIONS = ("ctx", "gpulayers", "threads", "batch")

@@ -78,9 +78,14 @@ def int_range(key: str) -> click.IntRange:
 @click.option("--chat-template-file", type=click.Path(dir_okay=False, exists=True),
               help="a Jinja chat template to use in place of the model's own")
 @click.option("--no-model", is_flag=True, help="start without a model (load one later through ctl)")
+@click.option("--prefix-cache", default=NODE["prefixcache"].default, show_default=True,
+              type=int_range("prefixcache"), help="tokens of closed sessions' prompts kept for reuse")
+@click.option("--share-prefixes", is_flag=True,
+              help="reuse cached prompts across users too (by timing, one may learn how another's began)")
 @click.option("-v", "--verbose", count=True, help="log more (-vv: every message)")
 def serve(model, listen, models_dir, ctx, gpu_layers, threads, batch, slots, max_sessions, session_timeout,
-          max_connections, owner, auth_secret_file, chat_template_file, no_model, verbose):
+          max_connections, owner, auth_secret_file, chat_template_file, no_model, prefix_cache, share_prefixes,
+          verbose):
     """Serve one model as a 9P file tree."""
     if verbose:
         setup_logging(verbose)
@@ -89,7 +94,8 @@ def serve(model, listen, models_dir, ctx, gpu_layers, threads, batch, slots, max
                           threads=threads, batch=batch, slots=slots, max_sessions=max_sessions,
                           session_timeout=session_timeout, max_connections=max_connections,
                           owner=owner or getpass.getuser(), auth_secret_file=auth_secret_file,
-                          chat_template_file=chat_template_file, no_model=no_model)
+                          chat_template_file=chat_template_file, no_model=no_model, prefix_cache=prefix_cache,
+                          share_prefixes=share_prefixes)
     bar = click.progressbar(length=100, label="loading model", file=sys.stderr)
 
     def progress(fraction: float) -> None:

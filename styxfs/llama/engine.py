@@ -34,17 +34,23 @@ from .settings import NODE, Sampling
 
 log = logging.getLogger("styxfs.llama.engine")
 
+MIN_SHARED = 8  # tokens: a shorter common beginning (a BOS, a template's header) is not worth a copy
+
 
 class Conversation:
     """What the engine keeps of a session: its tokens so far and, while it
-    holds one, the sequence in the shared context caching them."""
+    holds one, the sequence in the shared context caching them.  group says
+    whose cached prefixes it may share (its user's: one user must not learn
+    by timing what another's prompt began with)."""
 
-    def __init__(self):
+    def __init__(self, group: str = ""):
+        self.group = group
         self.history: list[int] = []  # every token of the conversation (worker thread)
         self.seq: int | None = None
         self.cached: list[int] = []  # the tokens in the sequence's KV cache
         self.last_used = 0.0
         self.busy = False
+        self.left = False  # a closed session's sequence, kept for its prefix
 
 
 @dataclass
@@ -70,6 +76,7 @@ class Stats:
     decode_seconds: float = 0.0
     steps: int = 0
     evictions: int = 0
+    tokens_reused: int = 0  # prompt tokens a turn found in the KV cache (its own, or shared)
     reasons: dict[str, int] = field(default_factory=dict)  # how replies ended: stop, length, context...
 
 
@@ -77,9 +84,12 @@ class Stats:
 
 
 class Engine:
-    def __init__(self, open_model: ModelOpener, slots: int = NODE["slots"].default):
+    def __init__(self, open_model: ModelOpener, slots: int = NODE["slots"].default,
+                 prefix_cache: int = NODE["prefixcache"].default, share_prefixes: bool = False):
         self.open_model = open_model
         self.slots = slots
+        self.prefix_cache = prefix_cache  # tokens of closed sessions' prefixes kept, at most
+        self.share_prefixes = share_prefixes  # across users, not only within one
         self.info: ModelInfo | None = None
         self.stats = Stats()
         self.queued: list[Turn] = []  # worker thread only
@@ -240,8 +250,28 @@ class Engine:
         self.active = [t for t in self.active if t.conversation is not conversation]
         for turn in mine:
             self._finish(turn, "cancelled")
-        self._release(conversation)
+        self._leave_behind(conversation)
         conversation.history = []
+
+    def _leave_behind(self, conv: Conversation) -> None:
+        """A closed conversation's sequence stays, for another of its group to
+        start from, while the left ones hold at most prefix_cache tokens."""
+        if conv.seq is None or not conv.cached or self.prefix_cache <= 0 or conv.busy:
+            self._release(conv)
+            return
+        left = Conversation(conv.group)
+        left.seq, left.cached, left.left, left.last_used = conv.seq, conv.cached, True, time.monotonic()
+        self.seq_owner[conv.seq] = left
+        conv.seq, conv.cached = None, []
+        kept = sorted((c for c in self.seq_owner.values() if c.left), key=lambda c: c.last_used, reverse=True)
+        total = 0
+        for c in kept:
+            total += len(c.cached)
+            if total > self.prefix_cache:
+                self._release(c)
+
+    def _may_share(self, conv: Conversation, other: Conversation) -> bool:
+        return other is not conv and (self.share_prefixes or other.group == conv.group)
 
     def _fail_all(self, why: str) -> None:
         turns, self.queued, self.active = self.queued + self.active, [], []
@@ -278,34 +308,56 @@ class Engine:
                 continue
             if conv.busy:
                 continue  # the session's previous turn is still running
-            if conv.seq is None and not self._take_sequence(conv, queued):
+            history = list(turn.history)
+            source, shared = self._prefix_source(conv, history)
+            if conv.seq is None and not self._take_sequence(conv, queued, keep=source):
                 continue
             self.queued.remove(turn)
             self.active.append(turn)
             conv.busy = True
-            conv.history = list(turn.history)
-            common = _common_prefix(conv.cached, conv.history)
-            if common == len(conv.history):  # always evaluate at least the last token
-                common -= 1
-            if common < len(conv.cached):
+            conv.history = history
+            common = min(_common_prefix(conv.cached, history), len(history) - 1)  # evaluate the last token at least
+            shared = min(shared, len(history) - 1)
+            if source is not None and source.seq is not None and shared >= common + MIN_SHARED:
+                # Another sequence of the group holds a longer beginning: share its cells.
+                llama.clear_seq(conv.seq)
+                llama.copy_seq(source.seq, conv.seq, shared)
+                conv.cached, common = source.cached[:shared], shared
+                source.last_used = time.monotonic()
+            elif common < len(conv.cached):
                 llama.trim_seq(conv.seq, common)
                 conv.cached = conv.cached[:common]
-            turn.pending = conv.history[common:]
+            self.stats.tokens_reused += common
+            turn.pending = history[common:]
             turn.sampler = llama.make_sampler(turn.sampling, conv.history)
             turn.decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
-            self._report(_set_prefill, turn.reply, len(turn.pending))
+            self._report(_set_prefill, turn.reply, len(turn.pending), common)
 
-    def _take_sequence(self, conv: Conversation, queued: list[Turn]) -> bool:
-        """A free sequence for conv, or the least recently used idle one's."""
+    def _prefix_source(self, conv: Conversation, history: list[int]) -> tuple[Conversation | None, int]:
+        """The sequence of the group holding the longest beginning of history,
+        if longer by MIN_SHARED than what conv's own holds; and that length."""
+        best, source = _common_prefix(conv.cached, history) + MIN_SHARED - 1, None
+        for other in self.seq_owner.values():
+            if self._may_share(conv, other):
+                n = _common_prefix(other.cached, history)
+                if n > best:
+                    best, source = n, other
+        return source, best
+
+    def _take_sequence(self, conv: Conversation, queued: list[Turn], keep: Conversation | None = None) -> bool:
+        """A free sequence for conv, or the one of a closed session's kept
+        prefix, or the least recently used idle one's (not keep's)."""
         free = [seq for seq in range(self.slots) if seq not in self.seq_owner]
         if not free:
             waiting = {id(t.conversation) for t in queued}
             idle = [c for c in self.seq_owner.values() if not c.busy and id(c) not in waiting]
+            idle = [c for c in idle if c is not keep] or idle  # keep the prefix to share, if there is a choice
             if not idle:
                 return False
-            victim = min(idle, key=lambda c: c.last_used)
+            victim = min(idle, key=lambda c: (not c.left, c.last_used))  # kept prefixes go first
             self._release(victim)
-            self.stats.evictions += 1
+            if not victim.left:
+                self.stats.evictions += 1
             free = [seq for seq in range(self.slots) if seq not in self.seq_owner]
         conv.seq = free[0]
         self.seq_owner[conv.seq] = conv
@@ -385,8 +437,8 @@ class Engine:
         self._finish(turn, state, reason=reason)
 
 
-def _set_prefill(reply: Reply, tokens: int) -> None:
-    reply.tokens_in = tokens
+def _set_prefill(reply: Reply, tokens: int, cached: int = 0) -> None:
+    reply.tokens_in, reply.tokens_cached = tokens, cached
     reply.set_state("prefill")
 
 

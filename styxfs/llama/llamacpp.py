@@ -176,6 +176,9 @@ class LlamaModel:
     def clear_seq(self, seq: int) -> None:
         lc.llama_memory_seq_rm(self.memory, seq, 0, -1)
 
+    def copy_seq(self, src: int, dst: int, count: int) -> None:
+        lc.llama_memory_seq_cp(self.memory, src, dst, 0, count)
+
     def decode(self, entries: list[tuple[int, int, int, bool]]) -> None:
         """One llama_decode of (sequence, token, position, wants logits)."""
         batch = self.batch

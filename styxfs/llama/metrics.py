@@ -22,6 +22,8 @@ def node_metrics(engine, recent, tree) -> str:
          tree.table.reclaimed),
         ("llamafs_requests_total", "counter", "prompts submitted", {}, stats.requests),
         ("llamafs_tokens_in_total", "counter", "prompt tokens evaluated", {}, stats.tokens_in),
+        ("llamafs_prompt_tokens_reused_total", "counter", "prompt tokens found in the KV cache, not evaluated",
+         {}, stats.tokens_reused),
         ("llamafs_tokens_out_total", "counter", "tokens generated", {}, stats.tokens_out),
         ("llamafs_tokens_per_second", "gauge", "generated tokens per second of decoding", {}, rate),
         ("llamafs_generating", "gauge", "turns being prefilled or generated", {}, engine.generating()),

@@ -69,6 +69,9 @@ class Model(Protocol):
 
     def clear_seq(self, seq: int) -> None: ...
 
+    def copy_seq(self, src: int, dst: int, count: int) -> None:
+        """dst holds the first count tokens of src too (sharing the cells)."""
+
     def decode(self, entries: list[tuple[int, int, int, bool]]) -> None:
         """One step: (sequence, token, position, wants logits) entries."""
 

@@ -40,12 +40,15 @@ class NodeOptions:
     auth_secret_file: str | None = None  # require shared-secret authentication
     chat_template_file: str | None = None  # a Jinja chat template, in place of the model's own
     no_model: bool = False  # start empty: a model comes later, by ctl `load`
+    prefix_cache: int = NODE["prefixcache"].default  # tokens of closed sessions' prefixes kept for reuse
+    share_prefixes: bool = False  # reuse prefixes across users too (a timing side channel between them)
 
 
 class Node:
     def __init__(self, options: NodeOptions, load_progress=None, engine: Engine | None = None):
         self.options = options
-        self.engine = engine or Engine(LlamaModel, slots=options.slots)
+        self.engine = engine or Engine(LlamaModel, slots=options.slots, prefix_cache=options.prefix_cache,
+                                       share_prefixes=options.share_prefixes)
         model = options.model
         named = model is None or model in NAMED
         models_dir = options.models_dir or (os.path.dirname(os.path.abspath(model)) if not named else None)

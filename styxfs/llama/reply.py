@@ -35,6 +35,7 @@ class Reply:
         self.tokens_in = prompt_tokens  # prompt tokens this turn evaluates
         self.tokens_out = 0
         self.tokens_dropped = 0  # of the conversation, to make this turn fit the context
+        self.tokens_cached = 0  # of the prompt, found in the KV cache: not evaluated again
         self.reason: str | None = None
         self.submitted = time.monotonic()
         self.first_token: float | None = None
@@ -112,6 +113,8 @@ class Reply:
         fields = self.status_fields()
         if self.ended and self.reason:
             fields.insert(1, f"reason={self.reason}")
+        if self.tokens_cached:
+            fields.append(f"tokens_cached={self.tokens_cached}")
         if self.tokens_dropped:
             fields.append(f"tokens_dropped={self.tokens_dropped}")
         if self.error:

@@ -38,6 +38,7 @@ NODE = {
     "maxsessions": Limit(256, 1, 1_000_000),
     "sessiontimeout": Limit(600.0, 0.1, 86_400.0),  # seconds an idle session lives
     "maxconnections": Limit(1000, 1, 1_000_000),
+    "prefixcache": Limit(4096, 0, 1 << 24),  # tokens of closed sessions' prefixes kept for reuse
 }
 
 MAX_PROMPT_BYTES = 1 << 20
