@@ -78,6 +78,11 @@ def status_fields(text: bytes) -> dict[str, str]:
     return fields
 
 
+def prompt_tokens(status: dict[str, str]) -> int:
+    """A turn's prompt tokens: those evaluated and those found in the KV cache."""
+    return int(status["tokens_in"]) + int(status.get("tokens_cached", 0))
+
+
 def metric(text: bytes | str, name: str) -> float:
     """The value of an unlabelled sample in Prometheus text."""
     if isinstance(text, bytes):

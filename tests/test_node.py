@@ -10,7 +10,7 @@ import trio
 from styxfs import client, wire
 from styxfs.client import ServerError
 
-from .support import PROMPT, SlowEngine, ask, greedy, new_session, status_fields
+from .support import PROMPT, SlowEngine, ask, greedy, new_session, prompt_tokens, status_fields
 
 def expected_completion(model: str, prompt: str, maxtokens: int) -> str:
     from llama_cpp import Llama
@@ -153,7 +153,7 @@ async def test_conversation_keeps_its_kv_cache(start_node):
         # reset forgets: the next turn starts over (and equals a fresh first turn).
         await ctl.fid.write(b"reset", 0)
         assert await ask(c, f"{number}/data", PROMPT) == first
-        assert status_fields(await c.read_file(f"{number}/status"))["tokens_in"] == turn1["tokens_in"]
+        assert prompt_tokens(status_fields(await c.read_file(f"{number}/status"))) == prompt_tokens(turn1)
 
 
 async def test_sampling_settings(start_node):
@@ -320,14 +320,16 @@ async def test_evicted_session_is_reevaluated_transparently(start_node):
     turns = [PROMPT, " and the king", " then water"]
 
     async def conversations(address):
-        """Three sessions, interleaved turn by turn; their replies and the last turn's tokens_in."""
+        """Three sessions, interleaved turn by turn; their replies and the last turn's tokens_in.
+        Each begins differently: none can start from another's cached prefix."""
         async with client.connect(address) as c:
             await greedy(c, maxtokens=12)
             numbers = [(await new_session(c))[1] for _ in range(3)]
             replies = {n: [] for n in numbers}
             for turn in turns:
-                for n in numbers:
-                    replies[n].append(await ask(c, f"{n}/data", turn))
+                for k, n in enumerate(numbers):
+                    replies[n].append(await ask(c, f"{n}/data", ("water ", "king ", "time ")[k] + turn
+                                                if turn is turns[0] else turn))
             last = status_fields(await c.read_file(f"{numbers[0]}/status"))
             metrics = (await c.read_file("metrics")).decode()
         return list(replies.values()), int(last["tokens_in"]), metrics
