@@ -37,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.bench_decode import decode_ceiling  # noqa: E402
 from bench.bench_decode import report as report_ceiling  # noqa: E402
 from bench.bench_node import direct, through_9p  # noqa: E402
+from bench.llama_server import find_or_build  # noqa: E402
 from bench.common import (  # noqa: E402
     ROOT,
     free_port,
@@ -256,9 +257,9 @@ def wait_ready(port: int, timeout: float = 120) -> None:
 @click.option("--sessions", default="1,2,4,8,16", show_default=True)
 @click.option("--rounds", default=5, show_default=True, help="rounds of part b, each with fresh processes")
 @click.option("--no-peers", is_flag=True, help="llamafs alone in part b (no llama-server, no llama_cpp.server)")
-def main(tokens, runs, threads, model, json_path, sessions, rounds, no_peers):
-    from llama_cpp import Llama
-
+@click.option("--speed-only", is_flag=True,
+              help="part b alone, llamafs against llama-server only: the speed goal's table")
+def main(tokens, runs, threads, model, json_path, sessions, rounds, no_peers, speed_only):
     from styxfs.llama.models import model_path
 
     setup()
@@ -266,28 +267,13 @@ def main(tokens, runs, threads, model, json_path, sessions, rounds, no_peers):
     levels = [int(s) for s in sessions.split(",")]
     figures: dict = {"machine": machine_line(), "model": os.path.basename(model), "tokens": tokens,
                      "threads": threads}
-    node, address = start_node_process(model, threads=threads, slots=1)
-    try:
-        figures["rss_idle_mb"] = rss_mb(node.pid)
-        # a. one session, alternating with llama-cpp-python directly
-        llm = Llama(model, n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
-        trio.run(through_9p, address, 8)
-        direct(llm, 8)
-        a9, ad = [], []
-        for _ in range(runs):
-            n, t = trio.run(through_9p, address, tokens)
-            a9.append(n / t)
-            n, t = direct(llm, tokens)
-            ad.append(n / t)
-        del llm
-        figures["a"] = {"llamafs_tps": statistics.median(a9), "direct_tps": statistics.median(ad),
-                        "ratio": statistics.median(a9) / statistics.median(ad)}
-    finally:
-        stop_process(node)
-    # b. concurrency, in rounds: each level runs llamafs and then llama_cpp.server, so
-    # the drift of this machine's speed (often 15% within minutes) hits both alike.
-    from bench.llama_server import find_or_build
-
+    if speed_only:
+        figures["b"], _ = concurrency_figures(model, threads, tokens, levels, rounds, find_or_build(), False)
+        report_speed(figures)
+        return
+    figures["a"], figures["rss_idle_mb"] = one_session_figures(model, threads, tokens, runs)
+    # b. concurrency, in rounds: at each level each server runs in turn, so the
+    # drift of this machine's speed (often 15% within minutes) hits all alike.
     server = None if no_peers else find_or_build()
     figures["b"], peaks = concurrency_figures(model, threads, tokens, levels, rounds, server, not no_peers)
     for level, peak in peaks.items():
@@ -302,6 +288,31 @@ def main(tokens, runs, threads, model, json_path, sessions, rounds, no_peers):
     with open(json_path, "w") as f:
         json.dump(figures, f, indent=2)
     print(f"figures written to {json_path}")
+
+
+def one_session_figures(model: str, threads: int, tokens: int, runs: int) -> tuple[dict, float]:
+    """Part a: one session through the 9P data file, alternating with
+    llama-cpp-python directly; and the node's resident MB, idle."""
+    from llama_cpp import Llama
+
+    node, address = start_node_process(model, threads=threads, slots=1)
+    try:
+        idle = rss_mb(node.pid)
+        llm = Llama(model, n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
+        trio.run(through_9p, address, 8)
+        direct(llm, 8)
+        a9, ad = [], []
+        for _ in range(runs):
+            n, t = trio.run(through_9p, address, tokens)
+            a9.append(n / t)
+            n, t = direct(llm, tokens)
+            ad.append(n / t)
+        del llm
+        a = {"llamafs_tps": statistics.median(a9), "direct_tps": statistics.median(ad),
+             "ratio": statistics.median(a9) / statistics.median(ad)}
+        return a, idle
+    finally:
+        stop_process(node)
 
 
 def concurrency_figures(model: str, threads: int, tokens: int, levels: list[int], rounds: int,
@@ -377,6 +388,20 @@ def coordinator_figures(model: str, threads: int, tokens: int, sessions: int) ->
     return out
 
 
+def report_speed(f: dict) -> None:
+    """llamafs / llama-server per level, every round: the speed goal."""
+    peer = f["b"].get("llama-server")
+    if not peer:
+        return
+    print(f"{f['machine']}\n   llamafs / llama-server (goal >= 1.0 at every level; TTFT p50 no worse):")
+    for level, ours in f["b"]["llamafs"].items():
+        theirs = peer[level]
+        rounds = [a / b for a, b in zip(ours["runs_tps"], theirs["runs_tps"])]
+        print(f"   {level:>3} sessions: {ours['aggregate_tps']:.1f} / {theirs['aggregate_tps']:.1f} tok/s ="
+              f" {ours['aggregate_tps'] / theirs['aggregate_tps']:.2f} (rounds {', '.join(f'{r:.2f}' for r in rounds)}),"
+              f" TTFT p50 {ours['ttft_p50']:.3f}s vs {theirs['ttft_p50']:.3f}s")
+
+
 def report(f: dict) -> None:
     print(f["machine"])
     print(f"model {f['model']}, {f['tokens']} tokens a session, {f['threads']} threads")
@@ -391,15 +416,7 @@ def report(f: dict) -> None:
         for level, r in rows.items():
             print(f"   {level:<9} {name:<18} {r['aggregate_tps']:>15.1f}  {r['ttft_p50']:>7.3f}s  {r['ttft_p99']:>7.3f}s")
     print("   (aggregate: the median of the rounds; time to first token: over all rounds' sessions)")
-    peer = f["b"].get("llama-server")
-    if peer:
-        print("\n   llamafs / llama-server (goal >= 1.0 at every level; TTFT p50 no worse):")
-        for level, ours in f["b"]["llamafs"].items():
-            theirs = peer[level]
-            rounds = [a / b for a, b in zip(ours["runs_tps"], theirs["runs_tps"])]
-            print(f"   {level:>3} sessions: {ours['aggregate_tps'] / theirs['aggregate_tps']:.2f} (median of rounds;"
-                  f" rounds {', '.join(f'{r:.2f}' for r in rounds)}), TTFT p50 {ours['ttft_p50']:.3f}s vs"
-                  f" {theirs['ttft_p50']:.3f}s")
+    report_speed(f)
     busy = f["metrics_while_busy"]
     print(f"   reading metrics while {busy['sessions']} sessions generate: p50 {busy['p50'] * 1000:.1f} ms, "
           f"p99 {busy['p99'] * 1000:.1f} ms")
