@@ -365,7 +365,9 @@ class ForwardingSessions(SessionBackend):
         if not reply.ended:
             reply.set_state("error", str(errors.NO_NODE_ANSWERED))
         said = bytes(reply.text).decode(errors="replace")
-        if text:
+        if reply.state == "error" and not said:
+            pass  # no node took the turn: the conversation is as it was (as on a node)
+        elif text:
             remote.messages += [Message("user", text.decode()), Message("assistant", said)]
         elif remote.messages and remote.messages[-1].role == "assistant":
             remote.messages[-1].text += said  # it went on with the last message
