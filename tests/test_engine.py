@@ -227,3 +227,21 @@ async def test_a_closed_sessions_prefix_is_kept_within_the_bound_and_goes_first(
     with trio.fail_after(5):
         await reply.wait()
     assert reply.tokens_cached == 0
+
+
+async def test_with_one_sequence_a_closed_sessions_prompt_is_taken_over_not_evaluated_again(engine):
+    e = await engine(slots=1)
+    gone = Conversation("alice")
+    await turn(e, gone, PREFIX + b"same question", maxtokens=3)
+    e.forget(gone)
+    again = Conversation("alice")
+    reply = submit(e, again, PREFIX + b"same question", maxtokens=3)
+    with trio.fail_after(5):
+        await reply.wait()
+    assert reply.tokens_cached == len(tokens_of(PREFIX + b"same question")) - 1  # all but the last
+    assert bytes(reply.text) == continuation(tokens_of(PREFIX + b"same question"), 3)
+    other = Conversation("bob")  # another user's: cleared, not taken over
+    reply = submit(e, other, PREFIX + b"same question", maxtokens=3)
+    with trio.fail_after(5):
+        await reply.wait()
+    assert reply.tokens_cached == 0

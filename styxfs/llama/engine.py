@@ -310,7 +310,7 @@ class Engine:
                 continue  # the session's previous turn is still running
             history = list(turn.history)
             source, shared = self._prefix_source(conv, history)
-            if conv.seq is None and not self._take_sequence(conv, queued, keep=source):
+            if conv.seq is None and not self._take_sequence(conv, queued, history, keep=source):
                 continue
             self.queued.remove(turn)
             self.active.append(turn)
@@ -344,9 +344,13 @@ class Engine:
                     best, source = n, other
         return source, best
 
-    def _take_sequence(self, conv: Conversation, queued: list[Turn], keep: Conversation | None = None) -> bool:
+    def _take_sequence(self, conv: Conversation, queued: list[Turn], history: list[int],
+                       keep: Conversation | None = None) -> bool:
         """A free sequence for conv, or the one of a closed session's kept
-        prefix, or the least recently used idle one's (not keep's)."""
+        prefix, or the least recently used idle one's (not keep's, if there
+        is a choice).  A taken sequence whose cells begin as history does,
+        and may be shared, is taken over with them (as llama-server reuses a
+        slot's last prompt), not cleared."""
         free = [seq for seq in range(self.slots) if seq not in self.seq_owner]
         if not free:
             waiting = {id(t.conversation) for t in queued}
@@ -355,9 +359,14 @@ class Engine:
             if not idle:
                 return False
             victim = min(idle, key=lambda c: (not c.left, c.last_used))  # kept prefixes go first
-            self._release(victim)
             if not victim.left:
                 self.stats.evictions += 1
+            if self._may_share(conv, victim) and _common_prefix(victim.cached, history) >= MIN_SHARED:
+                conv.seq, conv.cached = victim.seq, victim.cached  # trimmed to the common part by the caller
+                victim.seq, victim.cached = None, []
+                self.seq_owner[conv.seq] = conv
+                return True
+            self._release(victim)
             free = [seq for seq in range(self.slots) if seq not in self.seq_owner]
         conv.seq = free[0]
         self.seq_owner[conv.seq] = conv
