@@ -163,7 +163,9 @@ async def deploy(nursery: trio.Nursery, config: dict, **options):
     return mgr
 
 
-def streaming_from(mgr, node_id: str) -> bool:
-    """A reply of the deployment's is streaming from that node now."""
-    return any(r.reply and r.reply.node == node_id and r.reply.text and not r.reply.ended
-               for r in mgr.sessions.remotes.values())
+async def streaming_from(mgr, node_id: str, timeout: float = 20) -> None:
+    """Until a reply of the deployment's is streaming from that node."""
+    with trio.fail_after(timeout):
+        while not any(r.reply and r.reply.node == node_id and r.reply.text and not r.reply.ended
+                      for r in mgr.sessions.remotes.values()):
+            await trio.sleep(0.001)

@@ -41,10 +41,14 @@ def submit(engine: Engine, conversation: Conversation, text: bytes, **settings):
     return engine.submit(conversation, history, Sampling(**{**GREEDY, **settings}))
 
 
-async def turn(engine: Engine, conversation: Conversation, text: bytes, **settings) -> bytes:
-    reply = submit(engine, conversation, text, **settings)
+async def ended(reply):
     with trio.fail_after(5):
         await reply.wait()
+    return reply
+
+
+async def turn(engine: Engine, conversation: Conversation, text: bytes, **settings) -> bytes:
+    reply = await ended(submit(engine, conversation, text, **settings))
     assert reply.state == "done", (reply.state, reply.error)
     return bytes(reply.text)
 
@@ -177,9 +181,7 @@ async def test_a_prefix_of_the_same_users_other_session_is_shared_not_evaluated(
     a, b = Conversation("alice"), Conversation("alice")
     await turn(e, a, PREFIX + b"first question", maxtokens=4)
     before = len(e.model.steps)
-    reply = submit(e, b, PREFIX + b"second question", maxtokens=4)
-    with trio.fail_after(5):
-        await reply.wait()
+    reply = await ended(submit(e, b, PREFIX + b"second question", maxtokens=4))
     # Only the tail is evaluated; the text is what the whole prompt gives.
     assert bytes(reply.text) == continuation(tokens_of(PREFIX + b"second question"), 4)
     assert reply.tokens_cached == len(tokens_of(PREFIX))
@@ -191,15 +193,11 @@ async def test_prefixes_are_not_shared_between_users_unless_told(engine):
     e = await engine(slots=4)
     await turn(e, Conversation("alice"), PREFIX + b"x", maxtokens=2)
     bob = Conversation("bob")
-    reply = submit(e, bob, PREFIX + b"y", maxtokens=2)
-    with trio.fail_after(5):
-        await reply.wait()
+    reply = await ended(submit(e, bob, PREFIX + b"y", maxtokens=2))
     assert reply.tokens_cached == 0
     shared = await engine(slots=4, share_prefixes=True)
     await turn(shared, Conversation("alice"), PREFIX + b"x", maxtokens=2)
-    reply = submit(shared, Conversation("bob"), PREFIX + b"y", maxtokens=2)
-    with trio.fail_after(5):
-        await reply.wait()
+    reply = await ended(submit(shared, Conversation("bob"), PREFIX + b"y", maxtokens=2))
     assert reply.tokens_cached == len(tokens_of(PREFIX))
 
 
@@ -209,9 +207,7 @@ async def test_a_closed_sessions_prefix_is_kept_within_the_bound_and_goes_first(
     await turn(e, gone, PREFIX + b"old", maxtokens=2)
     e.forget(gone)
     later = Conversation("alice")
-    reply = submit(e, later, PREFIX + b"new", maxtokens=2)
-    with trio.fail_after(5):
-        await reply.wait()
+    reply = await ended(submit(e, later, PREFIX + b"new", maxtokens=2))
     assert reply.tokens_cached == len(tokens_of(PREFIX))
     assert bytes(reply.text) == continuation(tokens_of(PREFIX + b"new"), 2)
     # Two sequences: a third conversation takes the kept prefix's, not the live idle one's.
@@ -223,9 +219,7 @@ async def test_a_closed_sessions_prefix_is_kept_within_the_bound_and_goes_first(
     gone = Conversation("alice")
     await turn(small, gone, PREFIX, maxtokens=2)
     small.forget(gone)
-    reply = submit(small, Conversation("alice"), PREFIX + b"new", maxtokens=2)
-    with trio.fail_after(5):
-        await reply.wait()
+    reply = await ended(submit(small, Conversation("alice"), PREFIX + b"new", maxtokens=2))
     assert reply.tokens_cached == 0
 
 
@@ -235,13 +229,9 @@ async def test_with_one_sequence_a_closed_sessions_prompt_is_taken_over_not_eval
     await turn(e, gone, PREFIX + b"same question", maxtokens=3)
     e.forget(gone)
     again = Conversation("alice")
-    reply = submit(e, again, PREFIX + b"same question", maxtokens=3)
-    with trio.fail_after(5):
-        await reply.wait()
+    reply = await ended(submit(e, again, PREFIX + b"same question", maxtokens=3))
     assert reply.tokens_cached == len(tokens_of(PREFIX + b"same question")) - 1  # all but the last
     assert bytes(reply.text) == continuation(tokens_of(PREFIX + b"same question"), 3)
     other = Conversation("bob")  # another user's: cleared, not taken over
-    reply = submit(e, other, PREFIX + b"same question", maxtokens=3)
-    with trio.fail_after(5):
-        await reply.wait()
+    reply = await ended(submit(e, other, PREFIX + b"same question", maxtokens=3))
     assert reply.tokens_cached == 0

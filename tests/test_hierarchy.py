@@ -71,9 +71,7 @@ async def test_a_coordinator_of_coordinators_survives_a_datacenter(nursery, data
         async with trio.open_nursery() as load:
             for _ in range(8):
                 load.start_soon(one_client)
-            with trio.fail_after(20):  # the whole datacenter dies while it answers
-                while not streaming_from(top, "dc-1"):
-                    await trio.sleep(0.001)
+            await streaming_from(top, "dc-1")  # the whole datacenter dies while it answers
             datacenters[1][0].send_signal(signal.SIGKILL)
         assert len(results) == 32 and all(s["state"] == "done" and r for r, s in results), results
         assert top.sessions.failovers >= 1

@@ -29,7 +29,7 @@ import trio
 from styxfs import errors
 
 from .model import EngineError, Model, ModelInfo, ModelOpener, ModelSettings
-from .reply import Reply
+from .reply import Reply, reason_for
 from .settings import NODE, Sampling
 
 log = logging.getLogger("styxfs.llama.engine")
@@ -282,7 +282,7 @@ class Engine:
             self._release(conv)
 
     def _finish(self, turn: Turn, state: str, error: str | None = None, reason: str | None = None) -> None:
-        why = state if state in ("cancelled", "error") else reason or "stop"
+        why = reason_for(state, reason) or "stop"
         self.stats.reasons[why] = self.stats.reasons.get(why, 0) + 1
         if turn.held and state in ("done", "cancelled"):
             self._report(turn.reply.append, turn.held, 0)

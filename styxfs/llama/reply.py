@@ -19,6 +19,11 @@ ENDED = ("done", "cancelled", "error")
 REASONS = ("stop", "length", "context", "cancelled", "error")
 
 
+def reason_for(state: str, reason: str | None) -> str | None:
+    """Why a turn ended: a cancel or an error is its own reason."""
+    return state if state in ("cancelled", "error") else reason
+
+
 class Reply:
     """Any number of readers, each from the start; a read waits until there
     is more text or the turn has ended.  States: queued, prefill,
@@ -72,8 +77,7 @@ class Reply:
         self.state = state
         if error is not None:
             self.error = error
-        if state in ("cancelled", "error"):
-            reason = state
+        reason = reason_for(state, reason)
         if reason is not None:
             self.reason = reason
         if self.ended:
