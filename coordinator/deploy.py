@@ -130,9 +130,8 @@ class DeploymentManager:
             isolated = self.config.isolation == "dis"
             listen = f"tcp!127.0.0.1!{dial.free_port()}" if isolated else node.dial
             process = await NodeProcess.start(self.nursery, node.id, node_command(self.config, node, listen),
-                                              self.node_log_dir)
+                                              self.node_log_dir, on_exit=self._changed)
             self.processes[node.id] = process
-            self.nursery.start_soon(self._on_exit, process)
             if isolated:
                 await self._isolate(node, listen, process)
         handle = self.pool.add(node.id, node.dial, node.weight)
@@ -140,10 +139,6 @@ class DeploymentManager:
         if node.id in self.isolates:
             handle.authenticate = None  # the isolate authenticates to the node; its export is local
         return handle
-
-    async def _on_exit(self, process: NodeProcess) -> None:
-        await process.exited.wait()
-        self._changed()
 
     async def _isolate(self, node: NodeConfig, node_dial: str, process: NodeProcess) -> None:
         """An Inferno emu in front of the node, serving on the node's port."""

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Callable
 
 import trio
 
@@ -111,11 +112,10 @@ async def wait_exit(process: subprocess.Popen) -> int:
 
 
 class NodeProcess:
-    """One node process.  `exited` is set when it ends while its watcher runs."""
+    """One node process."""
 
     def __init__(self, node_id: str, process: subprocess.Popen, log_path: str | None):
         self.node_id, self.process, self.log_path = node_id, process, log_path
-        self.exited = trio.Event()
 
     @property
     def pid(self) -> int:
@@ -127,8 +127,8 @@ class NodeProcess:
 
     @classmethod
     async def start(cls, nursery: trio.Nursery, node_id: str, command: list[str],
-                    log_dir: str | None = None) -> "NodeProcess":
-        """Start it; a task in nursery waits for its end."""
+                    log_dir: str | None = None, on_exit: Callable[[], None] | None = None) -> "NodeProcess":
+        """Start it; a task in nursery waits for its end and then calls on_exit."""
         log_path = os.path.join(log_dir, f"{node_id}.log") if log_dir else None
         log = open(log_path, "ab") if log_path else subprocess.DEVNULL
         # Where a checkout runs uninstalled, the node finds the package as we did.
@@ -142,12 +142,13 @@ class NodeProcess:
             if log_path:
                 log.close()  # the child has its own copy
         self = cls(node_id, process, log_path)
-        nursery.start_soon(self._watch)
+        nursery.start_soon(self._watch, on_exit)
         return self
 
-    async def _watch(self) -> None:
+    async def _watch(self, on_exit: Callable[[], None] | None) -> None:
         await wait_exit(self.process)
-        self.exited.set()
+        if on_exit is not None:
+            on_exit()
 
     async def stop(self, grace: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after grace seconds."""
