@@ -13,7 +13,8 @@ import styxfs
 from styxfs import client, dial, wire
 from styxfs.auth import read_secret, secret_authenticator
 from styxfs.llama.models import NAMED
-from styxfs.llama.cli import check_listen, mount_help, serve, setup_logging, stop_on_signals
+from styxfs.llama.status import parse_keyed
+from styxfs.llama.cli import check_listen, http_url, mount_help, serve, setup_logging, stop_on_signals
 
 from .config import STRATEGIES, ConfigError, DeploymentConfig, generate
 from .deploy import DeploymentManager
@@ -146,6 +147,9 @@ def deploy_start(config_path, logs):
             click.echo(f"llamafs: starting {len(config.nodes)} nodes...", err=True)
             await manager.deploy(nursery)
             click.echo(status_table(manager.status()))
+            if config.network.http:
+                click.echo(f"llamafs: dashboard on {http_url(dial.parse(config.network.http), manager.http_port)}",
+                           err=True)
             click.echo(f"llamafs: coordinator serving on {manager.address}\nmount it with:\n"
                        + mount_help(dial.parse(manager.address)), err=True)
         # Cancelled by a signal: drain and stop what we started.
@@ -199,13 +203,36 @@ def status(addr, auth_secret_file):
         raise click.ClickException(str(e)) from None
 
 
-def parse_keyed(text: str) -> dict[str, str]:
-    """`key value` lines; the first of a repeated key wins."""
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(" ")
-        out.setdefault(key, value)
-    return out
+@main.command()
+@click.option("--addr", default=dial.DEFAULT_ADDRESS, show_default=True, help="node or coordinator")
+@click.option("--interval", default=1.0, show_default=True, type=click.FloatRange(0.1, 60),
+              help="seconds between refreshes")
+@auth_option
+def top(addr, interval, auth_secret_file):
+    """A live view of a node or a deployment, until q."""
+    from styxfs.llama.top import run_top
+
+    async def run():
+        async with connect(addr, auth_secret_file) as c:
+            await run_top(c, interval)
+
+    try:
+        trio.run(run)
+    except client.Error as e:
+        raise click.ClickException(str(e)) from None
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command("http-token")
+@click.option("--auth-secret-file", required=True, type=click.Path(dir_okay=False, exists=True),
+              help="the secret the node or deployment was given")
+def http_token_command(auth_secret_file):
+    """The bearer token HTTP asks for, derived from the secret (for
+    Prometheus's credentials_file, and the dashboard's login)."""
+    from styxfs.llama.web import http_token
+
+    click.echo(http_token(read_secret(auth_secret_file)))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from styxfs.llama.settings import DEFAULT_LISTEN, NODE
+from styxfs import dial
+from styxfs.llama.settings import DEFAULT_LISTEN, HTTP_PORT, NODE
 
 
 class ConfigError(ValueError):
@@ -58,6 +59,7 @@ class NetworkConfig:
     listen: str = DEFAULT_LISTEN
     sessionTimeout: int = int(NODE["sessiontimeout"].default * 1000)  # an idle session's life on the coordinator
     maxSessions: int = 1024  # sessions the coordinator holds at once
+    http: str | None = None  # where the coordinator serves /metrics, /api/status and the dashboard
 
 
 @dataclass
@@ -148,6 +150,7 @@ class DeploymentConfig:
             sessionTimeout=check.integer(net, "network.sessionTimeout", NetworkConfig.sessionTimeout,
                                          int(NODE["sessiontimeout"].low * 1000), int(NODE["sessiontimeout"].high * 1000)),
             maxSessions=check.integer(net, "network.maxSessions", 1024, 1, 1_000_000),
+            http=check.http_address(net, "network.http"),
         )
         model = check.section(data, "model")
         config.model = ModelConfig(**{key: check.node_option(model, f"model.{key}", NODE[option].default, option)
@@ -205,6 +208,18 @@ class _Checker:
         if not isinstance(value, str) or not value:
             self.fail(key, f"must be a non-empty string, not {json.dumps(value)}")
         return value
+
+    def http_address(self, data, key):
+        value = self.string(data, key, None)
+        if value is None:
+            return None
+        try:
+            address = dial.parse(value, HTTP_PORT)
+        except ValueError as e:
+            self.fail(key, str(e))
+        if address.network != "tcp":
+            self.fail(key, f"HTTP listens on tcp only, not {value!r}")
+        return str(address)
 
     def choice(self, data, key, default, choices):
         value = self.string(data, key, default)

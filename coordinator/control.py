@@ -9,7 +9,7 @@ import styxfs
 from styxfs import client, dial
 from styxfs import errors
 from styxfs.llama.namespace import LlamaTree, RootBackend
-from styxfs.metrics import exposition, server_samples
+from styxfs.metrics import exposition, merge, server_samples
 from styxfs.tree import Caller, Commands, Entry, parse_number
 
 from .config import STRATEGIES
@@ -104,43 +104,38 @@ class CoordinatorRoot(RootBackend):
         return "state unloaded\nerror no healthy node\n"
 
     async def metrics_text(self, tree: LlamaTree) -> str:
+        """Our own figures, then each healthy node's, labelled node="ID",
+        merged into one exposition."""
         own = exposition([
             ("llamafs_coordinator_nodes", "gauge", "nodes configured", {}, len(self.pool.nodes)),
             ("llamafs_coordinator_healthy_nodes", "gauge", "nodes up", {}, len(self.pool.healthy())),
             ("llamafs_coordinator_sessions", "gauge", "open sessions", {}, len(tree.table.sessions)),
+            ("llamafs_coordinator_max_sessions", "gauge", "the cap on open sessions", {}, tree.table.max_sessions),
             ("llamafs_coordinator_sessions_reclaimed_total", "counter", "idle sessions closed at the cap to make room",
              {}, tree.table.reclaimed),
             ("llamafs_coordinator_node_sessions_released_total", "counter",
              "node sessions let go behind idle sessions, to stay under a node's cap", {}, self.sessions.released),
             ("llamafs_coordinator_requests_total", "counter", "prompts dispatched", {}, self.sessions.requests),
             ("llamafs_coordinator_failovers_total", "counter", "turns moved to another node", {}, self.sessions.failovers),
-        ] + server_samples(tree.server) + [
+        ] + self.sessions.figures.samples("llamafs_coordinator") + server_samples(tree.server) + [
             ("llamafs_node_up", "gauge", "1 if the node passes its health check", {"node": n.id},
-             1 if n.state == "up" else 0) for n in self.pool.nodes])
-        parts = [own]
+             1 if n.state == "up" else 0) for n in self.pool.nodes
+        ] + [
+            ("llamafs_node_health_check_seconds", "gauge", "how long the node's last health check took",
+             {"node": n.id}, n.latency) for n in self.pool.nodes
+        ] + [
+            ("llamafs_node_inflight", "gauge", "turns the coordinator has running on the node", {"node": n.id},
+             len(n.inflight)) for n in self.pool.nodes
+        ])
+        nodes = []
         for node in self.pool.healthy():
             try:
                 with trio.fail_after(self.pool.health_timeout):
-                    text = (await node.client.read_file("metrics")).decode()
+                    nodes.append(({"node": node.id}, (await node.client.read_file("metrics")).decode()))
             except (client.Error, trio.TooSlowError):
                 continue
-            parts.append(label_metrics(text, node.id))
-        return "".join(parts)
+        return merge(own, nodes)
 
     async def extra_entries(self, caller: Caller) -> list[Entry]:
         return [self.nodes_dir]
 
-
-def label_metrics(text: str, node_id: str) -> str:
-    """A node's exposition with node="ID" added to every sample."""
-    out = []
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue  # the coordinator's own HELP/TYPE lines would repeat per node
-        name_labels, _, value = line.rpartition(" ")
-        if "{" in name_labels:
-            name, labels = name_labels.split("{", 1)
-            out.append(f'{name}{{node="{node_id}",{labels} {value}')
-        else:
-            out.append(f'{name_labels}{{node="{node_id}"}} {value}')
-    return "\n".join(out) + "\n" if out else ""

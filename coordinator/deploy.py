@@ -16,12 +16,14 @@ from __future__ import annotations
 import getpass
 import logging
 import os
+from functools import partial
 from typing import Any, AsyncIterator, Callable
 
 import trio
 
 from styxfs import client, dial, wire
 from styxfs.auth import SecretAuthenticator, read_secret, secret_authenticator
+from styxfs.llama.web import serve_http
 from styxfs.server import Server
 
 from .config import DeploymentConfig, NodeConfig
@@ -45,6 +47,7 @@ class DeploymentManager:
         net = config.network
         interval = net.healthCheckInterval / 1000
         secret = read_secret(config.authSecretFile) if config.authSecretFile else None
+        self.secret = secret
         self.authenticate = secret_authenticator(secret) if secret else None
         self.pool = Pool(strategy=net.loadBalancing, health_interval=interval,
                          health_timeout=health_timeout or min(10.0, max(2.0, interval)), seed=seed,
@@ -58,6 +61,7 @@ class DeploymentManager:
         self.tree.server = self.server
         self.listeners: list = []
         self.address = net.listen
+        self.http_port = 0  # where HTTP listens, with network.http
         self.processes: dict[str, NodeProcess] = {}
         self.isolates: dict = {}  # node id -> isolation.Isolate, with isolation "dis"
         self.handlers: dict[str, list[Callable]] = {e: [] for e in EVENTS}
@@ -102,6 +106,7 @@ class DeploymentManager:
             async with client.unwrapped(), trio.open_nursery() as nursery:
                 self.nursery = nursery
                 self.cancel_scope = nursery.cancel_scope
+                net = self.config.network
                 for node in self.config.nodes:
                     await self._start_node(node)
                 await nursery.start(self.pool.run)
@@ -111,6 +116,9 @@ class DeploymentManager:
                 if self.listeners and dial.parse(self.address).network == "tcp":
                     a = dial.parse(self.address)
                     self.address = str(dial.Address("tcp", a.host, dial.listening_port(self.listeners)))
+                if net.http:
+                    self.http_port = await nursery.start(partial(serve_http, net.http, self.server,
+                                                                 secret=self.secret))
                 self.deployed = True
                 task_status.started(self)
                 self.emit("deployed")

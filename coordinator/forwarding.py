@@ -21,6 +21,7 @@ import trio
 from styxfs import client, wire
 from styxfs import errors
 from styxfs.llama.chat import Message, format_records
+from styxfs.llama.metrics import ReplyFigures
 from styxfs.llama.namespace import SessionBackend
 from styxfs.llama.reply import Reply
 from styxfs.llama.sessions import Session
@@ -153,6 +154,7 @@ class ForwardingSessions(SessionBackend):
         self.requests = 0
         self.failovers = 0
         self.released = 0  # node sessions let go behind idle sessions of ours, for room on the node
+        self.figures = ReplyFigures()  # time to first token and tokens/s, as our clients see them
         self.spares: dict[NodeHandle, list[Binding]] = {}
         self.making: dict[NodeHandle, int] = {}  # sessions being made on each node
         self.spare_wanted = trio.Event()
@@ -174,6 +176,7 @@ class ForwardingSessions(SessionBackend):
         reply = ForwardedReply()
         remote.reply = reply
         self.requests += 1
+        self.figures.add(reply)
         self.nursery.start_soon(self.forward, session, remote, text, reply)
         return reply
 
@@ -189,6 +192,11 @@ class ForwardingSessions(SessionBackend):
 
     def conversation(self, session: Session) -> list[Message]:
         return self.remotes[session.number].messages
+
+    def session_fields(self, session: Session) -> list[str]:
+        remote = self.remotes.get(session.number)
+        node = remote.node if remote else None
+        return [f"node={node.id}"] if node else []
 
     async def give(self, session: Session, messages: list[Message]) -> None:
         """The node session behind goes: the next turn gives the conversation

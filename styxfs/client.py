@@ -438,14 +438,23 @@ async def connect(address: str | dial.Address, *, uname: str | None = None, anam
                   msize: int = 8192, authenticate=None, flush_timeout: float = 10.0) -> AsyncIterator[Client]:
     """Dial, version and attach; the client lives while the block runs.
     `authenticate(client, uname, aname) -> afid` runs the auth protocol when given."""
-    import getpass
-
     if isinstance(address, str):
         address = dial.parse(address)
     try:
         stream = await dial.connect(address)
     except OSError as e:
         raise ConnectionLost(f"cannot connect to {address}: {e.strerror or e}") from None
+    async with attached(stream, uname=uname, aname=aname, msize=msize, authenticate=authenticate,
+                        flush_timeout=flush_timeout) as client:
+        yield client
+
+
+@asynccontextmanager
+async def attached(stream: trio.abc.Stream, *, uname: str | None = None, aname: str = "", msize: int = 8192,
+                   authenticate=None, flush_timeout: float = 10.0) -> AsyncIterator[Client]:
+    """Version and attach over a stream already open; it is closed after the block."""
+    import getpass
+
     client = Client(stream, msize)
     client.flush_timeout = flush_timeout
     try:

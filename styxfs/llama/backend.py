@@ -7,7 +7,6 @@ says what the root's ctl, model and metrics hold and takes `load` and
 
 from __future__ import annotations
 
-import collections
 import os
 
 import trio
@@ -19,7 +18,7 @@ from styxfs.tree import Commands, parse_number
 
 from .chat import Message, Template
 from .engine import Conversation, Engine
-from .metrics import node_metrics
+from .metrics import ReplyFigures, node_metrics
 from .model import EngineError, ModelSettings
 from .namespace import LlamaTree, RootBackend, SessionBackend
 from .reply import Reply
@@ -58,7 +57,7 @@ class EngineSessions(SessionBackend):
     def __init__(self, engine: Engine):
         self.engine = engine
         self.dialogues: dict[int, Dialogue] = {}
-        self.recent: collections.deque[Reply] = collections.deque(maxlen=256)  # for metrics
+        self.figures = ReplyFigures()  # for metrics
 
     def attach_session(self, session: Session) -> None:
         self.dialogues[session.number] = Dialogue(session.owner)
@@ -95,7 +94,7 @@ class EngineSessions(SessionBackend):
             d.continuing = False
             raise StyxError(str(e)) from None
         d.reply = reply
-        self.recent.append(reply)
+        self.figures.add(reply)
         return reply
 
     def _reserve(self, sampling: Sampling) -> int:
@@ -298,4 +297,4 @@ class NodeRoot(RootBackend):
         ])
 
     async def metrics_text(self, tree: LlamaTree) -> str:
-        return node_metrics(self.engine, self.sessions.recent, tree)
+        return node_metrics(self.engine, self.sessions.figures, tree)

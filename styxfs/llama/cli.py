@@ -15,7 +15,7 @@ import styxfs
 from styxfs import dial
 
 from .node import Node, NodeOptions
-from .settings import DEFAULT_LISTEN, NODE
+from .settings import DEFAULT_LISTEN, HTTP_PORT, NODE
 
 
 def setup_logging(verbose: int) -> None:
@@ -32,11 +32,19 @@ def mount_help(address: dial.Address) -> str:
     )
 
 
-def check_listen(listen: str) -> dial.Address:
+def check_listen(listen: str, option: str = "--listen", default_port: int = dial.DEFAULT_PORT) -> dial.Address:
     try:
-        return dial.parse(listen)
+        address = dial.parse(listen, default_port)
     except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--listen") from None
+        raise click.BadParameter(str(e), param_hint=option) from None
+    if option == "--http" and address.network != "tcp":
+        raise click.BadParameter(f"HTTP listens on tcp only: {listen}", param_hint=option)
+    return address
+
+
+def http_url(address: dial.Address, port: int) -> str:
+    host = address.host if address.host not in ("*", "", "0.0.0.0") else "127.0.0.1"
+    return f"http://{host}:{port}/"
 
 
 async def stop_on_signals(scope: trio.CancelScope) -> None:
@@ -82,20 +90,23 @@ def int_range(key: str) -> click.IntRange:
               type=int_range("prefixcache"), help="tokens of closed sessions' prompts kept for reuse")
 @click.option("--share-prefixes", is_flag=True,
               help="reuse cached prompts across users too (by timing, one may learn how another's began)")
+@click.option("--http", help="also serve /metrics, /api/status and the dashboard over HTTP here "
+              "(a dial string: tcp!127.0.0.1!9640)")
 @click.option("-v", "--verbose", count=True, help="log more (-vv: every message)")
 def serve(model, listen, models_dir, ctx, gpu_layers, threads, batch, slots, max_sessions, session_timeout,
           max_connections, owner, auth_secret_file, chat_template_file, no_model, prefix_cache, share_prefixes,
-          verbose):
+          http, verbose):
     """Serve one model as a 9P file tree."""
     if verbose:
         setup_logging(verbose)
     address = check_listen(listen)
+    http_address = check_listen(http, "--http", HTTP_PORT) if http else None
     options = NodeOptions(model=model, listen=listen, models_dir=models_dir, ctx=ctx, gpu_layers=gpu_layers,
                           threads=threads, batch=batch, slots=slots, max_sessions=max_sessions,
                           session_timeout=session_timeout, max_connections=max_connections,
                           owner=owner or getpass.getuser(), auth_secret_file=auth_secret_file,
                           chat_template_file=chat_template_file, no_model=no_model, prefix_cache=prefix_cache,
-                          share_prefixes=share_prefixes)
+                          share_prefixes=share_prefixes, http=str(http_address) if http else None)
     bar = click.progressbar(length=100, label="loading model", file=sys.stderr)
 
     def progress(fraction: float) -> None:
@@ -109,7 +120,7 @@ def serve(model, listen, models_dir, ctx, gpu_layers, threads, batch, slots, max
             try:
                 await nursery.start(node.run)
             except OSError as e:
-                raise click.ClickException(f"cannot listen on {listen}: {e.strerror or e}") from None
+                raise click.ClickException(f"cannot listen on {node.binding}: {e.strerror or e}") from None
             bar.render_finish()
             info = node.engine.info
             if info:
@@ -123,6 +134,10 @@ def serve(model, listen, models_dir, ctx, gpu_layers, threads, batch, slots, max
             click.echo(f"llamafs: serving on {shown}", err=True)
             if not dial.is_loopback(address) and not auth_secret_file:
                 click.echo("llamafs: warning: listening beyond loopback, without authentication", err=True)
+            if http_address:
+                click.echo(f"llamafs: dashboard on {http_url(http_address, node.http_port)}", err=True)
+                if not dial.is_loopback(http_address) and not auth_secret_file:
+                    click.echo("llamafs: warning: HTTP beyond loopback, without authentication", err=True)
             if address.network == "tcp":
                 click.echo("mount it with:\n" + mount_help(shown), err=True)
 

@@ -2,21 +2,57 @@
 
 from __future__ import annotations
 
-import statistics
+from styxfs.metrics import Histogram, exposition, server_samples
 
-from styxfs.metrics import exposition, server_samples
+from .reply import REASONS, Reply
 
-from .reply import REASONS
+TTFT_BOUNDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+RATE_BOUNDS = (1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 250, 500)
 
 
-def node_metrics(engine, recent, tree) -> str:
+class ReplyFigures:
+    """Histograms of ended replies: time to first token, and tokens per
+    second of generating.  Replies are handed over when submitted and
+    counted once they have ended: the pending ones are looked over at each
+    submission and each read, so the list stays as long as what runs."""
+
+    def __init__(self):
+        self.pending: list[Reply] = []
+        self.ttft = Histogram(TTFT_BOUNDS)
+        self.rate = Histogram(RATE_BOUNDS)
+
+    def add(self, reply: Reply) -> None:
+        self.sweep()
+        self.pending.append(reply)
+
+    def sweep(self) -> None:
+        running = []
+        for reply in self.pending:
+            if not reply.ended:
+                running.append(reply)
+            elif reply.first_token is not None:
+                self.ttft.observe(reply.first_token - reply.submitted)
+                generating = (reply.finished or reply.first_token) - reply.first_token
+                if reply.tokens_out > 1 and generating > 0:
+                    self.rate.observe((reply.tokens_out - 1) / generating)
+        self.pending = running
+
+    def samples(self, prefix: str = "llamafs") -> list:
+        self.sweep()
+        return (self.ttft.samples(f"{prefix}_time_to_first_token_seconds",
+                                  "time from a prompt's submission to its reply's first token")
+                + self.rate.samples(f"{prefix}_reply_tokens_per_second",
+                                    "a reply's tokens per second, after its first"))
+
+
+def node_metrics(engine, figures: ReplyFigures, tree) -> str:
     """The node's metrics file: the engine's figures, the sessions', the server's."""
     stats = engine.stats
-    ttfts = [r.first_token - r.submitted for r in recent if r.first_token]
     rate = stats.tokens_out / stats.decode_seconds if stats.decode_seconds else 0.0
     samples = [
         ("llamafs_model_loaded", "gauge", "1 if a model is loaded", {}, 1 if engine.loaded else 0),
         ("llamafs_sessions", "gauge", "open sessions", {}, len(tree.table.sessions)),
+        ("llamafs_max_sessions", "gauge", "the cap on open sessions", {}, tree.table.max_sessions),
         ("llamafs_sessions_created_total", "counter", "sessions created", {}, tree.table.created),
         ("llamafs_sessions_reclaimed_total", "counter", "idle sessions closed at the cap to make room", {},
          tree.table.reclaimed),
@@ -25,7 +61,8 @@ def node_metrics(engine, recent, tree) -> str:
         ("llamafs_prompt_tokens_reused_total", "counter", "prompt tokens found in the KV cache, not evaluated",
          {}, stats.tokens_reused),
         ("llamafs_tokens_out_total", "counter", "tokens generated", {}, stats.tokens_out),
-        ("llamafs_tokens_per_second", "gauge", "generated tokens per second of decoding", {}, rate),
+        ("llamafs_tokens_per_second", "gauge", "generated tokens per second of decoding, since the start", {},
+         rate),
         ("llamafs_generating", "gauge", "turns being prefilled or generated", {}, engine.generating()),
         ("llamafs_queue_length", "gauge", "turns waiting for a sequence", {}, engine.queue_length()),
         ("llamafs_slots", "gauge", "sequences decoded together at most", {}, engine.slots),
@@ -36,17 +73,5 @@ def node_metrics(engine, recent, tree) -> str:
     ] + [
         ("llamafs_decode_steps_total", "counter", "llama_decode calls", {}, stats.steps),
         ("llamafs_decode_seconds_total", "counter", "time spent in llama_decode", {}, stats.decode_seconds),
-    ] + server_samples(tree.server)
-    for q in (0.5, 0.9, 0.99):
-        value = _quantile(ttfts, q)
-        samples.append(("llamafs_time_to_first_token_seconds", "summary",
-                        "time from submission to the first token, recent requests", {"quantile": str(q)}, value))
+    ] + figures.samples() + server_samples(tree.server)
     return exposition(samples)
-
-
-def _quantile(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[min(98, int(q * 100) - 1)]

@@ -1,7 +1,7 @@
 """The /n/llama namespace, the same on a node and on a coordinator:
 
-    ctl data reply clone new/{ctl,data,reply,status} model metrics
-    N/{ctl,params,data,reply,status}
+    ctl data reply clone new/{ctl,data,reply,status} model metrics sessions
+    N/{ctl,params,data,reply,status,system,conversation}
 
 `LlamaTree` is the namespace: sessions, their files, ownership, the cap and
 the idle reaper.  It is given two backends.  A `SessionBackend` answers the
@@ -16,6 +16,7 @@ Qid paths are `(session << 8) | file`, session 0 for the root's files.
 from __future__ import annotations
 
 import logging
+import time
 
 import trio
 
@@ -33,7 +34,7 @@ log = logging.getLogger("styxfs.llama.namespace")
 # The low 8 bits of a qid path: the root's files (session 0), then a session's.
 # Every file and directory has a qid path of its own.
 (QROOT, QCTL, QDATA, QREPLY, QCLONE, QNEW, QMODEL, QMETRICS, QNODES,
- QNEWCTL, QNEWDATA, QNEWREPLY, QNEWSTATUS) = range(13)
+ QNEWCTL, QNEWDATA, QNEWREPLY, QNEWSTATUS, QSESSIONS) = range(14)
 QSESSION, QSCTL, QSPARAMS, QSDATA, QSREPLY, QSSTATUS, QSSYSTEM, QSCONVERSATION = range(0x10, 0x18)
 SESSION_FILES = {"ctl": QSCTL, "params": QSPARAMS, "data": QSDATA, "reply": QSREPLY, "status": QSSTATUS,
                  "system": QSSYSTEM, "conversation": QSCONVERSATION}
@@ -64,6 +65,10 @@ class SessionBackend:
 
     def check_settings(self, sampling: Sampling) -> None:
         """Refuse settings this backend cannot honour (chat without a template)."""
+
+    def session_fields(self, session: Session) -> list[str]:
+        """key=value figures of the session beyond its reply's, for the root `sessions`."""
+        return []
 
     def conversation(self, session: Session) -> list[Message]:
         """The conversation so far, the system prompt aside."""
@@ -209,6 +214,22 @@ class LlamaTree:
         if self.owner != "*" and caller.uname != self.owner:
             raise errors.PERM()
 
+    def sessions_text(self, caller: Caller) -> str:
+        """The root `sessions`: a line a session, `N owner` and its status
+        (the state, then key=value figures, idle=SECONDS since it was last
+        used), never its text.  The owner sees every session, others their own."""
+        try:
+            self.check_owner(caller)
+            shown = list(self.table.sessions.values())
+        except StyxError:
+            shown = [s for s in self.table.sessions.values() if s.owner == caller.uname]
+        now = time.monotonic()
+        lines = []
+        for s in sorted(shown, key=lambda s: s.number):
+            fields = [s.status().strip(), *self.session_backend.session_fields(s), f"idle={now - s.last_active:.1f}"]
+            lines.append(f"{s.number} {s.owner} {' '.join(fields)}\n")
+        return "".join(lines)
+
     def defaults_verb(self, caller: Caller, args: list[str]) -> None:
         self.defaults = self._checked(self.defaults, args[0], args[1:])
 
@@ -225,7 +246,9 @@ class RootDir(Directory):
                             write=self._ctl_write, perm=0o666)
         self.model = TextFile("model", qpath(0, QMODEL), read=lambda c: backend.model_text())
         self.metrics = TextFile("metrics", qpath(0, QMETRICS), read=lambda c: backend.metrics_text(tree))
-        self.static = [self.ctl, RootData(tree), RootReply(), CloneFile(tree), NewDir(tree), self.model, self.metrics]
+        sessions = TextFile("sessions", qpath(0, QSESSIONS), read=tree.sessions_text)
+        self.static = [self.ctl, RootData(tree), RootReply(), CloneFile(tree), NewDir(tree), self.model, self.metrics,
+                       sessions]
 
     async def _ctl_write(self, caller: Caller, data: bytes) -> None:
         self.tree.check_owner(caller)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from functools import partial
 
 import trio
 
@@ -19,6 +20,7 @@ from .model import ModelSettings
 from .models import NAMED, ModelNotFound, model_path
 from .namespace import LlamaTree
 from .settings import DEFAULT_LISTEN, NODE
+from .web import serve_http
 
 log = logging.getLogger("styxfs.llama.node")
 
@@ -42,6 +44,7 @@ class NodeOptions:
     no_model: bool = False  # start empty: a model comes later, by ctl `load`
     prefix_cache: int = NODE["prefixcache"].default  # tokens of closed sessions' prefixes kept for reuse
     share_prefixes: bool = False  # reuse prefixes across users too (a timing side channel between them)
+    http: str | None = None  # serve /metrics, /api/status and the dashboard here too
 
 
 class Node:
@@ -62,6 +65,8 @@ class Node:
         self.server = Server(self.tree, max_connections=options.max_connections, authenticator=authenticator)
         self.tree.server = self.server
         self.listeners = []
+        self.http_port = 0
+        self.binding = options.listen  # what is being listened on: where a failure to listen failed
 
     async def model_settings(self) -> ModelSettings:
         """What to load: the model (by name or path) and the options."""
@@ -94,6 +99,10 @@ class Node:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.tree.run)
                 self.listeners = await nursery.start(self.server.serve, o.listen)
+                if o.http:
+                    self.binding = o.http
+                    secret = read_secret(o.auth_secret_file) if o.auth_secret_file else None
+                    self.http_port = await nursery.start(partial(serve_http, o.http, self.server, secret=secret))
                 task_status.started(self)
         finally:
             with trio.CancelScope(shield=True):

@@ -62,7 +62,7 @@ class Reply:
         now = time.monotonic()
         if data:
             self.text += data
-        if self.first_token is None and tokens:
+        if self.first_token is None and (tokens or data):  # a relayed reply counts pieces, not tokens
             self.first_token = now
         self.tokens_out += tokens
         # Readers wake for the first text, then at most every stream_interval:

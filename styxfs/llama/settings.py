@@ -18,6 +18,7 @@ from styxfs import errors
 from styxfs.tree import parse_number, quote
 
 DEFAULT_LISTEN = dial.DEFAULT_ADDRESS  # tcp!127.0.0.1!5640
+HTTP_PORT = 9640  # HTTP (metrics, status, dashboard), beside 9P's port
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,178 @@
+"""What a node or a deployment is doing, read over 9P from its files (ctl,
+metrics, sessions, nodes/ID/health): the one view that `llamafs top`, the
+dashboard and `/api/status` show.  Rates (tokens/s, the time to first
+token of recent replies) are the change since the previous reading, as
+Prometheus's rate() would give them."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import trio
+
+from styxfs import client
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_keyed(text: str) -> dict[str, str]:
+    """`key value` lines; the first of a repeated key wins."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        out.setdefault(key, value)
+    return out
+
+
+def parse_samples(text: str) -> dict[tuple[str, frozenset], float]:
+    """Prometheus text as {(name, frozenset of label pairs): value}."""
+    out = {}
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if match is None or line.startswith("#"):
+            continue
+        name, labels, value = match.groups()
+        try:
+            out[(name, frozenset(_LABEL.findall(labels or "")))] = float(value)
+        except ValueError:
+            continue
+    return out
+
+
+def parse_sessions(text: str) -> list[dict]:
+    """The root `sessions` file: `N owner STATE key=value...` a line."""
+    out = []
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) < 3 or not words[0].isdigit():
+            continue
+        entry: dict = {"number": int(words[0]), "owner": words[1], "state": words[2]}
+        for word in words[3:]:
+            key, eq, value = word.partition("=")
+            if eq:
+                entry[key] = _number_or_text(value)
+        out.append(entry)
+    return out
+
+
+def _number_or_text(value: str):
+    try:
+        return int(value)
+    except ValueError:
+        try:
+            return float(value)
+        except ValueError:
+            return value
+
+
+class Watcher:
+    """Readings of one node or coordinator through a 9P client."""
+
+    def __init__(self, c: client.Client, timeout: float = 5.0):
+        self.client = c
+        self.timeout = timeout
+        self.previous: dict = {}  # what the rates are taken against: time, counters
+        self.history: list[dict] = []  # (time, tokens/s, sessions, ttft), the last minutes, for the charts
+        self.keep = 300
+        self.last: dict | None = None
+
+    async def read(self, path: str) -> str:
+        return (await self.client.read_file(path)).decode(errors="replace")
+
+    async def status(self, max_age: float = 0.0) -> dict:
+        """A reading; one taken within max_age seconds is given again
+        (several pages polling at once cost one reading)."""
+        if self.last is not None and time.time() - self.last["time"] <= max_age:
+            return self.last
+        with trio.fail_after(self.timeout):
+            ctl = parse_keyed(await self.read("ctl"))
+            samples = parse_samples(await self.read("metrics"))
+            sessions = parse_sessions(await self.read("sessions"))
+            role = ctl.get("role", "node")
+            if role == "coordinator":
+                nodes = [await self._node(d.name, samples) for d in await self.client.listdir("nodes")]
+            else:
+                nodes = [self._itself(ctl, samples)]
+        now = time.time()
+        prefix = "llamafs_coordinator" if role == "coordinator" else "llamafs"
+        ttft_sum = _value(samples, f"{prefix}_time_to_first_token_seconds_sum")
+        ttft_count = _value(samples, f"{prefix}_time_to_first_token_seconds_count")
+        before = self.previous
+        elapsed = now - before["time"] if before else 0.0
+        for node in nodes:
+            counted = before.get(("tokens", node["id"]))
+            node["tokens_per_second"] = (round(max(0.0, node["tokens_out_total"] - counted) / elapsed, 1)
+                                         if counted is not None and elapsed > 0 else 0.0)
+        ttft = None
+        if before and ttft_count > before["ttft_count"]:
+            ttft = (ttft_sum - before["ttft_sum"]) / (ttft_count - before["ttft_count"])
+        self.previous = {"time": now, "ttft_sum": ttft_sum, "ttft_count": ttft_count,
+                         **{("tokens", n["id"]): n["tokens_out_total"] for n in nodes}}
+        total_rate = round(sum(n["tokens_per_second"] for n in nodes), 1)
+        self.history.append({"time": round(now, 3), "tokens_per_second": total_rate,
+                             "sessions": len(sessions), "ttft": None if ttft is None else round(ttft, 4)})
+        del self.history[: -self.keep]
+        self.last = {
+            "time": now,
+            "deployment": {
+                "role": role, "name": ctl.get("name", ""), "version": ctl.get("version", ""),
+                "state": ctl.get("state", ""), "strategy": ctl.get("strategy", ""),
+                "model": ctl.get("model", ""),
+                "nodes": len(nodes), "healthy": sum(1 for n in nodes if n["state"] in ("up", "draining")),
+                "sessions": int(ctl.get("sessions", len(sessions)) or 0),
+                "maxsessions": int(ctl.get("maxsessions", 0) or 0),
+                "tokens_per_second": total_rate,
+                "ttft_recent": None if ttft is None else round(ttft, 4),
+                "requests_total": int(_value(samples, f"{prefix}_requests_total")),
+            },
+            "nodes": nodes,
+            "sessions": sessions,
+            "history": list(self.history),
+        }
+        return self.last
+
+    async def _node(self, node_id: str, samples: dict) -> dict:
+        try:
+            health = parse_keyed(await self.read(f"nodes/{node_id}/health"))
+        except client.Error as e:  # removed between the listing and the read
+            health = {"state": "gone", "error": str(e)}
+        labels = {"node": node_id}
+        return {
+            "id": node_id, "address": health.get("address", ""), "state": health.get("state", "?"),
+            "error": health.get("error", ""), "weight": _float(health.get("weight", "1")),
+            "latency_ms": round(_float(health.get("latency", "0")) * 1000, 2),
+            "failures": int(_float(health.get("failures", "0"))),
+            "sessions": int(_float(health.get("sessions", "0"))),
+            "inflight": int(_float(health.get("inflight", "0"))),
+            "queue": int(_value(samples, "llamafs_queue_length", labels)),
+            "generating": int(_value(samples, "llamafs_generating", labels)),
+            "slots": int(_value(samples, "llamafs_slots", labels)),
+            "tokens_out_total": _value(samples, "llamafs_tokens_out_total", labels),
+        }
+
+    def _itself(self, ctl: dict, samples: dict) -> dict:
+        """A node alone: one row, itself."""
+        loaded = ctl.get("state") == "loaded"
+        return {
+            "id": ctl.get("name") or "node", "address": "", "state": "up" if loaded else ctl.get("state", "?"),
+            "error": ctl.get("error", ""), "weight": 1.0, "latency_ms": 0.0, "failures": 0,
+            "sessions": int(_value(samples, "llamafs_sessions")),
+            "inflight": int(_value(samples, "llamafs_generating")),
+            "queue": int(_value(samples, "llamafs_queue_length")),
+            "generating": int(_value(samples, "llamafs_generating")),
+            "slots": int(_value(samples, "llamafs_slots")),
+            "tokens_out_total": _value(samples, "llamafs_tokens_out_total"),
+        }
+
+
+def _value(samples: dict, name: str, labels: dict[str, str] | None = None) -> float:
+    return samples.get((name, frozenset((labels or {}).items())), 0.0)
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return 0.0

@@ -1,0 +1,142 @@
+"""HTTP beside 9P, for the web's tools: `/metrics` for Prometheus,
+`/api/status` (JSON) and `/` (the dashboard).  A bare ASGI app served by
+hypercorn on trio; it reads the tree it shows over 9P, through a
+connection of its own to the server in this process, so that HTTP shows
+exactly what the files say.  It never serves prompts or replies.
+
+With a secret, every request but the page's own files must prove it
+without sending it: `Authorization: Bearer TOKEN` or the cookie
+`llamafs_token`, TOKEN being `http_token(secret)`."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import socket
+from importlib import resources
+from urllib.parse import unquote
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve as hypercorn_serve
+
+from styxfs import client, dial
+from styxfs.auth import secret_authenticator
+
+from .settings import HTTP_PORT
+from .status import Watcher
+
+log = logging.getLogger("styxfs.llama.web")
+
+STATIC = {"index.html": "text/html; charset=utf-8", "dashboard.js": "text/javascript; charset=utf-8",
+          "dashboard.css": "text/css; charset=utf-8", "chart.js": "text/javascript; charset=utf-8"}
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def http_token(secret: bytes) -> str:
+    """The bearer token HTTP asks for: the secret's HMAC-SHA256 over "http",
+    in hex.  It proves the secret without being it."""
+    return hmac.new(secret, b"http", hashlib.sha256).hexdigest()
+
+
+def static_file(name: str) -> bytes:
+    return (resources.files("styxfs.llama") / "dashboard" / name).read_bytes()
+
+
+class App:
+    """The ASGI app.  `watcher` reads the tree; `token` is None without a secret."""
+
+    def __init__(self, watcher: Watcher, token: str | None, show_sessions: bool = True):
+        self.watcher = watcher
+        self.token = token
+        self.show_sessions = show_sessions
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        status, content_type, body = await self.respond(scope)
+        headers = [(b"content-type", content_type.encode()), (b"cache-control", b"no-store")]
+        if status == 401:
+            headers.append((b"www-authenticate", b'Bearer realm="llamafs"'))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+
+    async def respond(self, scope) -> tuple[int, str, bytes]:
+        if scope["method"] not in ("GET", "HEAD"):
+            return 405, "text/plain", b"only GET and HEAD\n"
+        path = unquote(scope["path"])
+        if path == "/":
+            path = "/index.html"
+        if path.lstrip("/") in STATIC:  # the page itself holds no figures: it asks for the token
+            name = path.lstrip("/")
+            return 200, STATIC[name], static_file(name)
+        if path not in ("/metrics", "/api/status"):
+            return 404, "text/plain", b"no such page: try /, /metrics or /api/status\n"
+        if not self.authorized(scope):
+            return 401, "text/plain", b"permission denied: send the token (llamafs http-token) as a bearer token\n"
+        try:
+            if path == "/metrics":
+                with trio.fail_after(self.watcher.timeout):
+                    return 200, METRICS_TYPE, await self.watcher.client.read_file("metrics")
+            status = dict(await self.watcher.status(max_age=0.5))
+        except (client.Error, trio.TooSlowError) as e:
+            return 503, "text/plain", f"cannot read the tree: {e}\n".encode()
+        if not self.show_sessions:
+            status["sessions"] = None
+        return 200, "application/json", json.dumps(status).encode()
+
+    def authorized(self, scope) -> bool:
+        if self.token is None:
+            return True
+        given = ""
+        for key, value in scope["headers"]:
+            if key == b"authorization" and value.lower().startswith(b"bearer "):
+                given = value[7:].decode("latin-1").strip()
+            elif key == b"cookie" and not given:
+                for part in value.decode("latin-1").split(";"):
+                    name, _, cookie = part.strip().partition("=")
+                    if name == "llamafs_token":
+                        given = cookie
+        return hmac.compare_digest(given.encode(), self.token.encode())
+
+
+def hypercorn_config(address: dial.Address) -> Config:
+    config = Config()
+    host = address.host if address.host not in ("*", "") else "0.0.0.0"
+    config.bind = [f"[{host}]:{address.port}" if ":" in host else f"{host}:{address.port}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.errorlog.setLevel(logging.WARNING)
+    return config
+
+
+async def serve_http(address: dial.Address | str, server, *, secret: bytes | None = None,
+                     task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Serve HTTP at address (a dial string, tcp only) for the 9P server in
+    this process, until cancelled; `started` gives the port."""
+    if isinstance(address, str):
+        address = dial.parse(address, default_port=HTTP_PORT)
+    if address.network != "tcp":
+        raise ValueError(f"HTTP listens on tcp only, not {address.network}")
+    inner, outer = trio.socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    authenticate = secret_authenticator(secret) if secret else None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.handle_stream, trio.SocketStream(inner))
+        uname = server.tree.owner if getattr(server.tree, "owner", "*") != "*" else None
+        async with client.attached(trio.SocketStream(outer), uname=uname, authenticate=authenticate) as c:
+            app = App(Watcher(c), http_token(secret) if secret else None,
+                      show_sessions=secret is not None or dial.is_loopback(address))
+            binds = await nursery.start(hypercorn_serve, app, hypercorn_config(address))
+            port = int(binds[0].rsplit(":", 1)[1])
+            task_status.started(port)
+            await trio.sleep_forever()
