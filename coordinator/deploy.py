@@ -23,7 +23,6 @@ import trio
 
 from styxfs import client, dial, wire
 from styxfs.auth import SecretAuthenticator, read_secret, secret_authenticator
-from styxfs.llama.web import serve_http
 from styxfs.server import Server
 
 from .config import DeploymentConfig, NodeConfig
@@ -117,6 +116,8 @@ class DeploymentManager:
                     a = dial.parse(self.address)
                     self.address = str(dial.Address("tcp", a.host, dial.listening_port(self.listeners)))
                 if net.http:
+                    from styxfs.llama.web import serve_http  # hypercorn: only where HTTP is served
+
                     self.http_port = await nursery.start(partial(serve_http, net.http, self.server,
                                                                  secret=self.secret))
                 self.deployed = True

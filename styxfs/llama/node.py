@@ -20,7 +20,6 @@ from .model import ModelSettings
 from .models import NAMED, ModelNotFound, model_path
 from .namespace import LlamaTree
 from .settings import DEFAULT_LISTEN, NODE
-from .web import serve_http
 
 log = logging.getLogger("styxfs.llama.node")
 
@@ -100,6 +99,8 @@ class Node:
                 await nursery.start(self.tree.run)
                 self.listeners = await nursery.start(self.server.serve, o.listen)
                 if o.http:
+                    from .web import serve_http  # hypercorn: only imported where HTTP is served
+
                     self.binding = o.http
                     secret = read_secret(o.auth_secret_file) if o.auth_secret_file else None
                     self.http_port = await nursery.start(partial(serve_http, o.http, self.server, secret=secret))
