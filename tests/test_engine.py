@@ -237,3 +237,24 @@ async def test_with_one_sequence_a_closed_sessions_prompt_is_taken_over_not_eval
     other = Conversation("bob")  # another user's: cleared, not taken over
     reply = await ended(submit(e, other, PREFIX + b"same question", maxtokens=3))
     assert reply.tokens_cached == 0
+
+
+async def test_turns_arriving_together_with_a_new_shared_prefix_evaluate_it_once(engine):
+    e = await engine(slots=4, batch=32)
+    convs = [Conversation("alice") for _ in range(4)]
+    questions = [b"alpha?", b"beta?", b"gamma?", b"delta?"]  # no two begin alike
+    replies = [submit(e, c, PREFIX + q, maxtokens=3) for c, q in zip(convs, questions)]  # all queued at once
+    for reply in replies:
+        await ended(reply)
+    for reply, q in zip(replies, questions):
+        assert bytes(reply.text) == continuation(tokens_of(PREFIX + q), 3)
+    # The prefix is evaluated by one of them; the others copy it and evaluate their questions only.
+    evaluated_in_all = sum(1 for step in e.model.steps for _, _, _, logits in step if not logits)
+    assert evaluated_in_all == len(tokens_of(PREFIX)) + sum(len(q) - 1 for q in questions)
+    assert sorted(r.tokens_cached for r in replies) == [0] + [len(tokens_of(PREFIX))] * 3
+    # Another user's turn does not wait for, nor share, alice's prefix.
+    e2 = await engine(slots=4, batch=32)
+    a, b = submit(e2, Conversation("alice"), PREFIX + b"x", maxtokens=2), submit(e2, Conversation("bob"), PREFIX + b"y", maxtokens=2)
+    await ended(a)
+    await ended(b)
+    assert a.tokens_cached == b.tokens_cached == 0

@@ -311,7 +311,9 @@ async def test_metrics(start_node):
     assert values["llamafs_tokens_out_total"] == 8
     assert values["llamafs_tokens_in_total"] >= 5
     assert values["llamafs_queue_length"] == 0
-    assert values['llamafs_time_to_first_token_seconds{quantile="0.5"}'] > 0
+    assert values['llamafs_time_to_first_token_seconds_bucket{le="+Inf"}'] == 1  # the one reply
+    assert 0 < values["llamafs_time_to_first_token_seconds_sum"] < 30
+    assert values["llamafs_reply_tokens_per_second_count"] == 1
     for name in ("llamafs_sessions", "llamafs_tokens_per_second"):
         assert f"# TYPE {name} gauge" in text
 

@@ -310,6 +310,8 @@ class Engine:
                 continue  # the session's previous turn is still running
             history = list(turn.history)
             source, shared = self._prefix_source(conv, history)
+            if self._prefix_coming(conv, history, shared if source is not None else 0):
+                continue  # copy it once it is there, rather than evaluate it twice
             if conv.seq is None and not self._take_sequence(conv, queued, history, keep=source):
                 continue
             self.queued.remove(turn)
@@ -343,6 +345,20 @@ class Engine:
                 if n > best:
                     best, source = n, other
         return source, best
+
+    def _prefix_coming(self, conv: Conversation, history: list[int], held: int) -> bool:
+        """Whether a running turn of the group is still evaluating a beginning
+        of history (of MIN_SHARED tokens at least) longer than any sequence
+        holds: turns that arrive together with a new shared prefix evaluate it
+        once.  The wait is short: that turn's prefill is under way."""
+        held = max(held, _common_prefix(conv.cached, history))
+        for turn in self.active:
+            other = turn.conversation
+            if self._may_share(conv, other):
+                coming = _common_prefix(other.history, history)
+                if coming >= MIN_SHARED and held < coming and len(other.cached) < coming:
+                    return True
+        return False
 
     def _take_sequence(self, conv: Conversation, queued: list[Turn], history: list[int],
                        keep: Conversation | None = None) -> bool:
