@@ -200,21 +200,24 @@ def median_of(runs: list[dict], key: str) -> float:
 @click.option("--model", default=None, help="default: Gemma 3 270M")
 @click.option("--threads", default=2, show_default=True)
 @click.option("--no-peers", is_flag=True, help="without llama-server")
-def main(rounds, tokens, prefix_tokens, model, threads, no_peers):
+@click.option("--part", type=click.Choice(["all", "node", "coordinator"]), default="all", show_default=True)
+def main(rounds, tokens, prefix_tokens, model, threads, no_peers, part):
     from styxfs.llama.models import model_path
 
     model = model or str(model_path("gemma3-270m"))
-    binary = None if no_peers else find_or_build()
-    prefix = make_prefix(model, prefix_tokens)
-    node = node_runs(model, threads, prefix, tokens, rounds, binary)
-    coord = coordinator_runs(model, threads, [make_prefix(model, prefix_tokens, label) for label in "AB"], tokens,
-                             rounds)
+    binary = None if no_peers or part == "coordinator" else find_or_build()
+    node = coord = {}
+    if part in ("all", "node"):
+        node = node_runs(model, threads, make_prefix(model, prefix_tokens), tokens, rounds, binary)
+    if part in ("all", "coordinator"):
+        coord = coordinator_runs(model, threads, [make_prefix(model, prefix_tokens, label) for label in "AB"],
+                                 tokens, rounds)
     print(machine_line())
     print(f"\n{SESSIONS} sessions, a {prefix_tokens}-token prefix, {tokens} tokens each; medians of {rounds} rounds")
     print(f"{'':27s} {'TTFT p50':>9s} {'tok/s':>7s}")
     for (scene, kind), runs in node.items():
         print(f"{scene + ' ' + kind:27s} {median_of(runs, 'ttft_p50'):8.3f}s {median_of(runs, 'tps'):7.1f}")
-    for scene in ("cold", "warm"):
+    for scene in ("cold", "warm") if node else ():
         reuse = median_of(node[(scene, "llamafs reuse")], "ttft_p50")
         without = median_of(node[(scene, "llamafs no reuse")], "ttft_p50")
         line = f"{scene}: TTFT reuse / no reuse = {reuse / without:.2f} (goal <= 0.25)"

@@ -82,7 +82,9 @@ class PrefixAffinity(Strategy):
     its KV cache: the one its longest run of BLOCK-byte blocks was last sent
     to (a hash chain per prompt, MEMORY chains remembered), unless it has
     more than SLACK sessions over the least loaded healthy node; else, and
-    for a prompt nobody has seen, least-connections."""
+    for a prompt nobody has seen, least-connections, the ties going to the
+    node picked least recently (so that new prefixes spread over idle nodes,
+    rather than all landing on the first)."""
 
     name = "prefix-affinity"
     BLOCK = 128
@@ -91,7 +93,8 @@ class PrefixAffinity(Strategy):
 
     def __init__(self):
         self.seen: collections.OrderedDict[bytes, str] = collections.OrderedDict()  # chain hash -> node id
-        self.fallback = LeastConnections()
+        self.picks = 0
+        self.picked: dict[str, int] = {}  # node id -> when it was last picked
 
     @classmethod
     def chain(cls, prompt: bytes) -> list[bytes]:
@@ -112,7 +115,9 @@ class PrefixAffinity(Strategy):
             if node is not None and node.session_count <= least + self.SLACK:
                 choice = node
                 break
-        choice = choice or self.fallback.pick(nodes, healthy)
+        choice = choice or min(healthy, key=lambda n: (n.session_count, self.picked.get(n.id, -1)))
+        self.picks += 1
+        self.picked[choice.id] = self.picks
         for key in chain:
             self.seen[key] = choice.id
             self.seen.move_to_end(key)

@@ -234,7 +234,14 @@ class ForwardingSessions(SessionBackend):
         """A session on this node for remote: a spare one made ahead, or a new one.
         A node at its cap with nothing of ours to let go raises NodeFull."""
         spares = self.spares.get(node, [])
-        binding = spares.pop() if spares else await self._make(node, c, room=True)
+        if spares:
+            binding = spares.pop()
+        else:
+            node.arriving += 1  # the strategies count it at once: sessions bound together spread out
+            try:
+                binding = await self._make(node, c, room=True)
+            finally:
+                node.arriving -= 1
         remote.binding = binding
         node.sessions.add(remote)
         return binding

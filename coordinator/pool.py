@@ -36,6 +36,7 @@ class NodeHandle:
         self.state = "down"
         self.client: client.Client | None = None
         self.sessions: set = set()  # coordinator sessions bound to this node
+        self.arriving = 0  # sessions being bound to it, their node session still being made
         self.inflight: set[trio.CancelScope] = set()
         self.last_check = 0.0
         self.latency = 0.0
@@ -49,7 +50,8 @@ class NodeHandle:
 
     @property
     def session_count(self) -> int:
-        return len(self.sessions)
+        """What the strategies balance: sessions bound here, and being bound."""
+        return len(self.sessions) + self.arriving
 
     @property
     def usable(self) -> bool:

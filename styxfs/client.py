@@ -20,6 +20,8 @@ from typing import AsyncIterator
 import trio
 
 from . import dial, wire
+from .errors import StyxError
+from .tree import Caller, Connection
 from .wire import NOFID, NOTAG, OREAD, Dir, Message, Qid
 
 log = logging.getLogger("styxfs.client")
@@ -470,3 +472,47 @@ async def attached(stream: trio.abc.Stream, *, uname: str | None = None, aname: 
                 client.stop()
     finally:
         await client.aclose()
+
+
+class LocalClient:
+    """Reads a file tree served in this process as a client would (walk,
+    open, read to the end, clunk, as one user), through the same entries and
+    handles as the server, without the wire: for readers that live beside
+    the server, such as its HTTP side.  Errors are ServerErrors, as over 9P."""
+
+    def __init__(self, tree, uname: str):
+        self.tree = tree
+        self.caller = Caller(uname, Connection(0))
+
+    async def _walk(self, path: str):
+        try:
+            entry = await self.tree.attach(self.caller)
+            for name in [p for p in path.split("/") if p]:
+                entry = await entry.walk(name, self.caller)
+            return entry
+        except StyxError as e:
+            raise ServerError(str(e)) from None
+
+    async def read_file(self, path: str) -> bytes:
+        entry = await self._walk(path)
+        try:
+            entry.check_open(OREAD)
+            handle = await entry.open(OREAD, self.caller)
+        except StyxError as e:
+            raise ServerError(str(e)) from None
+        out = bytearray()
+        try:
+            while chunk := await handle.read(len(out), 65536):
+                out += chunk
+        except StyxError as e:
+            raise ServerError(str(e)) from None
+        finally:
+            await handle.clunk(aborted=False)
+        return bytes(out)
+
+    async def listdir(self, path: str = "") -> list[Dir]:
+        entry = await self._walk(path)
+        try:
+            return [child.stat(self.caller) for child in await entry.children(self.caller)]
+        except StyxError as e:
+            raise ServerError(str(e)) from None

@@ -106,3 +106,14 @@ def test_prefix_affinity_remembers_a_bounded_number_of_prefixes():
     for i in range(200):
         pick(s, nodes, nodes, f"{i:08d}".encode() * 64)
     assert len(s.seen) == 50
+
+
+def test_prefix_affinity_spreads_new_prefixes_over_idle_nodes():
+    # Two documents, each asked about once while nothing runs: they go to different
+    # nodes, and later questions about each follow its own.
+    nodes = cluster(1, 1)
+    s = make_strategy("prefix-affinity")
+    doc_a, doc_b = b"Document A. " * 40, b"Document B. " * 40
+    a, b = pick(s, nodes, nodes, doc_a + b"warm?"), pick(s, nodes, nodes, doc_b + b"warm?")
+    assert a is not b
+    assert pick(s, nodes, nodes, doc_a + b"who?") is a and pick(s, nodes, nodes, doc_b + b"who?") is b

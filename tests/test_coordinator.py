@@ -171,6 +171,24 @@ async def test_least_connections_with_sessions_held(nursery, nodes):
         assert (await run_turn(c, n, PROMPT))[1]["node"] == "node-1"
 
 
+async def test_sessions_bound_at_once_spread_over_the_nodes(nursery, nodes, monkeypatch):
+    # No spare node sessions: every binding waits for its node session to be made,
+    # and those still being made count, or all would go to the first node.
+    monkeypatch.setattr("coordinator.forwarding.SPARES", 0)
+    mgr = await deploy(nursery, config_for(nodes, "least-connections"))
+    used = []
+
+    async def one():
+        async with client.connect(mgr.address) as c:
+            n = await session(c, "maxtokens 2")
+            used.append((await run_turn(c, n, PROMPT))[1]["node"])
+
+    async with trio.open_nursery() as clients:
+        for _ in range(6):
+            clients.start_soon(one)
+    assert sorted(used) == ["node-0", "node-0", "node-1", "node-1", "node-2", "node-2"]
+
+
 async def test_killed_idle_node_is_avoided_and_comes_back(nursery, nodes, tiny_model):
     events = []
     mgr = await deploy(nursery, config_for(nodes))

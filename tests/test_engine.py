@@ -258,3 +258,25 @@ async def test_turns_arriving_together_with_a_new_shared_prefix_evaluate_it_once
     await ended(a)
     await ended(b)
     assert a.tokens_cached == b.tokens_cached == 0
+
+
+async def test_the_trio_side_is_woken_once_or_twice_a_step_not_once_a_token(engine):
+    e = await engine(slots=4)
+
+    class Counting:
+        def __init__(self, token):
+            self.token, self.calls = token, 0
+
+        def run_sync_soon(self, fn, *args):
+            self.calls += 1
+            self.token.run_sync_soon(fn, *args)
+
+    e.trio_token = counting = Counting(e.trio_token)
+    steps = len(e.model.steps)
+    prompts = [b"one", b"two", b"three", b"four"]
+    replies = [submit(e, Conversation(), p, maxtokens=20) for p in prompts]
+    for reply, p in zip(replies, prompts):
+        assert bytes((await ended(reply)).text) == continuation(tokens_of(p), 20)  # every token arrived
+    steps = len(e.model.steps) - steps
+    assert sum(r.tokens_out for r in replies) == 80
+    assert counting.calls <= 2 * steps + 2 < 80  # (+2: the waits between submissions)

@@ -77,6 +77,8 @@ class Stats:
     steps: int = 0
     evictions: int = 0
     tokens_reused: int = 0  # prompt tokens a turn found in the KV cache (its own, or shared)
+    schedule_seconds: float = 0.0  # a step's time before llama_decode: sequences, the batch
+    sample_seconds: float = 0.0  # and after it: sampling, text, stop strings, reports
     reasons: dict[str, int] = field(default_factory=dict)  # how replies ended: stop, length, context...
 
 
@@ -102,6 +104,7 @@ class Engine:
         self.trio_token = None
         self._llama: Model | None = None  # the worker's model while one is loaded
         self._vocab_lock = threading.Lock()  # tokenising against load/unload
+        self._outbox: list = []  # reports for the trio side, sent once a step (worker thread)
 
     # -- trio side ---------------------------------------------------------------
 
@@ -197,14 +200,34 @@ class Engine:
     # -- worker thread --------------------------------------------------------------
 
     def _report(self, fn, *args) -> None:
-        try:
-            self.trio_token.run_sync_soon(fn, *args)
-        except trio.RunFinishedError:
-            pass
+        """Have fn(*args) run on the trio side.  Reports are gathered and sent
+        together, before and after llama_decode: a wake-up or two of the trio
+        thread a step, not one a token of every session (each wake-up takes
+        a core from llama.cpp's threads, which wait for each other)."""
+        self._outbox.append((fn, args))
+
+    def _report_now(self, fn, *args) -> None:
+        self._report(fn, *args)
+        self._send_reports()
+
+    def _send_reports(self) -> None:
+        if self._outbox:
+            batch, self._outbox = self._outbox, []
+            try:
+                self.trio_token.run_sync_soon(_deliver, batch)
+            except trio.RunFinishedError:
+                pass
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        finally:
+            self._send_reports()
+
+    def _serve(self) -> None:
         while True:
             if not self.active and not self.queued:
+                self._send_reports()
                 self.wakeup.wait()
             self.wakeup.clear()
             while True:
@@ -226,9 +249,10 @@ class Engine:
             except Exception:
                 log.exception("engine step failed")
                 self._fail_all(errors.ENGINE_FAILED.format())
+            self._send_reports()
 
     def _load(self, settings: ModelSettings, progress) -> ModelInfo:
-        new = self.open_model(settings, self.slots, progress and (lambda f: self._report(progress, f)))
+        new = self.open_model(settings, self.slots, progress and (lambda f: self._report_now(progress, f)))
         self._unload()
         with self._vocab_lock:
             self._llama = new
@@ -399,6 +423,7 @@ class Engine:
         llama = self._llama
         if llama is None:
             return
+        scheduling = time.perf_counter()
         self._assign_sequences()
         for turn in [t for t in self.active if t.reply.cancel_requested]:
             self._retire(turn, "cancelled")
@@ -424,13 +449,19 @@ class Engine:
                 turn.conversation.cached += chunk
                 budget -= len(chunk)
                 self.stats.tokens_in += len(chunk)
+        batch = [(turn.conversation.seq, token, pos, logits) for turn, token, pos, logits in entries]
+        self._send_reports()  # turns that began prefill say so now, not after the step
         started = time.perf_counter()
-        llama.decode([(turn.conversation.seq, token, pos, logits) for turn, token, pos, logits in entries])
-        self.stats.decode_seconds += time.perf_counter() - started
-        self.stats.steps += 1
+        llama.decode(batch)
+        decoded = time.perf_counter()
         for index, (turn, _, _, logits) in enumerate(entries):
             if logits:
                 self._sample(turn, index)
+        stats = self.stats
+        stats.schedule_seconds += started - scheduling
+        stats.decode_seconds += decoded - started
+        stats.sample_seconds += time.perf_counter() - decoded
+        stats.steps += 1
 
     def _sample(self, turn: Turn, batch_index: int) -> None:
         llama = self._llama
@@ -460,6 +491,11 @@ class Engine:
         if turn in self.active:
             self.active.remove(turn)
         self._finish(turn, state, reason=reason)
+
+
+def _deliver(reports: list) -> None:
+    for fn, args in reports:
+        fn(*args)
 
 
 def _set_prefill(reply: Reply, tokens: int, cached: int = 0) -> None:

@@ -73,5 +73,11 @@ def node_metrics(engine, figures: ReplyFigures, tree) -> str:
     ] + [
         ("llamafs_decode_steps_total", "counter", "llama_decode calls", {}, stats.steps),
         ("llamafs_decode_seconds_total", "counter", "time spent in llama_decode", {}, stats.decode_seconds),
+    ] + [
+        ("llamafs_step_seconds_total", "counter",
+         "the engine's time by part of a step: schedule (before llama_decode), decode, sample (after)",
+         {"phase": phase}, seconds)
+        for phase, seconds in (("schedule", stats.schedule_seconds), ("decode", stats.decode_seconds),
+                               ("sample", stats.sample_seconds))
     ] + figures.samples() + server_samples(tree.server)
     return exposition(samples)

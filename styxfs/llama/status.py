@@ -68,7 +68,8 @@ def _number_or_text(value: str):
 
 
 class Watcher:
-    """Readings of one node or coordinator through a 9P client."""
+    """Readings of one node or coordinator through a client: a 9P
+    connection (`llamafs top`) or a LocalClient (HTTP, beside the server)."""
 
     def __init__(self, c: client.Client, timeout: float = 5.0):
         self.client = c

@@ -1,8 +1,10 @@
 """HTTP beside 9P, for the web's tools: `/metrics` for Prometheus,
 `/api/status` (JSON) and `/` (the dashboard).  A bare ASGI app served by
-hypercorn on trio; it reads the tree it shows over 9P, through a
-connection of its own to the server in this process, so that HTTP shows
-exactly what the files say.  It never serves prompts or replies.
+hypercorn on trio; it reads the tree it shows as a 9P client would, as
+the tree's owner, through the same files (client.LocalClient: in this
+process, without the wire, so that a busy node pays no round trips for
+it), so HTTP shows exactly what the files say.  It never serves prompts or
+replies.
 
 With a secret, every request but the page's own files must prove it
 without sending it: `Authorization: Bearer TOKEN` or the cookie
@@ -12,9 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import getpass
 import json
 import logging
-import socket
 from importlib import resources
 from urllib.parse import unquote
 
@@ -23,7 +25,6 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
 from styxfs import client, dial
-from styxfs.auth import secret_authenticator
 
 from .settings import HTTP_PORT
 from .status import Watcher
@@ -128,15 +129,10 @@ async def serve_http(address: dial.Address | str, server, *, secret: bytes | Non
         address = dial.parse(address, default_port=HTTP_PORT)
     if address.network != "tcp":
         raise ValueError(f"HTTP listens on tcp only, not {address.network}")
-    inner, outer = trio.socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    authenticate = secret_authenticator(secret) if secret else None
+    tree = server.tree
+    owner = tree.owner if getattr(tree, "owner", "*") != "*" else getpass.getuser()
+    app = App(Watcher(client.LocalClient(tree, owner)), http_token(secret) if secret else None,
+              show_sessions=secret is not None or dial.is_loopback(address))
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(server.handle_stream, trio.SocketStream(inner))
-        uname = server.tree.owner if getattr(server.tree, "owner", "*") != "*" else None
-        async with client.attached(trio.SocketStream(outer), uname=uname, authenticate=authenticate) as c:
-            app = App(Watcher(c), http_token(secret) if secret else None,
-                      show_sessions=secret is not None or dial.is_loopback(address))
-            binds = await nursery.start(hypercorn_serve, app, hypercorn_config(address))
-            port = int(binds[0].rsplit(":", 1)[1])
-            task_status.started(port)
-            await trio.sleep_forever()
+        binds = await nursery.start(hypercorn_serve, app, hypercorn_config(address))
+        task_status.started(int(binds[0].rsplit(":", 1)[1]))
