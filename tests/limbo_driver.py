@@ -64,6 +64,8 @@ init(nil: ref Draw->Context, argv: list of string)
 			}
 		"eval" =>
 			result(mc.evaluate(rest(tl f)));
+		"reason" =>
+			sys->print("%s\n", mc.reason);
 		"unload" =>
 			mc.unload();
 			sys->print("done %r\n");

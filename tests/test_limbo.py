@@ -146,6 +146,16 @@ async def test_model_context(start_node, dis):
     assert "state loaded" in ctl and "ctx 512" in ctl  # a load without ctx keeps the node's
 
 
+async def test_model_context_says_why_a_reply_ended(start_node, dis):
+    address, node = await start_node()
+    await greedy_at(address, maxtokens=3)
+    out = await drive(dis, ["load tiny.gguf 512 0", f"eval {PROMPT}", "reason"],
+                      setup=f"mount -A tcp!127.0.0.1!{port(address)} /n/llama || exit mount")
+    assert out[1] == (await ask(address, PROMPT)) + "\n"
+    assert out[2] == "length\n"  # cut by maxtokens
+    assert not node.tree.table.sessions  # its session closed after the turn
+
+
 async def test_model_context_without_a_mount(dis):
     out = await drive(dis, ["load tiny.gguf 512 0", "eval hello"])
     assert out[0].startswith("nil: can't open /n/llama/ctl: "), out

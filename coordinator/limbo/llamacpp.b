@@ -57,7 +57,7 @@ ModelContext.loadmodel(path: string, ctxSize: int, layers: int): ref ModelContex
 			sys->werrstr(err);
 			return nil;
 		}
-		return ref ModelContext(MNT, path, ctxSize, layers);
+		return ref ModelContext(MNT, path, ctxSize, layers, nil);
 	} exception e {
 	"*" =>
 		sys->werrstr("llamacpp: " + e);
@@ -81,7 +81,8 @@ ModelContext.evaluate(ctx: self ref ModelContext, input: string): string
 {
 	S();
 	{
-		(reply, err) := talk(ctx.mnt, input);
+		(reply, reason, err) := converse(ctx.mnt, input);
+		ctx.reason = reason;
 		if(err != nil){
 			sys->werrstr(err);
 			return nil;
@@ -690,27 +691,52 @@ talk(mnt: string, input: string): (string, string)
 	fd := sys->open(mnt + "/data", Sys->ORDWR);
 	if(fd == nil)
 		return (nil, sys->sprint("can't open %s/data: %r", mnt));
+	return sendread(fd, input);
+}
+
+# One turn of a session of its own (clone, N/data, N/status, close), to
+# learn why the reply ended: (reply, reason, error).
+converse(mnt: string, input: string): (string, string, string)
+{
+	ctl := sys->open(mnt + "/clone", Sys->ORDWR);
+	if(ctl == nil)
+		return (nil, nil, sys->sprint("can't open %s/clone: %r", mnt));
+	buf := array[32] of byte;
+	n := sys->read(ctl, buf, len buf);
+	if(n <= 0)
+		return (nil, nil, sys->sprint("can't read %s/clone: %r", mnt));
+	dir := mnt + "/" + string buf[0:n];
+	if(dir[len dir - 1] == '\n')
+		dir = dir[0:len dir - 1];
+	fd := sys->open(dir + "/data", Sys->ORDWR);
+	if(fd == nil)
+		return (nil, nil, sys->sprint("can't open %s/data: %r", dir));
+	(reply, err) := sendread(fd, input);
+	reason: string;
+	sfd := sys->open(dir + "/status", Sys->OREAD);
+	if(sfd != nil){
+		(b, nil) := readall(sfd);
+		(nil, f) := sys->tokenize(string b, " \n");
+		for(; f != nil; f = tl f)
+			if(len hd f > 7 && (hd f)[0:7] == "reason=")
+				reason = (hd f)[7:];
+	}
+	fd = nil;	# its files closed before the session is
+	sfd = nil;
+	sys->fprint(ctl, "close");
+	return (reply, reason, err);
+}
+
+# Write input to an open data file, then read the whole reply from it.
+sendread(fd: ref Sys->FD, input: string): (string, string)
+{
 	b := array of byte input;
 	if(len b > 0 && sys->write(fd, b, len b) != len b)
 		return (nil, sys->sprint("%r"));
-	buf := array[8192] of byte;
-	reply := array[0] of byte;
-	nr := 0;
-	for(;;){
-		n := sys->read(fd, buf, len buf);
-		if(n < 0)
-			return (nil, sys->sprint("%r"));
-		if(n == 0)
-			break;
-		if(nr + n > len reply){
-			r := array[2 * (nr + n)] of byte;
-			r[0:] = reply[0:nr];
-			reply = r;
-		}
-		reply[nr:] = buf[0:n];
-		nr += n;
-	}
-	return (string reply[0:nr], nil);
+	(reply, r) := readall(fd);
+	if(r < 0)
+		return (nil, sys->sprint("%r"));
+	return (string reply, nil);
 }
 
 # A word as Plan 9's tokenize/parsecmd reads it.

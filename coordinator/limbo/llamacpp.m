@@ -18,13 +18,16 @@ Llamacpp: module
 
 	# The model of the tree mounted at /n/llama: loadmodel writes
 	# "load PATH ctx N gpulayers N" to /n/llama/ctl (PATH is resolved in the
-	# node's models directory); evaluate sends input through /n/llama/data and
-	# returns the whole reply; unload writes "unload".
+	# node's models directory); evaluate sends input as one turn of a session
+	# of its own (clone, N/data) and returns the whole reply, and sets reason
+	# to why it ended, from N/status: stop, length (maxtokens), context (the
+	# context is full), cancelled or error; unload writes "unload".
 	ModelContext: adt {
 		mnt:	string;
 		path:	string;
 		ctxsize:	int;
 		layers:	int;
+		reason:	string;	# why the last reply ended; nil before any
 
 		loadmodel: fn(path: string, ctxSize: int, layers: int): ref ModelContext;
 		unload: fn(ctx: self ref ModelContext);

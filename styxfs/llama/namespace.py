@@ -217,7 +217,7 @@ class LlamaTree:
     def sessions_text(self, caller: Caller) -> str:
         """The root `sessions`: a line a session, `N owner` and its status
         (the state, then key=value figures, idle=SECONDS since it was last
-        used), never its text.  The owner sees every session, others their own."""
+        used, 0 while it is in use), never its text.  The owner sees every session, others their own."""
         try:
             self.check_owner(caller)
             shown = list(self.table.sessions.values())
@@ -226,7 +226,8 @@ class LlamaTree:
         now = time.monotonic()
         lines = []
         for s in sorted(shown, key=lambda s: s.number):
-            fields = [s.status().strip(), *self.session_backend.session_fields(s), f"idle={now - s.last_active:.1f}"]
+            idle = now - s.last_active if s.idle else 0.0  # busy: not idle at all
+            fields = [s.status().strip(), *self.session_backend.session_fields(s), f"idle={idle:.1f}"]
             lines.append(f"{s.number} {s.owner} {' '.join(fields)}\n")
         return "".join(lines)
 
