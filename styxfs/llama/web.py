@@ -12,9 +12,9 @@ without sending it: `Authorization: Bearer TOKEN` or the cookie
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import hmac
-import getpass
 import json
 import logging
 from importlib import resources
@@ -28,8 +28,6 @@ from styxfs import client, dial
 
 from .settings import HTTP_PORT
 from .status import Watcher
-
-log = logging.getLogger("styxfs.llama.web")
 
 STATIC = {"index.html": "text/html; charset=utf-8", "dashboard.js": "text/javascript; charset=utf-8",
           "dashboard.css": "text/css; charset=utf-8", "chart.js": "text/javascript; charset=utf-8"}
