@@ -26,7 +26,7 @@ from styxfs.auth import SecretAuthenticator, read_secret, secret_authenticator
 from styxfs.server import Server
 
 from .config import DeploymentConfig, NodeConfig
-from .launch import NodeProcess, node_command
+from .launch import NodeProcess, deployment_of, node_command, port_holder
 from .pool import NodeHandle, Pool
 from .union import make_union
 
@@ -133,9 +133,18 @@ class DeploymentManager:
 
     async def _start_node(self, node: NodeConfig) -> NodeHandle:
         """Spawn `llamafs serve` for a local node not yet listening (behind an
-        isolate with isolation "dis"); connect to it."""
+        isolate with isolation "dis"); connect to it.  A local node already
+        listening is taken as it is (a node started by hand), unless another
+        deployment started it: then this one stops, naming both."""
         host = "127.0.0.1" if node.address == "localhost" else node.address
-        if node.is_local and not dial.port_open(host, node.port):
+        if node.is_local and dial.port_open(host, node.port):
+            holder = port_holder(node.port)
+            owner = deployment_of(holder) if holder else None
+            if owner is not None:
+                raise RuntimeError(f"node {node.id}: port {node.port} is held by pid {holder}, a node of the "
+                                   f"deployment of pid {owner}: stop that one first, or give this one other ports")
+            log.info("node %s: taking the node already listening on port %d (pid %s)", node.id, node.port, holder)
+        elif node.is_local:
             isolated = self.config.isolation == "dis"
             listen = f"tcp!127.0.0.1!{dial.free_port()}" if isolated else node.dial
             process = await NodeProcess.start(self.nursery, node.id, node_command(self.config, node, listen),

@@ -111,6 +111,47 @@ async def wait_exit(process: subprocess.Popen) -> int:
     return process.wait()
 
 
+DEPLOYMENT_ENV = "LLAMAFS_DEPLOYMENT"  # in a node process we start: our pid
+
+
+def port_holder(port: int) -> int | None:
+    """The pid of the process listening on TCP port, from /proc (Linux); None
+    if none is found (or /proc says nothing)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    for pid in filter(str.isdigit, os.listdir("/proc") if inodes else []):
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                    return int(pid)
+        except OSError:  # gone, or not ours to look at
+            continue
+    return None
+
+
+def deployment_of(pid: int) -> int | None:
+    """The pid of the deployment that started process pid, if it was one."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = f.read().split(b"\0")
+    except OSError:
+        return None
+    prefix = DEPLOYMENT_ENV.encode() + b"="
+    for item in environ:
+        if item.startswith(prefix) and item[len(prefix):].isdigit():
+            return int(item[len(prefix):])
+    return None
+
+
 class NodeProcess:
     """One node process."""
 
@@ -133,7 +174,8 @@ class NodeProcess:
         log = open(log_path, "ab") if log_path else subprocess.DEVNULL
         # Where a checkout runs uninstalled, the node finds the package as we did.
         root = str(Path(styxfs.__file__).resolve().parent.parent)
-        env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                   **{DEPLOYMENT_ENV: str(os.getpid())})
         try:
             process = await trio.to_thread.run_sync(
                 lambda: spawn(command, stdout=log, stderr=subprocess.STDOUT, env=env,

@@ -17,7 +17,7 @@ from styxfs import client, wire
 from styxfs.dial import free_port, port_bindable
 
 from .support import (LLAMAFS, PROMPT, ROOT, ask, config_for, deploy, greedy, prompt_tokens, run_turn, session,
-                      start_node_process, status_fields, wait_for_port)
+                      start_node_process, status_fields, stop_process, wait_for_port)
 
 async def test_round_robin_order_and_affinity(nursery, nodes):
     mgr = await deploy(nursery, config_for(nodes))
@@ -381,6 +381,32 @@ async def test_a_node_that_exits_at_start_is_a_clear_error_at_once(nursery, tmp_
     mgr = DeploymentManager(config, node_log_dir=str(tmp_path))
     with trio.fail_after(30), pytest.raises(RuntimeError, match=r"node node-0 exited \(status 1\).*no such model file"):
         await mgr.deploy(nursery)
+
+
+async def test_a_second_deployment_of_a_running_one_is_refused_naming_the_pid(nursery, tiny_model, tmp_path):
+    base = free_port()
+    config = {"name": "twice", "modelPath": tiny_model,
+              "network": {"basePort": base, "listen": "tcp!127.0.0.1!0"},
+              "nodes": [{"id": "node-0", "address": "localhost", "port": base}], "model": {"threads": 1}}
+    first = DeploymentManager(config)
+    await first.deploy(nursery)
+    [pid] = [n["pid"] for n in first.status()["nodes"]]
+    second = DeploymentManager(config)
+    with trio.fail_after(30), pytest.raises(
+            RuntimeError, match=rf"node node-0: port {base} is held by pid {pid}, a node of the deployment of pid "
+                                rf"{os.getpid()}: stop that one first"):
+        await second.deploy(nursery)
+    # A node started by hand on a configured port is taken as it is.
+    process, address = start_node_process(tiny_model, threads=1)
+    try:
+        by_hand = DeploymentManager({**config, "nodes": [{"id": "node-0", "address": "localhost",
+                                                          "port": int(address.rsplit("!", 1)[1])}]})
+        await by_hand.deploy(nursery)
+        assert by_hand.status()["nodes"][0]["pid"] is None and by_hand.status()["nodes"][0]["state"] == "up"
+        await by_hand.shutdown()
+    finally:
+        stop_process(process)
+    await first.shutdown()
 
 
 def pid_alive(pid: int) -> bool:
