@@ -4,7 +4,6 @@ processes' figures into one text, and a 9P server's own figures."""
 
 from __future__ import annotations
 
-import math
 import re
 
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
@@ -40,8 +39,6 @@ def _escape(text: str) -> str:
 
 
 def _number(value: float) -> str:
-    if isinstance(value, float) and math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
     if isinstance(value, int) or float(value).is_integer():
         return str(int(value))
     return f"{value:.6g}"

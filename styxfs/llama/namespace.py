@@ -217,7 +217,8 @@ class LlamaTree:
     def sessions_text(self, caller: Caller) -> str:
         """The root `sessions`: a line a session, `N owner` and its status
         (the state, then key=value figures, idle=SECONDS since it was last
-        used, 0 while it is in use), never its text.  The owner sees every session, others their own."""
+        used, 0 while it is in use), never its text.  The owner sees every
+        session, others their own."""
         try:
             self.check_owner(caller)
             shown = list(self.table.sessions.values())
