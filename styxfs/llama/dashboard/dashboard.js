@@ -56,7 +56,9 @@ function draw(status) {
   $("t-nodes").textContent = `${d.healthy}/${d.nodes}`;
   $("t-sessions").textContent = d.maxsessions ? `${d.sessions}/${d.maxsessions}` : d.sessions;
   $("t-rate").textContent = num(d.tokens_per_second, 1);
-  $("t-ttft").textContent = d.ttft_recent === null ? "–" : num(d.ttft_recent * 1000, 0) + " ms";
+  const ttfts = status.history.map(p => p.ttft).filter(t => t !== null);  // the latest reply's, if none just now
+  const ttft = d.ttft_recent ?? (ttfts.length ? ttfts[ttfts.length - 1] : null);
+  $("t-ttft").textContent = ttft === null ? "–" : num(ttft * 1000, 0) + " ms";
   $("t-requests").textContent = d.requests_total;
   drawNodes(status.nodes);
   drawSessions(status.sessions);
