@@ -20,15 +20,13 @@ import trio
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import (  # noqa: E402
-    ROOT, machine_line, start_coordinator_process, start_node_process, stop_process)
+    ROOT, machine_line, new_session, start_coordinator_process, start_node_process, stop_process)
 from styxfs import client, wire  # noqa: E402
 
 
 async def one(c, maxtokens: int) -> tuple[float, float]:
     """A reply on a fresh session: (time to first byte, total), from the write."""
-    async with await c.open("clone", wire.ORDWR) as ctl:
-        n = (await ctl.read()).decode().strip()
-        await ctl.fid.write(f"temperature 0\nmaxtokens {maxtokens}".encode(), 0)
+    async with new_session(c, f"temperature 0\nmaxtokens {maxtokens}") as (ctl, n):
         async with await c.open(f"{n}/data", wire.ORDWR) as f:
             start = time.perf_counter()
             await f.write("Once upon a time")

@@ -22,7 +22,7 @@ import trio
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import machine_line, start_coordinator_process, start_node_process, stop_process  # noqa: E402
+from bench.common import greedy, machine_line, new_session, start_coordinator_process, start_node_process, stop_process  # noqa: E402
 from coordinator import DeploymentManager  # noqa: E402
 from styxfs import client, wire  # noqa: E402
 from tests.relay import DelayRelay  # noqa: E402
@@ -33,9 +33,7 @@ PROMPT = "Once upon a time, in a land far away, there lived a king who"
 async def one_session(address: str, tokens: int) -> tuple[float, int]:
     """(seconds to the first byte, tokens out) of one greedy reply."""
     async with client.connect(address) as c:
-        async with await c.open("clone", wire.ORDWR) as ctl:
-            n = (await ctl.read()).decode().strip()
-            await ctl.fid.write(f"temperature 0\nrepeatpenalty 1\nmaxtokens {tokens}".encode(), 0)
+        async with new_session(c, greedy(tokens)) as (ctl, n):
             async with await c.open(f"{n}/data", wire.ORDWR) as f:
                 started = time.perf_counter()
                 await f.write(PROMPT)

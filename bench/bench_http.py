@@ -20,7 +20,8 @@ import trio
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import free_port, machine_line, start_node_process, stop_process, wait_for_port  # noqa: E402
+from bench.common import (  # noqa: E402
+    free_port, greedy, machine_line, new_session, start_node_process, stop_process, wait_for_port)
 from styxfs import client, wire  # noqa: E402
 
 PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle."
@@ -36,9 +37,7 @@ def tokens_out(text: str) -> float:
 async def generate(address: str, tokens: int) -> None:
     """One session, turn after turn, until cancelled."""
     async with client.connect(address) as c:
-        async with await c.open("clone", wire.ORDWR) as ctl:
-            n = (await ctl.read()).decode().strip()
-            await ctl.fid.write(f"temperature 0\nrepeatpenalty 1\nmaxtokens {tokens}".encode(), 0)
+        async with new_session(c, greedy(tokens)) as (ctl, n):
             while True:
                 async with await c.open(f"{n}/data", wire.ORDWR) as f:
                     await f.write(PROMPT)

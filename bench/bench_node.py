@@ -17,7 +17,7 @@ import trio
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import machine_line, start_node_process, stop_process  # noqa: E402
+from bench.common import greedy, machine_line, new_session, start_node_process, stop_process  # noqa: E402
 from styxfs import client, wire  # noqa: E402
 
 PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle."
@@ -25,9 +25,7 @@ PROMPT = "Write a long story about a lighthouse keeper who finds a message in a 
 
 async def through_9p(address: str, tokens: int) -> tuple[int, float]:
     async with client.connect(address) as c:
-        async with await c.open("clone", wire.ORDWR) as ctl:
-            n = (await ctl.read()).decode().strip()
-            await ctl.fid.write(f"temperature 0\nrepeatpenalty 1\nmaxtokens {tokens}".encode(), 0)
+        async with new_session(c, greedy(tokens)) as (ctl, n):
             start = time.perf_counter()
             async with await c.open(f"{n}/data", wire.ORDWR) as f:
                 await f.write(PROMPT)

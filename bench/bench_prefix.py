@@ -29,7 +29,8 @@ import trio
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import machine_line, start_coordinator_process, start_node_process, stop_process  # noqa: E402
+from bench.common import (  # noqa: E402
+    at_once, greedy, machine_line, new_session, start_coordinator_process, start_node_process, stop_process)
 from bench.llama_server import find_or_build  # noqa: E402
 from bench.suite import percentile, start_llama_server  # noqa: E402
 from styxfs import client, wire  # noqa: E402
@@ -63,9 +64,7 @@ def make_prefix(model: str, tokens: int, label: str = "") -> str:
 
 async def llamafs_turn(address: str, uname: str, prompt: str, tokens: int, results: list) -> None:
     async with client.connect(address, uname=uname) as c:
-        async with await c.open("clone", wire.ORDWR) as ctl:
-            n = (await ctl.read()).decode().strip()
-            await ctl.fid.write(f"mode raw\ntemperature 0\nrepeatpenalty 1\nmaxtokens {tokens}".encode(), 0)
+        async with new_session(c, greedy(tokens, "mode raw")) as (ctl, n):
             start, first = time.perf_counter(), None
             async with await c.open(f"{n}/data", wire.ORDWR) as f:
                 await f.write(prompt)
@@ -115,13 +114,8 @@ def server_burst(port: int, prompts: list[str], tokens: int, warm: str | None) -
     if warm is not None:
         server_turn(port, warm, 1, [], lock)
     results: list = []
-    threads = [threading.Thread(target=server_turn, args=(port, p, tokens, results, lock)) for p in prompts]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return figures(results, time.perf_counter() - start)
+    wall = at_once([lambda p=p: server_turn(port, p, tokens, results, lock) for p in prompts])
+    return figures(results, wall)
 
 
 def figures(results: list, wall: float) -> dict:

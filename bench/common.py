@@ -7,11 +7,42 @@ import os
 import platform
 import subprocess
 import tempfile
+import threading
+import time
+from contextlib import asynccontextmanager
+from typing import AsyncIterator, Callable
 
+from styxfs import client, wire
 from styxfs.dial import free_port, port_open  # noqa: F401 (for the benchmarks)
 
 # Node processes are started as the tests start them (one definition, in tests/support.py).
 from tests.support import LLAMAFS, NODE, ROOT, start_node_process, stop_process, wait_for_port  # noqa: E402,F401
+
+
+def greedy(tokens: int, *more: str) -> str:
+    """ctl settings for a greedy, penalty-free reply of at most tokens, and more lines."""
+    return "\n".join(["temperature 0", "repeatpenalty 1", f"maxtokens {tokens}", *more])
+
+
+@asynccontextmanager
+async def new_session(c: client.Client, settings: str) -> AsyncIterator[tuple[client.File, str]]:
+    """A session made through clone, its ctl written these settings:
+    (its ctl, open while the block runs, and N)."""
+    async with await c.open("clone", wire.ORDWR) as ctl:
+        n = (await ctl.read()).decode().strip()
+        await ctl.fid.write(settings.encode(), 0)
+        yield ctl, n
+
+
+def at_once(calls: list[Callable[[], None]]) -> float:
+    """Run the calls in threads of their own, all at once; the seconds until the last ends."""
+    threads = [threading.Thread(target=call) for call in calls]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - start
 
 
 def start_coordinator_process(node_addresses: list[str], **network) -> tuple[subprocess.Popen, str]:

@@ -33,12 +33,12 @@ import trio
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import ROOT, start_coordinator_process, start_node_process, stop_process  # noqa: E402
+from bench.common import ROOT, greedy, new_session, start_coordinator_process, start_node_process, stop_process  # noqa: E402
 from coordinator.forwarding import SPARES  # noqa: E402
 from styxfs import client, wire  # noqa: E402
 
 PROMPTS = ["Once upon a time", "the king was", "water and people", "café über", "long little words"]
-SETTINGS = b"temperature 0\nrepeatpenalty 1\nmaxtokens 8"
+SETTINGS = greedy(8)
 
 
 def process_figures(pid: int) -> dict:
@@ -57,9 +57,7 @@ async def metrics_of(address: str) -> dict[str, float]:
 
 
 async def ask(c, prompt: str) -> bytes:
-    async with await c.open("clone", wire.ORDWR) as ctl:
-        number = (await ctl.read()).decode().strip()
-        await ctl.fid.write(SETTINGS, 0)
+    async with new_session(c, SETTINGS) as (ctl, number):
         async with await c.open(f"{number}/data", wire.ORDWR) as f:
             await f.write(prompt)
             reply = await f.read_all()
@@ -69,9 +67,8 @@ async def ask(c, prompt: str) -> bytes:
 
 async def ask_plan9(c, prompt: str) -> bytes:
     """clone, settings, N/data, N/reply; never close: the server reclaims it."""
-    async with await c.open("clone", wire.ORDWR) as ctl:
-        number = (await ctl.read()).decode().strip()
-        await ctl.fid.write(SETTINGS, 0)
+    async with new_session(c, SETTINGS) as (_, number):
+        pass
     await c.write_file(f"{number}/data", prompt)
     return await c.read_file(f"{number}/reply")
 

@@ -40,8 +40,11 @@ from bench.bench_node import direct, through_9p  # noqa: E402
 from bench.llama_server import find_or_build  # noqa: E402
 from bench.common import (  # noqa: E402
     ROOT,
+    at_once,
     free_port,
+    greedy,
     machine_line,
+    new_session,
     start_coordinator_process,
     start_node_process,
     stop_process,
@@ -80,9 +83,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def llamafs_one(c, tokens: int, results: list) -> None:
-    async with await c.open("clone", wire.ORDWR) as ctl:
-        n = (await ctl.read()).decode().strip()
-        await ctl.fid.write(f"temperature 0\nrepeatpenalty 1\nmaxtokens {tokens}".encode(), 0)
+    async with new_session(c, greedy(tokens)) as (ctl, n):
         start = time.perf_counter()
         first = None
         async with await c.open(f"{n}/data", wire.ORDWR) as f:
@@ -196,13 +197,8 @@ def http_one(port: int, tokens: int, results: list, lock: threading.Lock) -> Non
 def http_concurrent(port: int, sessions: int, tokens: int) -> dict:
     results: list = []
     lock = threading.Lock()
-    threads = [threading.Thread(target=http_one, args=(port, tokens, results, lock)) for _ in range(sessions)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return summarise(results, time.perf_counter() - start)
+    wall = at_once([lambda: http_one(port, tokens, results, lock) for _ in range(sessions)])
+    return summarise(results, wall)
 
 
 def start_peer(model: str, threads: int) -> tuple[subprocess.Popen, int]:
