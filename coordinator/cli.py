@@ -13,7 +13,7 @@ import styxfs
 from styxfs import client, dial, wire
 from styxfs.auth import read_secret, secret_authenticator
 from styxfs.llama.models import NAMED
-from styxfs.llama.status import parse_keyed
+from styxfs.llama.status import Watcher
 from styxfs.llama.cli import check_listen, http_url, mount_help, serve, setup_logging, stop_on_signals
 
 from .config import STRATEGIES, ConfigError, DeploymentConfig, generate
@@ -184,23 +184,17 @@ def status(addr, auth_secret_file):
 
     async def run():
         async with connect(addr, auth_secret_file) as c:
-            ctl = parse_keyed((await c.read_file("ctl")).decode())
-            if ctl.get("role") != "coordinator":
-                raise click.ClickException(f"{addr} is a node, not a coordinator")
-            nodes = []
-            for d in await c.listdir("nodes"):
-                health = parse_keyed((await c.read_file(f"nodes/{d.name}/health")).decode())
-                nodes.append({"id": d.name, "address": health.get("address", ""), "state": health.get("state", "?"),
-                              "weight": health.get("weight", "1"), "sessions": health.get("sessions", "0"),
-                              "inflight": health.get("inflight", "0"), "latency": health.get("latency", "0"),
-                              "failures": health.get("failures", "0")})
-            return {"name": ctl.get("name", ""), "strategy": ctl.get("strategy", ""),
-                    "sessions": ctl.get("sessions", "0"), "nodes": nodes}
+            reading = await Watcher(c).status()  # what `top` and the dashboard show
+        d = reading["deployment"]
+        if d["role"] != "coordinator":
+            raise click.ClickException(f"{addr} is a node, not a coordinator")
+        return {"name": d["name"], "strategy": d["strategy"], "sessions": d["sessions"],
+                "nodes": [{**n, "latency": n["latency_ms"] / 1000} for n in reading["nodes"]]}
 
     try:
         click.echo(status_table(trio.run(run)))
-    except client.Error as e:
-        raise click.ClickException(str(e)) from None
+    except (client.Error, trio.TooSlowError) as e:
+        raise click.ClickException(str(e) or f"{addr} did not answer in time") from None
 
 
 @main.command()

@@ -73,7 +73,8 @@ class Histogram:
         return rows
 
 
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)$")
+# A sample line: its name, its labels with their braces (or None), its value.
+SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)$")
 
 
 def merge(own: str, labelled: list[tuple[dict[str, str], str]]) -> str:
@@ -94,7 +95,7 @@ def merge(own: str, labelled: list[tuple[dict[str, str], str]]) -> str:
                     headers.setdefault(family, {}).setdefault(parts[1], line)
                     samples.setdefault(family, [])
                 continue
-            match = _SAMPLE.match(line)
+            match = SAMPLE.match(line)
             if match is None:
                 continue
             name, label_text, value = match.groups()

@@ -17,6 +17,7 @@ import trio
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
+from coordinator.cli import main as llamafs_command
 from styxfs import client
 from styxfs.llama.web import http_token
 from styxfs.metrics import Histogram, exposition, merge
@@ -135,8 +136,7 @@ async def test_with_a_secret_http_asks_for_the_token(start_node, tmp_path):
     secret_file.write_text("a shared secret\n")
     address, node = await start_node(http="tcp!127.0.0.1!0", auth_secret_file=str(secret_file))
     base = f"http://127.0.0.1:{node.http_port}"
-    printed = CliRunner().invoke(__import__("coordinator.cli").cli.main,
-                                 ["http-token", "--auth-secret-file", str(secret_file)])
+    printed = CliRunner().invoke(llamafs_command, ["http-token", "--auth-secret-file", str(secret_file)])
     assert printed.exit_code == 0, printed.output
     token = printed.output.strip()
     assert token == http_token(b"a shared secret") and "secret" not in token

@@ -12,8 +12,8 @@ import time
 import trio
 
 from styxfs import client
+from styxfs.metrics import SAMPLE
 
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 
@@ -30,8 +30,8 @@ def parse_samples(text: str) -> dict[tuple[str, frozenset], float]:
     """Prometheus text as {(name, frozenset of label pairs): value}."""
     out = {}
     for line in text.splitlines():
-        match = _SAMPLE.match(line)
-        if match is None or line.startswith("#"):
+        match = SAMPLE.match(line)
+        if match is None:
             continue
         name, labels, value = match.groups()
         try:
@@ -74,10 +74,10 @@ class Watcher:
     def __init__(self, c: client.Client, timeout: float = 5.0):
         self.client = c
         self.timeout = timeout
-        self.previous: dict = {}  # what the rates are taken against: time, counters
+        self.ttft_seen = (0.0, 0.0)  # the TTFT histogram's sum and count at the last reading
         self.history: list[dict] = []  # (time, tokens/s, sessions, ttft), the last minutes, for the charts
         self.keep = 300
-        self.last: dict | None = None
+        self.last: dict | None = None  # the last reading: what rates are taken against
 
     async def read(self, path: str) -> str:
         return (await self.client.read_file(path)).decode(errors="replace")
@@ -100,17 +100,18 @@ class Watcher:
         prefix = "llamafs_coordinator" if role == "coordinator" else "llamafs"
         ttft_sum = _value(samples, f"{prefix}_time_to_first_token_seconds_sum")
         ttft_count = _value(samples, f"{prefix}_time_to_first_token_seconds_count")
-        before = self.previous
+        before = self.last
         elapsed = now - before["time"] if before else 0.0
+        counted = {n["id"]: n["tokens_out_total"] for n in before["nodes"]} if before else {}
         for node in nodes:
-            counted = before.get(("tokens", node["id"]))
-            node["tokens_per_second"] = (round(max(0.0, node["tokens_out_total"] - counted) / elapsed, 1)
-                                         if counted is not None and elapsed > 0 else 0.0)
+            then = counted.get(node["id"])
+            node["tokens_per_second"] = (round(max(0.0, node["tokens_out_total"] - then) / elapsed, 1)
+                                         if then is not None and elapsed > 0 else 0.0)
         ttft = None
-        if before and ttft_count > before["ttft_count"]:
-            ttft = (ttft_sum - before["ttft_sum"]) / (ttft_count - before["ttft_count"])
-        self.previous = {"time": now, "ttft_sum": ttft_sum, "ttft_count": ttft_count,
-                         **{("tokens", n["id"]): n["tokens_out_total"] for n in nodes}}
+        seen_sum, seen_count = self.ttft_seen
+        if before and ttft_count > seen_count:
+            ttft = (ttft_sum - seen_sum) / (ttft_count - seen_count)
+        self.ttft_seen = (ttft_sum, ttft_count)
         total_rate = round(sum(n["tokens_per_second"] for n in nodes), 1)
         self.history.append({"time": round(now, 3), "tokens_per_second": total_rate,
                              "sessions": len(sessions), "ttft": None if ttft is None else round(ttft, 4)})
