@@ -1,6 +1,7 @@
-# Builds coordinator/limbo/*.dis with Inferno's mk and limbo:
+# Builds limbo/*.dis with Inferno's mk and limbo:
 #	ROOT=/path/to/inferno; PATH=$ROOT/Linux/386/bin:$PATH
-#	mk			# coordinator/limbo/llamacpp.dis coordinator/limbo/llama.dis coordinator/limbo/isolate.dis
+#	mk			# limbo/llamacpp.dis limbo/llama.dis limbo/isolate.dis
+#				# and limbo/testdriver.dis (the Limbo tests' driver)
 #	mk install		# llamacpp.dis (and isolate.dis) to $ROOT$MODULEPATH's
 #				# directory, llama.dis to $ROOT/dis
 #	mk clean
@@ -11,12 +12,13 @@
 <$ROOT/mkconfig
 
 TARG=\
-	coordinator/limbo/llamacpp.dis\
-	coordinator/limbo/llama.dis\
-	coordinator/limbo/isolate.dis\
+	limbo/llamacpp.dis\
+	limbo/llama.dis\
+	limbo/isolate.dis\
+	limbo/testdriver.dis\
 
 MODULES=\
-	coordinator/limbo/llamacpp.m\
+	limbo/llamacpp.m\
 
 SYSMODULES=\
 	arg.m\
@@ -29,14 +31,14 @@ CONFIG=
 
 <$ROOT/mkfiles/mkdis
 
-LIMBOFLAGS=-I$MODDIR -Icoordinator/limbo
+LIMBOFLAGS=-I$MODDIR -Ilimbo
 
-# The sources are in coordinator/limbo/: the .dis goes beside its .b.
+# The sources are in limbo/: the .dis goes beside its .b.
 %.dis:	%.b
 	limbo $LIMBOFLAGS -gw -o $target $stem.b
 
-# mkdis's install is $DISBIN/coordinator/limbo/*.dis: send each where it belongs
-# instead (isolate.dis beside the module).
+# mkdis's install is $DISBIN/limbo/*.dis: send each where it belongs instead
+# (isolate.dis beside the module; the tests' driver nowhere).
 $DISBIN/%.dis:V:	%.dis
 	modpath=$MODULEPATH
 	if [ -n "$CONFIG" ]; then
@@ -44,14 +46,15 @@ $DISBIN/%.dis:V:	%.dis
 		if [ -n "$p" ]; then modpath=$p; fi
 	fi
 	case $stem in
-	coordinator/limbo/llamacpp)	dest=$ROOT$modpath ;;
-	coordinator/limbo/isolate)	dest=`dirname $ROOT$modpath`/isolate.dis ;;
+	limbo/testdriver)	exit 0 ;;
+	limbo/llamacpp)	dest=$ROOT$modpath ;;
+	limbo/isolate)	dest=`dirname $ROOT$modpath`/isolate.dis ;;
 	*)	dest=$DISBIN/`basename $stem`.dis ;;
 	esac
 	mkdir -p `dirname $dest`
 	rm -f $dest && cp $stem.dis $dest && echo $stem.dis '->' $dest
 
 clean:V:
-	rm -f coordinator/limbo/*.dis coordinator/limbo/*.sbl
+	rm -f limbo/*.dis limbo/*.sbl
 
 nuke:V:	clean

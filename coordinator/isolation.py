@@ -1,7 +1,7 @@
 """Dis-VM isolates: one Inferno emu in front of each local node.
 
 With ``"isolation": "dis"`` each node is reached through an isolate: a hosted
-Inferno emulator (``emu``) running ``coordinator/limbo/isolate.b``, which mounts the node
+Inferno emulator (``emu``) running ``limbo/isolate.b``, which mounts the node
 in a namespace of its own, loads the model through Llamacpp's
 ``ModelContext.loadmodel`` and serves the node's tree back out on a port of
 its own (as ``styxlisten -A … export`` would; each client connection gets its
@@ -48,8 +48,17 @@ from .launch import spawn
 
 __all__ = ["IsolationError", "EmuNotFound", "Isolate", "find_emu", "find_limbo", "build_dis", "LIMBO_SOURCES"]
 
-# The Limbo sources are package data: in a checkout and in an installed wheel alike.
-LIMBO_SOURCES = Path(str(importlib.resources.files("coordinator") / "limbo"))
+
+def _limbo_sources() -> Path:
+    """The Limbo sources: the checkout's top-level limbo/, or in an installed
+    wheel the same files carried as package data (coordinator/limbo/)."""
+    checkout = Path(__file__).resolve().parent.parent / "limbo"
+    if (checkout / "llamacpp.m").is_file():
+        return checkout
+    return Path(str(importlib.resources.files("coordinator") / "limbo"))
+
+
+LIMBO_SOURCES = _limbo_sources()
 PROGRAMS = ("llamacpp", "isolate", "llama")
 READY = "isolate: serving"
 

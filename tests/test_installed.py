@@ -57,14 +57,21 @@ def venv(wheel, tmp_path_factory) -> Path:
     return env
 
 
-def test_the_wheel_holds_every_file_of_the_packages_the_checkout_tracks(wheel):
-    listed = subprocess.run(["git", "ls-files", "styxfs", "coordinator"], cwd=ROOT, capture_output=True,
-                            text=True)
+def listed_files(root, *folders: str) -> list[str]:
+    listed = subprocess.run(["git", "ls-files", *folders], cwd=root, capture_output=True, text=True)
     if listed.returncode != 0:
         pytest.skip("not a git checkout")
-    tracked = {name for name in listed.stdout.split() if not name.endswith((".pyc",))}
+    return listed.stdout.split()
+
+
+def test_the_wheel_holds_every_file_of_the_packages_the_checkout_tracks(wheel):
+    tracked = {name for name in listed_files(ROOT, "styxfs", "coordinator") if not name.endswith(".pyc")}
     names = set(zipfile.ZipFile(wheel).namelist())
     assert tracked and tracked <= names, sorted(tracked - names)
+    # The top-level limbo/ travels as coordinator/limbo/, all but the tests' driver.
+    limbo = {f"coordinator/{name}" for name in listed_files(ROOT, "limbo")} - {"coordinator/limbo/testdriver.b"}
+    assert limbo and limbo <= names, sorted(limbo - names)
+    assert "coordinator/limbo/testdriver.b" not in names
     assert any(n.endswith("licenses/LICENSE") for n in names)
     assert not any(n.startswith(("tests/", "bench/")) for n in names)
 

@@ -1,4 +1,4 @@
-"""The Inferno side: coordinator/limbo/llamacpp.b and llama.b, the mkfile, Dis-VM isolates.
+"""The Inferno side: limbo/llamacpp.b and llama.b, the mkfile, Dis-VM isolates.
 
 Everything here runs Inferno's own tools (mk, limbo, a headless emu) and skips,
 saying so, when no emu is found (tests/inferno.py). The ADTs are driven by a
@@ -65,11 +65,11 @@ def mk(bindir: Path, root: str, cwd: Path, *args: str) -> subprocess.CompletedPr
 
 def checkout_copy(tmp_path: Path) -> Path:
     work = tmp_path / "llamafs"
-    (work / "coordinator" / "limbo").mkdir(parents=True)
+    (work / "limbo").mkdir(parents=True)
     shutil.copy2(REPO / "mkfile", work / "mkfile")
-    for f in isolation.LIMBO_SOURCES.iterdir():
+    for f in (REPO / "limbo").iterdir():
         if f.suffix in (".b", ".m"):
-            shutil.copy2(f, work / "coordinator" / "limbo" / f.name)
+            shutil.copy2(f, work / "limbo" / f.name)
     return work
 
 
@@ -80,16 +80,17 @@ def test_mk_builds_without_warnings_and_cleans(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "warning" not in (done.stdout + done.stderr).lower(), done.stdout + done.stderr
     assert done.stderr == ""
-    for name in ("llamacpp", "llama", "isolate"):
-        assert (work / "coordinator" / "limbo" / f"{name}.dis").stat().st_size > 0
-        assert f"-o coordinator/limbo/{name}.dis coordinator/limbo/{name}.b" in done.stdout
+    for name in ("llamacpp", "llama", "isolate", "testdriver"):
+        assert (work / "limbo" / f"{name}.dis").stat().st_size > 0
+        assert f"-o limbo/{name}.dis limbo/{name}.b" in done.stdout
     assert "up to date" in mk(bindir, root, work).stdout
-    later = (work / "coordinator" / "limbo" / "llamacpp.dis").stat().st_mtime + 2
-    os.utime(work / "coordinator" / "limbo" / "llamacpp.m", (later, later))  # every .dis depends on the module
-    assert mk(bindir, root, work).stdout.count("limbo -I") == 3
+    later = (work / "limbo" / "llamacpp.dis").stat().st_mtime + 2
+    os.utime(work / "limbo" / "llamacpp.m", (later, later))  # every .dis depends on the module
+    assert mk(bindir, root, work).stdout.count("limbo -I") == 4
     done = mk(bindir, root, work, "clean")
     assert done.returncode == 0
-    assert sorted(p.name for p in (work / "coordinator" / "limbo").iterdir()) == ["isolate.b", "llama.b", "llamacpp.b", "llamacpp.m"]
+    assert sorted(p.name for p in (work / "limbo").iterdir()) == [
+        "isolate.b", "llama.b", "llamacpp.b", "llamacpp.m", "testdriver.b"]
 
 
 def test_mk_install_follows_module_path(tmp_path):
@@ -105,9 +106,10 @@ def test_mk_install_follows_module_path(tmp_path):
                                              for line in config) + "\n")
     done = mk(bindir, str(fake), work, "install")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert (fake / "dis/deployment/llamacpp.dis").read_bytes() == (work / "coordinator/limbo/llamacpp.dis").read_bytes()
+    assert (fake / "dis/deployment/llamacpp.dis").read_bytes() == (work / "limbo/llamacpp.dis").read_bytes()
     assert (fake / "dis/deployment/isolate.dis").is_file()
-    assert (fake / "dis/llama.dis").read_bytes() == (work / "coordinator/limbo/llama.dis").read_bytes()
+    assert (fake / "dis/llama.dis").read_bytes() == (work / "limbo/llama.dis").read_bytes()
+    assert not list(fake.rglob("testdriver.dis"))  # the tests' driver is built, never installed
     cfg = tmp_path / "deployment.json"
     cfg.write_text('{\n  "name": "x",\n  "modulePath": "/dis/elsewhere/llamacpp.dis"\n}\n')
     done = mk(bindir, str(fake), work, "install", f"CONFIG={cfg}")
