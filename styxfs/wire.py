@@ -7,6 +7,8 @@ messages out; encode messages to bytes.  No sockets, no trio.
     decoder.feed(chunk)
     for message in decoder: ...
     data = encode(Rversion(tag=NOTAG, msize=8192, version="9P2000"))
+
+KINDS is the table of field kinds (u16, fid, string, qid, data, ...).
 """
 
 from __future__ import annotations
@@ -54,62 +56,286 @@ class LocalProtocolError(ProtocolError):
 
 
 # ---- field kinds -----------------------------------------------------------
+#
+# Every field of a message, of a qid and of a stat record has a kind, and
+# KINDS is the one table of them: for each kind, how a value is encoded (put),
+# decoded (get), written as one word of text and read back (format, parse:
+# transcripts and traces; styxfs.transcript quotes the words of a line) and
+# made up for a fuzzer (random).  Nothing else switches over kinds.
 
-_INT_FORMATS = {"u8": "<B", "u16": "<H", "u32": "<I", "u64": "<Q"}
+
+class _Unfit(Exception):
+    """A value its kind cannot encode; `path` names the field, innermost first."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.path: list[str] = []
+
+    def named(self, what: str) -> LocalProtocolError:
+        return LocalProtocolError(".".join([what, *reversed(self.path)]) + " " + self.args[0])
 
 
-def _field(kind: str, **kw):
+class _Reader:
+    def __init__(self, data: bytes, what: str, at: int = 0):
+        self.data, self.at, self.what = data, at, what
+
+    def take(self, n: int) -> bytes:
+        if self.at + n > len(self.data):
+            raise RemoteProtocolError(f"truncated {self.what}")
+        chunk = self.data[self.at : self.at + n]
+        self.at += n
+        return chunk
+
+    def end(self) -> None:
+        left = len(self.data) - self.at
+        if left:
+            raise RemoteProtocolError(f"{self.what} has {left} bytes too many")
+
+
+class Kind:
+    """One kind of field.  `type` is the Python type of its values; `top` an
+    integer's largest value, `item` the kind of a list's items, `record` the
+    dataclass whose fields (each with its kind) make a qid or a stat."""
+
+    name: str
+    type: type
+    top: int | None = None
+    item: "Kind | None" = None
+    record: type | None = None
+
+    def put(self, out: bytearray, value) -> None:
+        raise NotImplementedError
+
+    def get(self, reader: _Reader):
+        raise NotImplementedError
+
+    def format(self, value) -> str:
+        """The value as one word of text (unquoted)."""
+        return str(value)
+
+    def parse(self, text: str):
+        """A word of text as a value.  Text that is a pattern of a transcript
+        (a qid with a *, data len:N) stays text."""
+        return self.type(text)
+
+    def random(self, rng, like=None, *, ints=(), names=()):
+        """A value made up for a fuzzer with `rng` (a random.Random): mostly
+        edges (0, all ones, empty, long), the fuzzer's own `ints` and `names`,
+        or something near `like`."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<wire kind {self.name}>"
+
+
+def format_perm(perm: int) -> str:
+    return ("d" if perm & DMDIR else "") + "0%o" % (perm & ~DMDIR)
+
+
+def parse_perm(text: str) -> int:
+    if text.startswith("d"):
+        return DMDIR | int(text[1:], 8)
+    return int(text, 8)
+
+
+class _Int(Kind):
+    type = int
+
+    def __init__(self, name: str, bits: int, *, none: str | None = None, octal: bool = False):
+        self.name, self.bits, self.top = name, bits, (1 << bits) - 1
+        self.none, self.octal = none, octal  # none: the word for all ones (NOFID, NOTAG)
+        self.struct = struct.Struct({8: "<B", 16: "<H", 32: "<I", 64: "<Q"}[bits])
+
+    def put(self, out, value):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise _Unfit(f"must be an integer, not {value!r}")
+        if not 0 <= value <= self.top:
+            raise _Unfit(f"{value} does not fit in u{self.bits}")
+        out += self.struct.pack(value)
+
+    def get(self, reader):
+        return self.struct.unpack(reader.take(self.struct.size))[0]
+
+    def format(self, value):
+        if self.none and value == self.top:
+            return self.none
+        return format_perm(value) if self.octal else str(value)
+
+    def parse(self, text):
+        if self.none and text in (self.none, "-1"):
+            return self.top
+        return parse_perm(text) if self.octal else int(text, 0)
+
+    def random(self, rng, like=None, *, ints=(), names=()):
+        pick = rng.randrange(4)
+        if pick == 0 and ints:
+            value = rng.choice(ints)
+        elif pick == 1 and like is not None:
+            value = like + rng.choice((-1, 1))
+        elif pick == 2:
+            value = rng.choice((0, 1, 2, 3, 4, 5, self.top))
+        else:
+            value = rng.getrandbits(self.bits)
+        return value & self.top
+
+
+U8, U16, U32, U64 = _Int("u8", 8), _Int("u16", 16), _Int("u32", 32), _Int("u64", 64)
+TAG = _Int("tag", 16, none="NOTAG")
+FID = _Int("fid", 32, none="NOFID")
+PERM = _Int("perm", 32, octal=True)  # 0644, d0755
+
+
+class _String(Kind):
+    name, type = "s", str
+
+    def put(self, out, value):
+        if not isinstance(value, str):
+            raise _Unfit(f"must be a str, not {type(value).__name__}")
+        raw = value.encode("utf-8")
+        if len(raw) > 0xFFFF:
+            raise _Unfit(f"is {len(raw)} bytes, more than a 9P string holds")
+        out += U16.struct.pack(len(raw)) + raw
+
+    def get(self, reader):
+        raw = reader.take(U16.get(reader))
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise RemoteProtocolError(f"bad string in {reader.what}: not UTF-8") from None
+        if "\0" in text:
+            raise RemoteProtocolError(f"bad string in {reader.what}: contains NUL")
+        return text
+
+    def random(self, rng, like=None, *, ints=(), names=()):
+        # long ones: near msize 256 and 8192, and past what a stat record holds
+        near = [like * 2, like + "x" * rng.randint(1, 300)] if like is not None else []
+        return rng.choice([*(names or ("", ".", "..", "a")), *near, "n" * rng.choice((230, 8150, 65400))])
+
+
+STRING = _String()
+
+
+class _List(Kind):
+    """A count[2] and that many items; as text, the items joined by `sep`."""
+
+    type = tuple
+
+    def __init__(self, name: str, item: Kind, sep: str):
+        self.name, self.item, self.sep = name, item, sep
+
+    def put(self, out, value):
+        U16.put(out, len(value))
+        for item in value:
+            self.item.put(out, item)
+
+    def get(self, reader):
+        return tuple(self.item.get(reader) for _ in range(U16.get(reader)))
+
+    def format(self, value):
+        return self.sep.join(self.item.format(v) for v in value)
+
+    def parse(self, text):
+        return tuple(self.item.parse(t) for t in text.split(self.sep) if t)
+
+    def random(self, rng, like=None, *, ints=(), names=()):
+        items = list(like or ())
+        if items and rng.random() < 0.3:
+            del items[rng.randrange(len(items))]
+        else:
+            items.insert(rng.randint(0, len(items)), self.item.random(rng, ints=ints, names=names))
+        return tuple(items[: rng.choice((MAXWELEM, MAXWELEM + 1, 40))])
+
+
+def _put_record(out: bytearray, record, kinds) -> None:
+    for name, kind in kinds:
+        try:
+            kind.put(out, getattr(record, name))
+        except _Unfit as e:
+            e.path.append(name)
+            raise
+
+
+def _get_record(reader: _Reader, cls):
+    return cls(*[kind.get(reader) for _, kind in cls.FIELDS])
+
+
+def _of(kind: Kind, **kw):
     return field(metadata={"kind": kind}, **kw)
 
 
-def u8():
-    return _field("u8")
+def _record(cls):
+    """A frozen dataclass whose FIELDS are its (name, kind) pairs in wire order."""
+    cls = dataclass(frozen=True)(cls)
+    cls.FIELDS = tuple((f.name, f.metadata["kind"]) for f in dataclasses.fields(cls))
+    return cls
 
 
-def u16():
-    return _field("u16")
+def fields(record) -> tuple[tuple[str, Kind], ...]:
+    """A message's, qid's or stat's fields (of a class or an instance) in wire order, each with its kind."""
+    return record.FIELDS
 
 
-def u32():
-    return _field("u32")
-
-
-def u64():
-    return _field("u64")
-
-
-def string():
-    return _field("s")
-
-
-@dataclass(frozen=True)
+@_record
 class Qid:
-    type: int = 0
-    version: int = 0
-    path: int = 0
+    type: int = _of(U8, default=0)
+    version: int = _of(U32, default=0)
+    path: int = _of(U64, default=0)
 
     SIZE: ClassVar[int] = 13
+    FIELDS: ClassVar[tuple]
 
     @property
     def is_dir(self) -> bool:
         return bool(self.type & QTDIR)
 
 
-@dataclass(frozen=True)
+class _Qid(Kind):
+    """As text path:version:type, the type d (directory), a (auth) or f."""
+
+    name, type, record = "qid", Qid, Qid
+
+    def put(self, out, value):
+        _put_record(out, value, Qid.FIELDS)
+
+    def get(self, reader):
+        return _get_record(reader, Qid)
+
+    def format(self, value):
+        kind = "d" if value.type & QTDIR else "a" if value.type & QTAUTH else "f"
+        return f"{value.path}:{value.version}:{kind}"
+
+    def parse(self, text):
+        if "*" in text:
+            return text
+        path, version, kind = text.split(":")
+        return Qid({"d": QTDIR, "a": QTAUTH, "f": 0}[kind], int(version), int(path))
+
+    def random(self, rng, like=None, *, ints=(), names=()):
+        name, kind = rng.choice(Qid.FIELDS)
+        return dataclasses.replace(like or Qid(), **{name: kind.random(rng, ints=ints, names=names)})
+
+
+QID = _Qid()
+QIDS = _List("qids", QID, ",")
+
+
+@_record
 class Dir:
     """A stat record.  `Dir.nochange()` is a wstat that changes nothing."""
 
-    type: int = 0
-    dev: int = 0
-    qid: Qid = Qid()
-    mode: int = 0
-    atime: int = 0
-    mtime: int = 0
-    length: int = 0
-    name: str = ""
-    uid: str = ""
-    gid: str = ""
-    muid: str = ""
+    type: int = _of(U16, default=0)
+    dev: int = _of(U32, default=0)
+    qid: Qid = _of(QID, default=Qid())
+    mode: int = _of(PERM, default=0)
+    atime: int = _of(U32, default=0)
+    mtime: int = _of(U32, default=0)
+    length: int = _of(U64, default=0)
+    name: str = _of(STRING, default="")
+    uid: str = _of(STRING, default="")
+    gid: str = _of(STRING, default="")
+    muid: str = _of(STRING, default="")
+
+    FIELDS: ClassVar[tuple]
 
     @classmethod
     def nochange(cls, **changes) -> "Dir":
@@ -121,33 +347,30 @@ class Dir:
         return dataclasses.replace(blank, **changes)
 
     def encode(self) -> bytes:
-        out = bytearray()
-        _put_int(out, "u16", self.type, "type")
-        _put_int(out, "u32", self.dev, "dev")
-        _put_qid(out, self.qid)
-        for name, kind in (("mode", "u32"), ("atime", "u32"), ("mtime", "u32"), ("length", "u64")):
-            _put_int(out, kind, getattr(self, name), name)
-        for name in ("name", "uid", "gid", "muid"):
-            _put_string(out, getattr(self, name), name)
-        if len(out) > 0xFFFF:
-            raise LocalProtocolError(f"stat record of {len(out)} bytes is more than 9P allows")
-        return struct.pack("<H", len(out)) + bytes(out)
+        try:
+            return _stat_bytes(self)
+        except _Unfit as e:
+            raise e.named("stat") from None
 
     @classmethod
     def decode(cls, data: bytes) -> "Dir":
         """One whole stat record (with its leading size[2]), nothing after it."""
         reader = _Reader(data, "stat")
-        size = reader.int("u16")
+        size = U16.get(reader)
         if size != len(data) - 2:
             raise RemoteProtocolError(f"stat size {size} does not match its {len(data) - 2} bytes")
-        d = cls(
-            type=reader.int("u16"), dev=reader.int("u32"), qid=reader.qid(),
-            mode=reader.int("u32"), atime=reader.int("u32"), mtime=reader.int("u32"),
-            length=reader.int("u64"), name=reader.string(), uid=reader.string(),
-            gid=reader.string(), muid=reader.string(),
-        )
+        d = _get_record(reader, cls)
         reader.end()
         return d
+
+
+def _stat_bytes(d: Dir) -> bytes:
+    out = bytearray(2)
+    _put_record(out, d, Dir.FIELDS)
+    if len(out) - 2 > 0xFFFF:
+        raise _Unfit(f"record of {len(out) - 2} bytes is more than 9P allows")
+    U16.struct.pack_into(out, 0, len(out) - 2)
+    return bytes(out)
 
 
 def decode_dirs(data: bytes) -> list[Dir]:
@@ -162,6 +385,91 @@ def decode_dirs(data: bytes) -> list[Dir]:
     return dirs
 
 
+class _Stat(Kind):
+    """A stat in a message: size[2] and the record (which starts with its own
+    size).  As text key=value pairs joined by commas; parse gives a dict of
+    the keys it names (a partial stat: an expectation or a wstat)."""
+
+    name, type, record = "stat", Dir, Dir
+    SHOWN = ("name", "mode", "length", "qid", "uid")
+
+    def put(self, out, value):
+        raw = _stat_bytes(value)
+        U16.put(out, len(raw))
+        out += raw
+
+    def get(self, reader):
+        return Dir.decode(reader.take(U16.get(reader)))
+
+    def format(self, value):
+        kinds = dict(Dir.FIELDS)
+        return ",".join(f"{key}={kinds[key].format(getattr(value, key))}" for key in self.SHOWN)
+
+    def parse(self, text):
+        kinds, values = dict(Dir.FIELDS), {}
+        for item in filter(None, text.split(",")):
+            key, _, value = item.partition("=")
+            if key not in kinds:
+                raise ValueError(f"unknown stat key {key!r}")
+            values[key] = kinds[key].parse(value)
+        return values
+
+    def random(self, rng, like=None, *, ints=(), names=()):
+        """A wstat that changes one thing."""
+        name, kind = rng.choice(Dir.FIELDS)
+        return Dir.nochange(**{name: kind.random(rng, ints=ints, names=names)})
+
+
+STAT = _Stat()
+
+
+class _Data(Kind):
+    """count[4] bytes.  As text: UTF-8 with \\n and \\\\ escaped, or hex:...."""
+
+    name, type = "data", bytes
+
+    def put(self, out, value):
+        U32.put(out, len(value))
+        out += value
+
+    def get(self, reader):
+        return reader.take(U32.get(reader))
+
+    def format(self, value):
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            return "hex:" + value.hex()
+        if text.startswith(("hex:", "len:")) or any(ord(c) < 32 and c not in "\n\t" for c in text):
+            return "hex:" + value.hex()
+        return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+    def parse(self, text):
+        if text.startswith("len:"):
+            return text
+        if text.startswith("hex:"):
+            return bytes.fromhex(text[4:])
+        out, i = [], 0
+        while i < len(text):
+            if text[i] == "\\" and i + 1 < len(text):
+                out.append({"n": "\n", "t": "\t", "\\": "\\"}.get(text[i + 1], text[i + 1]))
+                i += 2
+            else:
+                out.append(text[i])
+                i += 1
+        return "".join(out).encode("utf-8")
+
+    def random(self, rng, like=None, *, ints=(), names=()):
+        like = like or b""
+        return rng.choice([b"", like * 2, rng.randbytes(rng.choice((1, 100, 240, 1000, 4000))), like[: len(like) // 2]])
+
+
+DATA = _Data()
+STRINGS = _List("strings", STRING, "/")
+
+KINDS: dict[str, Kind] = {k.name: k for k in (U8, U16, U32, U64, TAG, FID, PERM, STRING, STRINGS, QID, QIDS, STAT, DATA)}
+
+
 # ---- messages --------------------------------------------------------------
 
 MESSAGE_TYPES: dict[int, type["Message"]] = {}
@@ -169,6 +477,7 @@ MESSAGE_TYPES: dict[int, type["Message"]] = {}
 
 class Message:
     TYPE: ClassVar[int]
+    FIELDS: ClassVar[tuple]
 
     def encode(self) -> bytes:
         return encode(self)
@@ -180,7 +489,7 @@ class Message:
 
 def _message(type_code: int):
     def register(cls):
-        cls = dataclass(frozen=True)(cls)
+        cls = _record(cls)
         cls.TYPE = type_code
         MESSAGE_TYPES[type_code] = cls
         return cls
@@ -190,280 +499,194 @@ def _message(type_code: int):
 
 @_message(100)
 class Tversion(Message):
-    tag: int = u16()
-    msize: int = u32()
-    version: str = string()
+    tag: int = _of(TAG)
+    msize: int = _of(U32)
+    version: str = _of(STRING)
 
 
 @_message(101)
 class Rversion(Message):
-    tag: int = u16()
-    msize: int = u32()
-    version: str = string()
+    tag: int = _of(TAG)
+    msize: int = _of(U32)
+    version: str = _of(STRING)
 
 
 @_message(102)
 class Tauth(Message):
-    tag: int = u16()
-    afid: int = u32()
-    uname: str = string()
-    aname: str = string()
+    tag: int = _of(TAG)
+    afid: int = _of(FID)
+    uname: str = _of(STRING)
+    aname: str = _of(STRING)
 
 
 @_message(103)
 class Rauth(Message):
-    tag: int = u16()
-    aqid: Qid = _field("qid")
+    tag: int = _of(TAG)
+    aqid: Qid = _of(QID)
 
 
 @_message(104)
 class Tattach(Message):
-    tag: int = u16()
-    fid: int = u32()
-    afid: int = u32()
-    uname: str = string()
-    aname: str = string()
+    tag: int = _of(TAG)
+    fid: int = _of(FID)
+    afid: int = _of(FID)
+    uname: str = _of(STRING)
+    aname: str = _of(STRING)
 
 
 @_message(105)
 class Rattach(Message):
-    tag: int = u16()
-    qid: Qid = _field("qid")
+    tag: int = _of(TAG)
+    qid: Qid = _of(QID)
 
 
 @_message(107)
 class Rerror(Message):
-    tag: int = u16()
-    ename: str = string()
+    tag: int = _of(TAG)
+    ename: str = _of(STRING)
 
 
 @_message(108)
 class Tflush(Message):
-    tag: int = u16()
-    oldtag: int = u16()
+    tag: int = _of(TAG)
+    oldtag: int = _of(TAG)
 
 
 @_message(109)
 class Rflush(Message):
-    tag: int = u16()
+    tag: int = _of(TAG)
 
 
 @_message(110)
 class Twalk(Message):
-    tag: int = u16()
-    fid: int = u32()
-    newfid: int = u32()
-    wnames: tuple[str, ...] = _field("strings")
+    tag: int = _of(TAG)
+    fid: int = _of(FID)
+    newfid: int = _of(FID)
+    wnames: tuple[str, ...] = _of(STRINGS)
 
 
 @_message(111)
 class Rwalk(Message):
-    tag: int = u16()
-    wqids: tuple[Qid, ...] = _field("qids")
+    tag: int = _of(TAG)
+    wqids: tuple[Qid, ...] = _of(QIDS)
 
 
 @_message(112)
 class Topen(Message):
-    tag: int = u16()
-    fid: int = u32()
-    mode: int = u8()
+    tag: int = _of(TAG)
+    fid: int = _of(FID)
+    mode: int = _of(U8)
 
 
 @_message(113)
 class Ropen(Message):
-    tag: int = u16()
-    qid: Qid = _field("qid")
-    iounit: int = u32()
+    tag: int = _of(TAG)
+    qid: Qid = _of(QID)
+    iounit: int = _of(U32)
 
 
 @_message(114)
 class Tcreate(Message):
-    tag: int = u16()
-    fid: int = u32()
-    name: str = string()
-    perm: int = u32()
-    mode: int = u8()
+    tag: int = _of(TAG)
+    fid: int = _of(FID)
+    name: str = _of(STRING)
+    perm: int = _of(PERM)
+    mode: int = _of(U8)
 
 
 @_message(115)
 class Rcreate(Message):
-    tag: int = u16()
-    qid: Qid = _field("qid")
-    iounit: int = u32()
+    tag: int = _of(TAG)
+    qid: Qid = _of(QID)
+    iounit: int = _of(U32)
 
 
 @_message(116)
 class Tread(Message):
-    tag: int = u16()
-    fid: int = u32()
-    offset: int = u64()
-    count: int = u32()
+    tag: int = _of(TAG)
+    fid: int = _of(FID)
+    offset: int = _of(U64)
+    count: int = _of(U32)
 
 
 @_message(117)
 class Rread(Message):
-    tag: int = u16()
-    data: bytes = _field("data")
+    tag: int = _of(TAG)
+    data: bytes = _of(DATA)
 
 
 @_message(118)
 class Twrite(Message):
-    tag: int = u16()
-    fid: int = u32()
-    offset: int = u64()
-    data: bytes = _field("data")
+    tag: int = _of(TAG)
+    fid: int = _of(FID)
+    offset: int = _of(U64)
+    data: bytes = _of(DATA)
 
 
 @_message(119)
 class Rwrite(Message):
-    tag: int = u16()
-    count: int = u32()
+    tag: int = _of(TAG)
+    count: int = _of(U32)
 
 
 @_message(120)
 class Tclunk(Message):
-    tag: int = u16()
-    fid: int = u32()
+    tag: int = _of(TAG)
+    fid: int = _of(FID)
 
 
 @_message(121)
 class Rclunk(Message):
-    tag: int = u16()
+    tag: int = _of(TAG)
 
 
 @_message(122)
 class Tremove(Message):
-    tag: int = u16()
-    fid: int = u32()
+    tag: int = _of(TAG)
+    fid: int = _of(FID)
 
 
 @_message(123)
 class Rremove(Message):
-    tag: int = u16()
+    tag: int = _of(TAG)
 
 
 @_message(124)
 class Tstat(Message):
-    tag: int = u16()
-    fid: int = u32()
+    tag: int = _of(TAG)
+    fid: int = _of(FID)
 
 
 @_message(125)
 class Rstat(Message):
-    tag: int = u16()
-    stat: Dir = _field("stat")
+    tag: int = _of(TAG)
+    stat: Dir = _of(STAT)
 
 
 @_message(126)
 class Twstat(Message):
-    tag: int = u16()
-    fid: int = u32()
-    stat: Dir = _field("stat")
+    tag: int = _of(TAG)
+    fid: int = _of(FID)
+    stat: Dir = _of(STAT)
 
 
 @_message(127)
 class Rwstat(Message):
-    tag: int = u16()
+    tag: int = _of(TAG)
 
 
-def _fields(cls) -> list[tuple[str, str]]:
-    return [(f.name, f.metadata["kind"]) for f in dataclasses.fields(cls)]
-
-
-# ---- encoding --------------------------------------------------------------
-
-
-def _put_int(out: bytearray, kind: str, value, what: str) -> None:
-    fmt = _INT_FORMATS[kind]
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise LocalProtocolError(f"{what} must be an integer, not {value!r}")
-    try:
-        out += struct.pack(fmt, value)
-    except struct.error:
-        raise LocalProtocolError(f"{what} {value} does not fit in {kind}") from None
-
-
-def _put_string(out: bytearray, value: str, what: str) -> None:
-    if not isinstance(value, str):
-        raise LocalProtocolError(f"{what} must be a str, not {type(value).__name__}")
-    raw = value.encode("utf-8")
-    if len(raw) > 0xFFFF:
-        raise LocalProtocolError(f"{what} is {len(raw)} bytes, more than a 9P string holds")
-    out += struct.pack("<H", len(raw)) + raw
-
-
-def _put_qid(out: bytearray, qid: Qid) -> None:
-    _put_int(out, "u8", qid.type, "qid.type")
-    _put_int(out, "u32", qid.version, "qid.version")
-    _put_int(out, "u64", qid.path, "qid.path")
+# ---- encoding and decoding ---------------------------------------------------
 
 
 def encode(message: Message) -> bytes:
     """The message as one 9P frame."""
-    out = bytearray()
-    for name, kind in _fields(type(message)):
-        value = getattr(message, name)
-        what = f"{message.type_name}.{name}"
-        if kind in _INT_FORMATS:
-            _put_int(out, kind, value, what)
-        elif kind == "s":
-            _put_string(out, value, what)
-        elif kind == "qid":
-            _put_qid(out, value)
-        elif kind == "strings":
-            _put_int(out, "u16", len(value), what)
-            for item in value:
-                _put_string(out, item, what)
-        elif kind == "qids":
-            _put_int(out, "u16", len(value), what)
-            for item in value:
-                _put_qid(out, item)
-        elif kind == "data":
-            _put_int(out, "u32", len(value), what)
-            out += value
-        elif kind == "stat":
-            raw = value.encode()
-            _put_int(out, "u16", len(raw), what)
-            out += raw
-    size = 5 + len(out)
-    return struct.pack("<IB", size, message.TYPE) + bytes(out)
-
-
-# ---- decoding --------------------------------------------------------------
-
-
-class _Reader:
-    def __init__(self, data: bytes, what: str):
-        self.data, self.at, self.what = data, 0, what
-
-    def take(self, n: int) -> bytes:
-        if self.at + n > len(self.data):
-            raise RemoteProtocolError(f"truncated {self.what}")
-        chunk = self.data[self.at : self.at + n]
-        self.at += n
-        return chunk
-
-    def int(self, kind: str) -> int:
-        fmt = _INT_FORMATS[kind]
-        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
-
-    def string(self) -> str:
-        raw = self.take(self.int("u16"))
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise RemoteProtocolError(f"bad string in {self.what}: not UTF-8") from None
-        if "\0" in text:
-            raise RemoteProtocolError(f"bad string in {self.what}: contains NUL")
-        return text
-
-    def qid(self) -> Qid:
-        return Qid(self.int("u8"), self.int("u32"), self.int("u64"))
-
-    def end(self) -> None:
-        left = len(self.data) - self.at
-        if left:
-            raise RemoteProtocolError(f"{self.what} has {left} bytes too many")
+    out = bytearray(5)  # size[4] type[1], filled in below
+    try:
+        _put_record(out, message, message.FIELDS)
+    except _Unfit as e:
+        raise e.named(message.type_name) from None
+    struct.pack_into("<IB", out, 0, len(out), message.TYPE)
+    return bytes(out)
 
 
 def decode(frame: bytes) -> Message:
@@ -476,25 +699,10 @@ def decode(frame: bytes) -> Message:
     cls = MESSAGE_TYPES.get(type_code)
     if cls is None:
         raise RemoteProtocolError(f"unknown message type {type_code}")
-    reader = _Reader(frame[5:], cls.__name__)
-    values = {}
-    for name, kind in _fields(cls):
-        if kind in _INT_FORMATS:
-            values[name] = reader.int(kind)
-        elif kind == "s":
-            values[name] = reader.string()
-        elif kind == "qid":
-            values[name] = reader.qid()
-        elif kind == "strings":
-            values[name] = tuple(reader.string() for _ in range(reader.int("u16")))
-        elif kind == "qids":
-            values[name] = tuple(reader.qid() for _ in range(reader.int("u16")))
-        elif kind == "data":
-            values[name] = reader.take(reader.int("u32"))
-        elif kind == "stat":
-            values[name] = Dir.decode(reader.take(reader.int("u16")))
+    reader = _Reader(frame, cls.__name__, at=5)
+    message = _get_record(reader, cls)
     reader.end()
-    return cls(**values)
+    return message
 
 
 class FrameDecoder:

@@ -1,7 +1,7 @@
-"""A short run of bench/fuzz.py's two targets (the frame decoder and a live
+"""A short run of bench.fuzz's two targets (the frame decoder and a live
 server connection), and proof that its checks see the bugs they are for.
 
-The long runs are `.venv/bin/python bench/fuzz.py all --seconds 600`.  Here:
+The long runs are `.venv/bin/python -m bench.fuzz all --seconds 600`.  Here:
 the seeds through both targets in this process, then a fixed number of cases
 of each target in a subprocess (atheris when installed, else the plain mutation
 engine: libFuzzer runs once per process and ends it).
@@ -10,22 +10,25 @@ engine: libFuzzer runs once per process and ends it).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 import trio
 
-from bench import fuzz
+from bench.fuzz import ROOT, TARGETS
+from bench.fuzz.inputs import seeds_for, server_seeds
+from bench.fuzz.oracle import Finding, check_replies
+from bench.fuzz.runner import Runner
 from styxfs import server as styx_server
+
 
 @pytest.fixture
 def runner(tmp_path):
     made = []
 
     def make(target):
-        r = fuzz.Runner(target, findings_dir=str(tmp_path / "findings"), timeout=10, quiet=True)
+        r = Runner(target, findings_dir=str(tmp_path / "findings"), timeout=10, quiet=True)
         made.append(r)
         return r
 
@@ -35,9 +38,9 @@ def runner(tmp_path):
 
 
 def test_seeds_pass_and_reach_the_file_code(runner):
-    for target in fuzz.TARGETS:
+    for target in TARGETS:
         r = runner(target)
-        for seed in fuzz.seeds_for(target):
+        for seed in seeds_for(target):
             r(seed)
         assert not r.stats["findings"], r.stats["findings"]
         assert r.stats["cases"] >= 30
@@ -50,14 +53,14 @@ def test_seeds_pass_and_reach_the_file_code(runner):
 RUNS = {"decoder": 5000, "server": 200}
 
 
-@pytest.mark.parametrize("target", fuzz.TARGETS)
+@pytest.mark.parametrize("target", TARGETS)
 def test_short_fuzz_run(target, tmp_path):
     out = tmp_path / "result.json"
     findings = tmp_path / "findings"
     proc = subprocess.run(
-        [sys.executable, os.path.join(fuzz.ROOT, "bench", "fuzz.py"), target, "--runs", str(RUNS[target]),
+        [sys.executable, "-m", "bench.fuzz", target, "--runs", str(RUNS[target]),
          "--seconds", "60", "--seed", "1", "--json", str(out), "--findings", str(findings), "--keep-log"],
-        cwd=fuzz.ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert out.exists(), proc.stdout + proc.stderr
     (result,) = json.loads(out.read_text())
@@ -70,11 +73,11 @@ def test_short_fuzz_run(target, tmp_path):
 
 # ---- the checks do catch what they are for -------------------------------------------
 
-LIFE = fuzz.server_seeds()[0]  # walk, create, write, read, stat, wstat, clunk, remove
+LIFE = server_seeds()[0]  # walk, create, write, read, stat, wstat, clunk, remove
 
 
 def _finding(r, data: bytes) -> str:
-    with pytest.raises(fuzz.Finding) as info:
+    with pytest.raises(Finding) as info:
         r.run_one(data)
     return info.value.kind
 
@@ -113,6 +116,26 @@ def test_sees_a_round_trip_failure(runner, monkeypatch):
     monkeypatch.setattr(wire, "encode", lambda m: encode(m) + (b"" if not isinstance(m, wire.Tclunk) else b"x"))
     r = runner("decoder")
     assert _finding(r, b"\xff\x00" + encode(wire.Tclunk(1, 2))) == "round trip"
+
+
+def test_the_oracle_sees_bad_replies():
+    from styxfs import errors, wire
+
+    sent = wire.encode(wire.Tversion(wire.NOTAG, 8192, wire.VERSION)) + wire.encode(wire.Tclunk(1, 0))
+    version = wire.Rversion(wire.NOTAG, 256, wire.VERSION)
+    check_replies([version, wire.Rclunk(1)], sent, 8192)
+    for reply, kind in [
+        (wire.Tclunk(1, 0), "server sent a request"),
+        (wire.Rread(1, bytes(300)), "reply larger than msize"),
+        (wire.Rread(1, bytes(240)), "Rread over the iounit"),
+        (wire.Rerror(1, str(errors.INTERNAL)), "internal error"),
+        (wire.Rclunk(2), "more replies than requests for a tag"),
+    ]:
+        with pytest.raises(Finding) as info:
+            check_replies([version, reply], sent, 8192)
+        assert info.value.kind == kind
+    with pytest.raises(Finding, match="more replies than requests"):
+        check_replies([version, wire.Rclunk(1), wire.Rclunk(1)], sent, 8192)
 
 
 # ---- what the fuzz found (issue 7), minimal: regression tests now -------------------

@@ -116,3 +116,30 @@ def test_there_are_transcripts():
     # The transcripts spell the server's words as the errors module has them.
     flush = (Path(__file__).parent / "transcripts" / "flush.txt").read_text()
     assert f"ename {errors.INTERRUPTED}\n" in flush
+
+
+@pytest.mark.parametrize("message", [
+    wire.Tversion(wire.NOTAG, 8192, "9P2000"),
+    wire.Tattach(1, 0, wire.NOFID, "glenda", "a b"),
+    wire.Twalk(2, 0, 1, ("new", "data")),
+    wire.Rwalk(2, (wire.Qid(wire.QTDIR, 0, 1), wire.Qid(0, 3, 258))),
+    wire.Rwalk(2, ()),
+    wire.Tcreate(3, 1, "d", wire.DMDIR | 0o755, wire.OREAD),
+    wire.Rread(4, b"it's\tme\n\\"),
+    wire.Rread(4, b"\0\xff"),
+    wire.Rread(4, b"hex:41"),
+    wire.Rread(4, b""),
+    wire.Rerror(5, "file does not exist"),
+    wire.Rstat(6, wire.Dir(qid=wire.Qid(0, 0, 7), mode=0o644, length=12, name="hello", uid="glenda")),
+    wire.Twstat(7, 1, wire.Dir(qid=wire.Qid(wire.QTDIR, 1, 2), mode=wire.DMDIR | 0o700, name="renamed")),
+], ids=lambda m: m.type_name)
+def test_text_round_trip(message):
+    # Every kind of field written as text (wire.KINDS) reads back as it was.
+    assert parse_line(format_message(message)).matches(message), format_message(message)
+
+
+def test_text_of_a_message():
+    assert format_message(wire.Twalk(1, 0, wire.NOFID, ("a", "b c"))) == "Twalk tag 1 fid 0 newfid NOFID wnames 'a/b c'"
+    assert format_message(wire.Rread(2, b"hello world\n")) == r"Rread tag 2 data 'hello world\n'"
+    assert (format_message(wire.Rstat(3, wire.Dir(qid=wire.Qid(0, 0, 1), mode=0o666, name="ctl")))
+            == "Rstat tag 3 stat name=ctl,mode=0666,length=0,qid=1:0:f,uid=")

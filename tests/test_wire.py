@@ -27,11 +27,8 @@ ALL_TYPES = sorted(wire.MESSAGE_TYPES.values(), key=lambda cls: cls.TYPE)
 
 # ---- strategies --------------------------------------------------------------
 
-LIMITS = {"u8": 0xFF, "u16": 0xFFFF, "u32": 0xFFFFFFFF, "u64": 0xFFFFFFFFFFFFFFFF}
 
-
-def ints(kind: str, limit64: int | None = None) -> st.SearchStrategy[int]:
-    top = LIMITS[kind] if limit64 is None or kind != "u64" else limit64
+def ints(top: int) -> st.SearchStrategy[int]:
     # Bias towards the edges, where codecs break.
     return st.one_of(st.sampled_from([0, 1, top]), st.integers(0, top))
 
@@ -44,38 +41,25 @@ texts = st.text(
 )
 
 
-def qids(limit64=None):
-    return st.builds(Qid, type=ints("u8"), version=ints("u32"), path=ints("u64", limit64))
+def field_strategy(kind: wire.Kind, *, limit64=None, max_names=20):
+    """Values of a kind of wire.KINDS, by its shape: integers up to its top,
+    lists of its items, records of their fields, text or bytes."""
+    if kind.top is not None:
+        return ints(limit64 if limit64 is not None and kind.bits == 64 else kind.top)
+    if kind.item is not None:
+        return st.lists(field_strategy(kind.item, limit64=limit64), max_size=max_names).map(tuple)
+    if kind.record is not None:
+        return record_strategy(kind.record, limit64=limit64, max_names=max_names)
+    return texts if kind.type is str else st.binary(max_size=300)
 
 
-def dirs(limit64=None):
-    return st.builds(
-        Dir, type=ints("u16"), dev=ints("u32"), qid=qids(limit64), mode=ints("u32"),
-        atime=ints("u32"), mtime=ints("u32"), length=ints("u64", limit64),
-        name=texts, uid=texts, gid=texts, muid=texts,
-    )
+def record_strategy(cls, **options):
+    """Messages, qids and stats, each field from its kind."""
+    return st.builds(cls, **{name: field_strategy(kind, **options) for name, kind in wire.fields(cls)})
 
 
-def field_strategy(kind: str, *, limit64=None, max_names=20):
-    if kind in LIMITS:
-        return ints(kind, limit64)
-    return {
-        "s": texts,
-        "qid": qids(limit64),
-        "strings": st.lists(texts, max_size=max_names).map(tuple),
-        "qids": st.lists(qids(limit64), max_size=max_names).map(tuple),
-        "data": st.binary(max_size=300),
-        "stat": dirs(limit64),
-    }[kind]
-
-
-def message_strategy(cls, **options):
-    return st.builds(cls, **{
-        f.name: field_strategy(f.metadata["kind"], **options) for f in dataclasses.fields(cls)
-    })
-
-
-any_message = st.one_of([message_strategy(cls) for cls in ALL_TYPES])
+dirs = record_strategy(Dir)
+any_message = st.one_of([record_strategy(cls) for cls in ALL_TYPES])
 
 
 # ---- round trips ---------------------------------------------------------------
@@ -85,7 +69,7 @@ any_message = st.one_of([message_strategy(cls) for cls in ALL_TYPES])
 @settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_round_trip_every_type(cls, data):
-    message = data.draw(message_strategy(cls))
+    message = data.draw(record_strategy(cls))
     frame = wire.encode(message)
     size, type_code, tag = struct.unpack_from("<IBH", frame)
     assert size == len(frame)
@@ -95,14 +79,14 @@ def test_round_trip_every_type(cls, data):
     assert message.encode() == frame
 
 
-@given(dirs())
+@given(dirs)
 def test_dir_round_trip(d):
     raw = d.encode()
     assert struct.unpack_from("<H", raw)[0] == len(raw) - 2
     assert Dir.decode(raw) == d
 
 
-@given(st.lists(dirs(), max_size=8))
+@given(st.lists(dirs, max_size=8))
 def test_decode_dirs(ds):
     assert wire.decode_dirs(b"".join(d.encode() for d in ds)) == ds
 
@@ -380,38 +364,26 @@ def test_protocol_errors_are_distinct():
 
 # ---- against python-9p (plan9port's lib9/convM2S.c and convS2M.c) ------------------------------
 
-_RENAME = {"wnames": "wname", "wqids": "wqid"}
+_RENAME = {"wnames": "wname", "wqids": "wqid", "Qid.version": "vers"}  # python-9p's names
 
 
-def qid_to_py9p(q: Qid):
-    return py9p.Qid(type=q.type, vers=q.version, path=q.path)
-
-
-def dir_to_py9p(d: Dir):
-    return py9p.Dir(
-        type=d.type, dev=d.dev, qid=qid_to_py9p(d.qid), mode=d.mode, atime=d.atime,
-        mtime=d.mtime, length=d.length, name=d.name, uid=d.uid, gid=d.gid, muid=d.muid,
-    )
-
-
-def to_py9p(m: wire.Message):
-    values = {}
-    for f in dataclasses.fields(m):
-        value = getattr(m, f.name)
-        kind = f.metadata["kind"]
-        if kind == "qid":
-            value = qid_to_py9p(value)
-        elif kind == "qids":
-            value = tuple(qid_to_py9p(q) for q in value)
-        elif kind == "stat":
-            value = dir_to_py9p(value)
-        values[_RENAME.get(f.name, f.name)] = value
-    return getattr(py9p, m.type_name)(**values)
+def to_py9p(value):
+    """A message, qid or stat (or a tuple of them) as python-9p's: the same
+    classes and fields, each field's value converted in turn."""
+    if isinstance(value, tuple):
+        return tuple(map(to_py9p, value))
+    if not hasattr(value, "FIELDS"):
+        return value
+    cls = type(value).__name__
+    return getattr(py9p, cls)(**{
+        _RENAME.get(f"{cls}.{name}", _RENAME.get(name, name)): to_py9p(getattr(value, name))
+        for name, _ in wire.fields(value)
+    })
 
 
 # python-9p's limits: 64-bit offsets and lengths are signed (vlong), at most 16 walk elements.
 py9p_messages = st.one_of([
-    message_strategy(cls, limit64=0x7FFFFFFFFFFFFFFF, max_names=wire.MAXWELEM) for cls in ALL_TYPES
+    record_strategy(cls, limit64=0x7FFFFFFFFFFFFFFF, max_names=wire.MAXWELEM) for cls in ALL_TYPES
 ])
 
 
@@ -448,8 +420,8 @@ def test_handpicked_against_python_9p(message):
 def test_dir_against_python_9p():
     d = Dir(type=1, dev=2, qid=Qid(0, 9, 10), mode=0o644, atime=3, mtime=4, length=7000,
             name="data", uid="u", gid="g", muid="m")
-    assert d.encode() == py9p.encode_dir(dir_to_py9p(d))
-    assert py9p.decode_dir(d.encode()) == dir_to_py9p(d)
+    assert d.encode() == py9p.encode_dir(to_py9p(d))
+    assert py9p.decode_dir(d.encode()) == to_py9p(d)
     # Dir.nochange(): python-9p cannot build it (its length is a signed vlong),
     # but plan9port's decoder accepts our bytes.
     got = py9p.decode_dir(Dir.nochange(name="new").encode())
