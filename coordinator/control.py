@@ -7,9 +7,10 @@ import trio
 
 import styxfs
 from styxfs import client, dial
-from styxfs import errors
+from styxfs.llama import errors
 from styxfs.llama.namespace import LlamaTree, RootBackend
-from styxfs.metrics import exposition, merge, server_samples
+from styxfs.llama.metrics import server_samples
+from styxfs.metrics import exposition, merge
 from styxfs.tree import Caller, Commands, Entry, parse_number
 
 from .config import STRATEGIES

@@ -18,7 +18,8 @@ from typing import Callable
 
 import trio
 
-from styxfs import client, errors
+from styxfs import client
+from styxfs.llama import errors
 
 from .balance import make_strategy, pick
 

@@ -2,8 +2,8 @@
 `health`.  Only the deployment's owner may look.
 
 A proxied file's qid path is the coordinator's own: the node's paths are
-mapped into the upper half of the 32-bit space (the namespace's own paths
-stay below 2**31), stable while the file is in use and unique."""
+mapped into the range qids.PROXIED keeps for them (the upper half of the
+32-bit space), stable while the file is in use and unique."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from typing import Callable
 import trio
 
 from styxfs import client
-from styxfs import errors
 from styxfs.errors import StyxError
-from styxfs.llama.namespace import QNODES, qpath
+from styxfs.llama import errors
+from styxfs.llama.namespace import NODES, UID
+from styxfs.llama.qids import PROXIED, qpath
 from styxfs.tree import Caller, Directory, Entry, Handle, TextFile
 from styxfs.wire import DMDIR, QTDIR, Dir, Qid
 
@@ -27,10 +28,10 @@ NODE_DIR, NODE_HEALTH = 1 << 40, 1 << 41  # beyond any remote qid path: nodes/ID
 
 
 class QidMap:
-    """Local qid paths for proxied files: in [2**31, 2**32), unique, stable
+    """Local qid paths for proxied files: in qids.PROXIED, unique, stable
     while in use.  At most `size` are remembered (least recently used go)."""
 
-    LOW, HIGH = 1 << 31, 1 << 32
+    LOW, HIGH = PROXIED
 
     def __init__(self, size: int = 1 << 16):
         self.size = size
@@ -68,7 +69,7 @@ class NodesDir(Directory):
     """nodes/: the deployment's owner's only."""
 
     def __init__(self, proxy: Proxy):
-        super().__init__("nodes", qpath(0, QNODES))
+        super().__init__(NODES.name, qpath(0, NODES.q), perm=NODES.perm & 0o777, uid=UID)
         self.proxy = proxy
 
     async def children(self, caller: Caller) -> list[Entry]:
@@ -87,9 +88,10 @@ class NodeDir(Entry):
     """nodes/ID: the node's root, proxied, plus health."""
 
     def __init__(self, proxy: Proxy, node: NodeHandle):
-        super().__init__(node.id, proxy.qids.local(node.id, NODE_DIR), DMDIR | 0o555)
+        super().__init__(node.id, proxy.qids.local(node.id, NODE_DIR), DMDIR | 0o555, UID)
         self.proxy, self.node = proxy, node
-        self.health = TextFile("health", proxy.qids.local(node.id, NODE_HEALTH), read=lambda c: node.health_text())
+        self.health = TextFile("health", proxy.qids.local(node.id, NODE_HEALTH), read=lambda c: node.health_text(),
+                               uid=UID)
 
     async def children(self, caller: Caller) -> list[Entry]:
         try:
@@ -109,7 +111,7 @@ class RemoteEntry(Entry):
 
     def __init__(self, proxy: Proxy, node: NodeHandle, path: list[str], stat: Dir):
         name = path[-1] if path else node.id
-        super().__init__(name, proxy.qids.local(node.id, stat.qid.path), stat.mode, stat.uid or "llamafs")
+        super().__init__(name, proxy.qids.local(node.id, stat.qid.path), stat.mode, stat.uid or UID)
         self.proxy, self.node, self.path, self.remote_stat = proxy, node, path, stat
 
     def stat(self, caller: Caller) -> Dir:

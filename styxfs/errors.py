@@ -1,4 +1,7 @@
-"""Every Rerror string that llamafs answers with, in one place.
+"""Rerror strings and the mechanism for them: `StyxError`, `Error`, and
+the errors of the protocol and of files that any 9P server answers.  A
+server built on the toolkit keeps its own in the same form (the llamafs
+node's and coordinator's are in styxfs/llama/errors.py).
 
 Short, human, naming the problem, as Plan 9's own servers write them, and
 worded so that clients which turn strings into errno values get a sensible
@@ -15,8 +18,9 @@ it is used as it is ("file does not exist", "permission denied").
 
 Each error is an `Error`: its text, or a template whose fixed prefix comes
 before any `{field}`, and the errno 9pfuse gives it (tests/test_errors.py
-checks every one).  `raise errors.NO_SUCH_SESSION()` or
-`raise errors.PROMPT_TOO_LONG(size=…, cap=…)`; `str(errors.PERM)` is its text.
+checks every one).  `raise errors.NOT_FOUND()` or
+`raise errors.FILE_TOO_LARGE(size=…)`, the fields named as in the template;
+`str(errors.PERM)` is its text.
 """
 
 from __future__ import annotations
@@ -94,36 +98,5 @@ MAX_NAME = 255  # bytes of a file or user name: a stat record then stays small
 # ---- ctl requests -------------------------------------------------------------------------------
 BAD_CTL = Error("invalid ctl request: {why}", E.EINVAL)  # why: what is wrong, and the usage
 
-# ---- the node -------------------------------------------------------------------------------------
-NO_SUCH_SESSION = Error("no such session", E.ENOENT)
-TOO_MANY_SESSIONS = Error("too many sessions: all busy, the cap is {cap}", E.EBUSY)
-PROMPT_TOO_LONG = Error("prompt too long: {what}", E.E2BIG)
-CONVERSATION_TOO_LONG = Error("conversation too long: {tokens} tokens > context {context}", E.E2BIG)
-PROMPT_NOT_UTF8 = Error("invalid prompt: not UTF-8 (byte {at})", E.EINVAL)
-PROMPT_SUBMITTED = Error("invalid write: prompt already submitted (open data again for the next turn)",
-                         E.EINVAL)
-NO_PROMPT = Error("invalid read: no prompt (write one before reading)", E.EINVAL)
-NOT_LOADED = Error("model not loaded: no such model", E.ENOENT)
-UNLOADED = Error("interrupted: the model was unloaded", E.EINTR)
-NO_MODEL_FILE = Error("no such model file: {name}", E.ENOENT)
-BAD_MODEL = Error("invalid model {name}: {why}", E.EINVAL)
-NO_CONTEXT = Error("out of memory: no context of {tokens} tokens for {name}", E.ENOMEM)
-DECODE_FAILED = Error("i/o error: llama_decode failed ({code})", E.EIO)
-ENGINE_FAILED = Error("i/o error: internal error in the engine", E.EIO)
-GENERATION_FAILED = Error("i/o error: generation failed", E.EIO)
-LOAD_REFUSED = Error("load not permitted: {why}", E.EPERM)
-NO_TEMPLATE = Error("invalid mode chat: the model has no chat template", E.EINVAL)
-BAD_TEMPLATE = Error("invalid chat template: {why}", E.EINVAL)
-BAD_CONVERSATION = Error("invalid conversation: {why}", E.EINVAL)
-NOTHING_TO_CONTINUE = Error("invalid read: no prompt, and no assistant message to continue", E.EINVAL)
-
-# ---- the coordinator --------------------------------------------------------------------------------
-NO_SUCH_NODE = Error("no such node: {node}", E.ENOENT)
-NO_HEALTHY_NODE = Error("no healthy node: temporarily unavailable", E.EAGAIN)
-NODE_FAILED = Error("i/o error: node {node}: {why}", E.EIO)
-NO_NODE_ANSWERED = Error("i/o error: no node could answer", E.EIO)
-TIMED_OUT = Error("request timed out", E.ETIMEDOUT)
-SCALE_REFUSED = Error("scale not permitted: this coordinator starts no nodes (use deploy start)", E.EPERM)
-SCALE_FAILED = Error("i/o error: scale: {why}", E.EIO)
-
 ALL = {name: value for name, value in list(globals().items()) if isinstance(value, Error)}
+__all__ = ["StyxError", "Error", *ALL]  # what a server's own errors module takes with `import *`

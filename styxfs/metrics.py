@@ -75,6 +75,28 @@ class Histogram:
 
 # A sample line: its name, its labels with their braces (or None), its value.
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)$")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse(text: str) -> dict[tuple[str, frozenset], float]:
+    """Prometheus text as {(name, frozenset of label pairs): value}; the
+    one reader of an exposition (comments and bad lines are skipped)."""
+    out = {}
+    for line in text.splitlines():
+        match = SAMPLE.match(line)
+        if match is None:
+            continue
+        name, labels, value = match.groups()
+        try:
+            out[(name, frozenset(_LABEL.findall(labels or "")))] = float(value)
+        except ValueError:
+            continue
+    return out
+
+
+def value(samples: dict[tuple[str, frozenset], float], name: str, labels: dict[str, str] | None = None) -> float:
+    """One sample of parse()'s result, 0 if absent."""
+    return samples.get((name, frozenset((labels or {}).items())), 0.0)
 
 
 def merge(own: str, labelled: list[tuple[dict[str, str], str]]) -> str:
@@ -119,16 +141,11 @@ def count_tasks() -> int:
     return walk(trio.lowlevel.current_root_task())
 
 
-def server_samples(server) -> list:
-    """The 9P server's own figures: what a leak would show in."""
-    if server is None:
-        return []
-    from . import __version__
-
+def server_samples(server, prefix: str) -> list:
+    """The 9P server's own figures, named `prefix_…`: what a leak would show in."""
     return [
-        ("llamafs_build_info", "gauge", "1, labelled with the llamafs version", {"version": __version__}, 1),
-        ("llamafs_connections", "gauge", "9P connections open", {}, len(server.connections)),
-        ("llamafs_fids", "gauge", "fids held on all connections", {}, server.fid_count()),
-        ("llamafs_outstanding_requests", "gauge", "9P requests being answered", {}, server.outstanding_count()),
-        ("llamafs_tasks", "gauge", "trio tasks alive", {}, count_tasks()),
+        (f"{prefix}_connections", "gauge", "9P connections open", {}, len(server.connections)),
+        (f"{prefix}_fids", "gauge", "fids held on all connections", {}, server.fid_count()),
+        (f"{prefix}_outstanding_requests", "gauge", "9P requests being answered", {}, server.outstanding_count()),
+        (f"{prefix}_tasks", "gauge", "trio tasks alive", {}, count_tasks()),
     ]

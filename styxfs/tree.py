@@ -7,8 +7,9 @@ entry answers walk, stat, directory listing, open, create, remove and wstat;
 and clunk.  Every operation may block (they are async) and may be cancelled
 by a Tflush: a blocking read is just an `await`.
 
-Qid paths follow Inferno's convention `(session << 8) | file`, stable and
-below 2**32 so that 9pfuse's inode numbers stay stable.
+Qid paths are the tree's to choose: one a file, stable, and below 2**32 so
+that 9pfuse's inode numbers stay stable.  A file's owner (uid) is the tree's
+to give too; one that gives none has files owned by `NOBODY`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from . import errors
 from .wire import DMDIR, ORDWR, OTRUNC, OWRITE, QTDIR, Dir, Qid
 
 START_TIME = int(time.time())
+NOBODY = "none"  # Plan 9's user of no particular name
 SYNC = Dir.nochange()  # a wstat that changes nothing
 TRUNCATE = Dir.nochange(length=0)  # one that sets the length to 0, and nothing else
 
@@ -53,7 +55,7 @@ def wants_read(mode: int) -> bool:
 class Entry:
     """A file or directory.  Subclasses override what they support."""
 
-    def __init__(self, name: str, qid_path: int, perm: int = 0o444, uid: str = "llamafs"):
+    def __init__(self, name: str, qid_path: int, perm: int = 0o444, uid: str = NOBODY):
         self.name = name
         self.perm = perm
         self.uid = uid
@@ -173,7 +175,7 @@ class Directory(Entry):
     """A directory with a fixed or computed list of children."""
 
     def __init__(self, name: str, qid_path: int, entries: list[Entry] | None = None,
-                 perm: int = 0o555, uid: str = "llamafs"):
+                 perm: int = 0o555, uid: str = NOBODY):
         super().__init__(name, qid_path, DMDIR | perm, uid)
         self.entries = entries if entries is not None else []
 
@@ -202,7 +204,7 @@ class TextFile(Entry):
     `write(caller, data)`, which raises StyxError to refuse it."""
 
     def __init__(self, name: str, qid_path: int, read: Reader | None = None,
-                 write: Writer | None = None, perm: int | None = None, uid: str = "llamafs"):
+                 write: Writer | None = None, perm: int | None = None, uid: str = NOBODY):
         if perm is None:
             perm = (0o444 if read else 0) | (0o222 if write else 0)
         super().__init__(name, qid_path, perm, uid)

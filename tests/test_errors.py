@@ -1,5 +1,6 @@
-"""Every error the tree answers is in styxfs/errors.py, and each turns into
-a sensible errno in plan9port's 9pfuse, never ERANGE."""
+"""Every error the tree answers is in styxfs/llama/errors.py (the node's and
+the coordinator's) or in the toolkit's styxfs/errors.py, which it takes whole;
+each turns into a sensible errno in plan9port's 9pfuse, never ERANGE."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from styxfs import errors
+from styxfs.llama import errors
 
 ROOT = Path(__file__).resolve().parent.parent
 

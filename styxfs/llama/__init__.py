@@ -5,8 +5,11 @@
     llamacpp   the real model: llama.cpp through llama-cpp-python
     engine     the scheduler: sessions' turns batched into one model
     reply      one turn's reply, streaming to any number of readers
+    errors     every error the node and the coordinator answer
     sessions   sessions and the table that numbers and caps them
-    namespace  the file tree, over a session backend and a root backend
+    qids       the layout of qid paths
+    namespace  the file tree (one file table), over a session backend and a root backend
+    handles    what an open of each file gives
     backend    the node's backends: the engine in this process
     metrics    the node's metrics file
     node       a node: engine, namespace and 9P server together

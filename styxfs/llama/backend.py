@@ -12,10 +12,10 @@ import os
 import trio
 
 import styxfs
-from styxfs import errors
 from styxfs.errors import StyxError
 from styxfs.tree import Commands, parse_number
 
+from . import errors
 from .chat import Message, Template
 from .engine import Conversation, Engine
 from .metrics import ReplyFigures, node_metrics

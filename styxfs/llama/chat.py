@@ -13,11 +13,10 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
-from styxfs import errors
+from . import errors
+from .settings import MAX_RENDER_BYTES, MAX_RENDER_SECONDS
 
 ROLES = ("system", "user", "assistant")
-MAX_RENDER_BYTES = 4 << 20
-MAX_RENDER_SECONDS = 2.0
 
 
 @dataclass

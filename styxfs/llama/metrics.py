@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from styxfs.metrics import Histogram, exposition, server_samples
+import styxfs
+from styxfs import metrics
+from styxfs.metrics import Histogram, exposition
 
 from .reply import REASONS, Reply
+
+PREFIX = "llamafs"  # every metric's name begins with it, on a node and on a coordinator
 
 TTFT_BOUNDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 RATE_BOUNDS = (1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 250, 500)
@@ -37,12 +41,20 @@ class ReplyFigures:
                     self.rate.observe((reply.tokens_out - 1) / generating)
         self.pending = running
 
-    def samples(self, prefix: str = "llamafs") -> list:
+    def samples(self, prefix: str = PREFIX) -> list:
         self.sweep()
         return (self.ttft.samples(f"{prefix}_time_to_first_token_seconds",
                                   "time from a prompt's submission to its reply's first token")
                 + self.rate.samples(f"{prefix}_reply_tokens_per_second",
                                     "a reply's tokens per second, after its first"))
+
+
+def server_samples(server) -> list:
+    """The build, and the 9P server's own figures (none without a server)."""
+    if server is None:
+        return []
+    build = ("llamafs_build_info", "gauge", "1, labelled with the llamafs version", {"version": styxfs.__version__}, 1)
+    return [build] + metrics.server_samples(server, PREFIX)
 
 
 def node_metrics(engine, figures: ReplyFigures, tree) -> str:

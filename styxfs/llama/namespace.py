@@ -10,39 +10,78 @@ sessions' prompts: on a node the engine in this process
 `RootBackend` says what the root's ctl, model and metrics files hold and
 what extra entries the root has (a coordinator's `nodes/`).
 
-Qid paths are `(session << 8) | file`, session 0 for the root's files.
+Its files are one table (as 9front webfs's dirtab): each row a file's name,
+the low 8 bits of its qid path (qids.py has the layout), its mode, and the
+handle an open of it gives (handles.py).  Walk, stat, directory reads and
+open are answered from the table.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 import trio
 
-from styxfs import errors
-from styxfs.errors import StyxError
-from styxfs.tree import Caller, Commands, Directory, Entry, Handle, TextFile, read_slice
+from styxfs.tree import Caller, Commands, Entry, Handle
+from styxfs.wire import DMDIR
 
-from .chat import Message, format_records, parse_records
+from . import errors
+from .chat import Message
+from .handles import (ConnReplyHandle, ConversationHandle, CtlHandle, DataHandle, InNewSession, ParamsHandle,
+                      ReplyHandle, RootCtl, RootMetrics, RootModel, RootSessions, StatusHandle, SystemHandle)
+from .qids import qpath
 from .reply import Reply
 from .sessions import Session, SessionTable
 from .settings import MAX_PROMPT_BYTES, NODE, SESSION, Sampling
 
 log = logging.getLogger("styxfs.llama.namespace")
 
-# The low 8 bits of a qid path: the root's files (session 0), then a session's.
-# Every file and directory has a qid path of its own.
-(QROOT, QCTL, QDATA, QREPLY, QCLONE, QNEW, QMODEL, QMETRICS, QNODES,
- QNEWCTL, QNEWDATA, QNEWREPLY, QNEWSTATUS, QSESSIONS) = range(14)
-QSESSION, QSCTL, QSPARAMS, QSDATA, QSREPLY, QSSTATUS, QSSYSTEM, QSCONVERSATION = range(0x10, 0x18)
-SESSION_FILES = {"ctl": QSCTL, "params": QSPARAMS, "data": QSDATA, "reply": QSREPLY, "status": QSSTATUS,
-                 "system": QSSYSTEM, "conversation": QSCONVERSATION}
-NEW_FILES = {"ctl": QNEWCTL, "data": QNEWDATA, "reply": QNEWREPLY, "status": QNEWSTATUS}
+UID = "llamafs"  # the owner of the root's files; a session's are its user's
 
 
-def qpath(session: int, file: int) -> int:
-    return (session << 8) | file
+@dataclass(frozen=True)
+class File:
+    """A row of the file table."""
+
+    name: str
+    q: int  # the low 8 bits of its qid path
+    perm: int
+    open: Callable | None = None  # a file's: (entry, caller) -> Handle, or an awaitable of one
+    children: tuple[File, ...] = ()  # a directory's
+    new: int = 0  # a session's file that new/ has too: its q as new/NAME
+
+
+def everyone(perm: int) -> int:
+    """The owner's permissions, given to all (new/NAME opens NAME of a session of one's own)."""
+    return perm | perm >> 3 | perm >> 6
+
+
+SESSION_FILES = (
+    File("ctl", 0x11, 0o600, CtlHandle, new=0x09),
+    File("params", 0x12, 0o400, ParamsHandle),
+    File("data", 0x13, 0o600, DataHandle, new=0x0A),
+    File("reply", 0x14, 0o400, ReplyHandle, new=0x0B),
+    File("status", 0x15, 0o400, StatusHandle, new=0x0C),
+    File("system", 0x16, 0o600, SystemHandle),
+    File("conversation", 0x17, 0o600, ConversationHandle),
+)
+SESSION_DIR = File("N", 0x10, DMDIR | 0o700, children=SESSION_FILES)  # named by its number, owned by its user
+NEW_FILES = tuple(File(f.name, f.new, everyone(f.perm), InNewSession(f.name)) for f in SESSION_FILES if f.new)
+ROOT = File("/", 0x00, DMDIR | 0o555, children=(  # then a coordinator's nodes/, then the caller's sessions
+    File("ctl", 0x01, 0o666, RootCtl),
+    File("data", 0x02, 0o666, InNewSession("data", oneshot=True)),  # a private one-shot channel per open
+    File("reply", 0x03, 0o444, ConnReplyHandle),
+    File("clone", 0x04, 0o666, InNewSession("ctl")),
+    File("new", 0x05, DMDIR | 0o555, children=NEW_FILES),
+    File("model", 0x06, 0o444, RootModel),
+    File("metrics", 0x07, 0o444, RootMetrics),
+    File("sessions", 0x0D, 0o444, RootSessions),
+))
+NODES = File("nodes", 0x08, DMDIR | 0o555)  # a coordinator's: coordinator/proxy.py makes it
 
 
 class SessionBackend:
@@ -234,32 +273,59 @@ class LlamaTree:
     def defaults_verb(self, caller: Caller, args: list[str]) -> None:
         self.defaults = self._checked(self.defaults, args[0], args[1:])
 
-
-# ---- the root -----------------------------------------------------------------------
-
-
-class RootDir(Directory):
-    def __init__(self, tree: LlamaTree):
-        super().__init__("/", qpath(0, QROOT), perm=0o555)
-        self.tree = tree
-        backend = tree.root_backend
-        self.ctl = TextFile("ctl", qpath(0, QCTL), read=lambda c: backend.ctl_text(tree),
-                            write=self._ctl_write, perm=0o666)
-        self.model = TextFile("model", qpath(0, QMODEL), read=lambda c: backend.model_text())
-        self.metrics = TextFile("metrics", qpath(0, QMETRICS), read=lambda c: backend.metrics_text(tree))
-        sessions = TextFile("sessions", qpath(0, QSESSIONS), read=tree.sessions_text)
-        self.static = [self.ctl, RootData(tree), RootReply(), CloneFile(tree), NewDir(tree), self.model, self.metrics,
-                       sessions]
-
-    async def _ctl_write(self, caller: Caller, data: bytes) -> None:
-        self.tree.check_owner(caller)
-        commands = self.tree.root_backend.ctl_commands(self.tree)
-        commands.verb("defaults", "KEY VALUE", 1, -1)(self.tree.defaults_verb)
+    async def ctl_write(self, caller: Caller, data: bytes) -> None:
+        """The root ctl: `defaults` and the root backend's verbs, the owner's only."""
+        self.check_owner(caller)
+        commands = self.root_backend.ctl_commands(self)
+        commands.verb("defaults", "KEY VALUE", 1, -1)(self.defaults_verb)
         await commands.run(caller, data)
+
+    def session_file(self, session: Session, name: str) -> TableFile:
+        return TableFile(self, next(row for row in SESSION_FILES if row.name == name), session)
+
+
+# ---- the entries, made from the table ---------------------------------------------------------
+
+
+def table_entry(tree: LlamaTree, row: File, session: Session | None = None) -> Entry:
+    return (TableDir if row.perm & DMDIR else TableFile)(tree, row, session)
+
+
+class TableEntry(Entry):
+    """A file or directory of the table: of the root (session None) or of a session."""
+
+    def __init__(self, tree: LlamaTree, row: File, session: Session | None = None):
+        number, uid = (session.number, session.owner) if session else (0, UID)
+        super().__init__(row.name, qpath(number, row.q), row.perm, uid)
+        self.tree, self.row, self.session = tree, row, session
+
+
+class TableFile(TableEntry):
+    async def open(self, mode: int, caller: Caller) -> Handle:
+        return await self.open_for(caller)
+
+    async def open_for(self, caller: Caller) -> Handle:
+        """A session's file checks the owner and counts its open files."""
+        if self.session is not None:
+            session = self.tree.table.get(self.session.number, caller.uname)
+            session.open_files += 1
+            session.touch()
+        handle = self.row.open(self, caller)
+        return await handle if inspect.isawaitable(handle) else handle
+
+
+class TableDir(TableEntry):
+    async def children(self, caller: Caller) -> list[Entry]:
+        return [table_entry(self.tree, row, self.session) for row in self.row.children]
+
+
+class RootDir(TableDir):
+    def __init__(self, tree: LlamaTree):
+        super().__init__(tree, ROOT)
 
     async def children(self, caller: Caller) -> list[Entry]:
         sessions = [SessionDir(self.tree, s) for s in self.tree.table.owned_by(caller.uname)]
-        return self.static + await self.tree.root_backend.extra_entries(caller) + sessions
+        return await super().children(caller) + await self.tree.root_backend.extra_entries(caller) + sessions
 
     async def walk(self, name: str, caller: Caller) -> Entry:
         if name.isdigit():  # Unicode digits too: "²" and "٣" are no session's name
@@ -269,370 +335,11 @@ class RootDir(Directory):
         return await super().walk(name, caller)
 
 
-class SessionDir(Directory):
+class SessionDir(TableDir):
     def __init__(self, tree: LlamaTree, session: Session):
-        super().__init__(str(session.number), qpath(session.number, QSESSION), perm=0o700, uid=session.owner)
-        self.tree, self.session = tree, session
-
-    async def children(self, caller: Caller) -> list[Entry]:
-        return [session_file(self.tree, self.session, name) for name in SESSION_FILES]
+        super().__init__(tree, SESSION_DIR, session)
+        self.name = str(session.number)
 
     async def remove(self, caller: Caller) -> None:
         self.tree.table.get(self.session.number, caller.uname)
         await self.tree.close_session(self.session)
-
-
-def session_file(tree: LlamaTree, session: Session, name: str) -> Entry:
-    cls = {"ctl": SessionCtl, "params": SessionParams, "data": SessionData, "reply": SessionReply,
-           "status": SessionStatus, "system": SessionSystem, "conversation": SessionConversation}[name]
-    return cls(tree, session)
-
-
-class SessionEntry(Entry):
-    """A file of session N: checks the owner at open, counts open files."""
-
-    name_ = ""
-    file = 0
-    perm_ = 0o400
-
-    def __init__(self, tree: LlamaTree, session: Session):
-        super().__init__(self.name_, qpath(session.number, self.file), self.perm_, session.owner)
-        self.tree, self.session = tree, session
-
-    async def open(self, mode: int, caller: Caller) -> Handle:
-        session = self.tree.table.get(self.session.number, caller.uname)
-        session.open_files += 1
-        session.touch()
-        return self.make_handle(mode, caller)
-
-    def make_handle(self, mode: int, caller: Caller) -> Handle:
-        raise NotImplementedError
-
-
-class SessionHandle(Handle):
-    """Counts the session's open files down again at clunk."""
-
-    def __init__(self, entry: SessionEntry, caller: Caller):
-        super().__init__(entry)
-        self.session, self.caller = entry.session, caller
-
-    async def clunk(self, aborted: bool) -> None:
-        self.session.open_files -= 1
-        self.session.touch()
-        unused = aborted and self.session.reply is None  # its client vanished before a prompt
-        if (self.session.ephemeral or unused) and not self.session.open_files and not self.session.generating:
-            await self.entry.tree.close_session(self.session)  # else the reaper will
-
-
-class SnapshotHandle(SessionHandle):
-    """A file whose text is computed at the first read at offset 0."""
-
-    def __init__(self, entry, caller, text):
-        super().__init__(entry, caller)
-        self.text, self.content = text, b""
-
-    async def read(self, offset: int, count: int) -> bytes:
-        if offset == 0:
-            self.content = self.text().encode()
-        return read_slice(self.content, offset, count)
-
-
-class SessionCtl(SessionEntry):
-    name_, file, perm_ = "ctl", QSCTL, 0o600
-
-    def make_handle(self, mode, caller):
-        return CtlHandle(self, caller)
-
-
-class CtlHandle(SnapshotHandle):
-    def __init__(self, entry, caller):
-        super().__init__(entry, caller, lambda: f"{entry.session.number}\n")
-
-    async def write(self, offset: int, data: bytes) -> int:
-        before = self.session.sampling.lines()
-        await self.entry.tree.session_ctl(self.session).run(self.caller, data)
-        if self.session.sampling.lines() != before:
-            await self.entry.tree.session_backend.prepare(self.session)
-        return len(data)
-
-
-class WholeWriteHandle(SnapshotHandle):
-    """Reads give a snapshot; writes (any number, as Inferno's 8 KB pieces)
-    are gathered and taken whole at clunk."""
-
-    def __init__(self, entry, caller, text, take):
-        super().__init__(entry, caller, text)
-        self.take, self.written = take, bytearray()
-
-    async def write(self, offset: int, data: bytes) -> int:
-        if len(self.written) + len(data) > self.entry.tree.max_prompt_bytes:
-            raise errors.PROMPT_TOO_LONG(what=f"over {self.entry.tree.max_prompt_bytes} bytes")
-        self.written += data
-        return len(data)
-
-    async def clunk(self, aborted: bool) -> None:
-        try:
-            if self.written and not aborted and not self.session.closed:
-                await self.take(bytes(self.written))
-        finally:
-            await super().clunk(aborted)
-
-
-class SessionSystem(SessionEntry):
-    """The system prompt, any number of lines (ctl's `system` takes one)."""
-
-    name_, file, perm_ = "system", QSSYSTEM, 0o600
-
-    def make_handle(self, mode, caller):
-        session, tree = self.session, self.tree
-
-        async def take(data: bytes) -> None:
-            try:
-                data.decode()
-            except UnicodeDecodeError as e:
-                raise errors.PROMPT_NOT_UTF8(at=e.start) from None
-            session.sampling.system = data
-            await tree.session_backend.prepare(session)
-
-        return WholeWriteHandle(self, caller, lambda: session.sampling.system.decode(), take)
-
-
-class SessionConversation(SessionEntry):
-    """The conversation so far, one record a message; writing one gives it
-    to the session in place of its own."""
-
-    name_, file, perm_ = "conversation", QSCONVERSATION, 0o600
-
-    def make_handle(self, mode, caller):
-        session, backend = self.session, self.tree.session_backend
-
-        def text() -> str:
-            system = [Message("system", session.sampling.system.decode())] if session.sampling.system else []
-            return format_records(system + backend.conversation(session)).decode()
-
-        async def take(data: bytes) -> None:
-            messages = parse_records(data)
-            if session.generating:
-                raise errors.PROMPT_SUBMITTED()
-            if messages and messages[0].role == "system":
-                session.sampling.system = messages.pop(0).text.encode()
-            await backend.give(session, messages)
-
-        return WholeWriteHandle(self, caller, text, take)
-
-
-class SessionParams(SessionEntry):
-    name_, file, perm_ = "params", QSPARAMS, 0o400
-
-    def make_handle(self, mode, caller):
-        return SnapshotHandle(self, caller, self.session.sampling.lines)
-
-
-class SessionStatus(SessionEntry):
-    name_, file, perm_ = "status", QSSTATUS, 0o400
-
-    def make_handle(self, mode, caller):
-        return StatusHandle(self, caller, self.session.status)
-
-
-class StatusHandle(SnapshotHandle):
-    async def read(self, offset: int, count: int) -> bytes:
-        reply = self.session.reply
-        if offset == 0 and reply is not None and reply.text_complete:
-            await reply.wait()  # the text has all been read: tell how the turn ended
-        return await super().read(offset, count)
-
-
-class SessionReply(SessionEntry):
-    name_, file, perm_ = "reply", QSREPLY, 0o400
-
-    def make_handle(self, mode, caller):
-        return ReplyHandle(self, caller, self.session.reply)
-
-
-async def read_reply(reply: Reply | None, offset: int, count: int) -> bytes:
-    """Text of a reply from offset, waiting for it; none at all is empty."""
-    if reply is None:
-        return b""
-    return await reply.read(offset, count)
-
-
-class ReplyHandle(SessionHandle):
-    """The reply current at open, from its first byte, streaming."""
-
-    def __init__(self, entry, caller, reply: Reply | None):
-        super().__init__(entry, caller)
-        self.reply = reply
-
-    async def read(self, offset: int, count: int) -> bytes:
-        return await read_reply(self.reply, offset, count)
-
-
-class SessionData(SessionEntry):
-    name_, file, perm_ = "data", QSDATA, 0o600
-
-    def make_handle(self, mode, caller):
-        return DataHandle(self, caller)
-
-
-class DataHandle(SessionHandle):
-    """Write a turn (any number of writes); it is submitted at the first read
-    or at clunk; reads stream its reply.  A read flushed while it waits on
-    the generation it submitted cancels that generation."""
-
-    def __init__(self, entry, caller):
-        super().__init__(entry, caller)
-        self.prompt = bytearray()
-        self.reply: Reply | None = None
-        self.position = 0  # data is a stream: read offsets count the prompt too
-
-    async def write(self, offset: int, data: bytes) -> int:
-        if self.reply is not None:
-            raise errors.PROMPT_SUBMITTED()
-        if len(self.prompt) + len(data) > self.entry.tree.max_prompt_bytes:
-            raise errors.PROMPT_TOO_LONG(what=f"over {self.entry.tree.max_prompt_bytes} bytes")
-        self.prompt += data
-        self.session.touch()
-        if len(self.prompt) == len(data):
-            pending_prompts(self.caller).add(self)
-            await self.entry.tree.session_backend.prepare(self.session, data)
-        return len(data)
-
-    async def _submit(self) -> None:
-        prompt, self.prompt = bytes(self.prompt), bytearray()
-        try:
-            self.reply = await self.entry.tree.submit(self.session, prompt, self.caller)
-        finally:
-            pending_prompts(self.caller).discard(self)
-
-    async def read(self, offset: int, count: int) -> bytes:
-        if self.reply is None:
-            await self._submit()  # with no prompt: go on with the last assistant message, if any
-        try:
-            data = await read_reply(self.reply, self.position, count)
-        except trio.Cancelled:
-            if self.session.reply is self.reply:  # flushed while waiting on its own generation
-                self.entry.tree.session_backend.cancel(self.session)
-            raise
-        self.position += len(data)
-        return data
-
-    async def clunk(self, aborted: bool) -> None:
-        try:
-            if aborted:
-                # The client is gone: nobody will read what it asked for.
-                if self.reply is not None and self.session.reply is self.reply:
-                    self.entry.tree.session_backend.cancel(self.session)
-            elif self.reply is None and self.prompt and not self.session.closed:
-                await self._submit()
-        finally:
-            pending_prompts(self.caller).discard(self)
-            await super().clunk(aborted)
-
-
-class PendingPrompts:
-    """The data files of one connection that hold a prompt not yet submitted.
-    A read of the root reply waits for them: 9pfuse and v9fs send the clunk
-    that submits `echo prompt > new/data` after close() has returned, so the
-    `cat reply` that follows may reach us first."""
-
-    def __init__(self):
-        self.handles: set[Handle] = set()
-        self.settled = trio.Event()
-        self.settled.set()
-
-    def add(self, handle: Handle) -> None:
-        self.handles.add(handle)
-        if self.settled.is_set():
-            self.settled = trio.Event()
-
-    def discard(self, handle: Handle) -> None:
-        self.handles.discard(handle)
-        if not self.handles:
-            self.settled.set()
-
-    async def wait(self) -> None:
-        while self.handles:
-            await self.settled.wait()
-
-
-def pending_prompts(caller: Caller) -> PendingPrompts:
-    return caller.conn.state.setdefault("pending", PendingPrompts())
-
-
-# ---- root files -----------------------------------------------------------------------
-
-
-class RootData(Entry):
-    """A private one-shot channel per open, on a session of its own."""
-
-    def __init__(self, tree: LlamaTree):
-        super().__init__("data", qpath(0, QDATA), 0o666)
-        self.tree = tree
-
-    async def open(self, mode: int, caller: Caller) -> Handle:
-        session = await self.tree.new_session(caller, ephemeral=True)
-        entry = SessionData(self.tree, session)
-        return await entry.open(mode, caller)
-
-
-class RootReply(Entry):
-    def __init__(self):
-        super().__init__("reply", qpath(0, QREPLY), 0o444)
-
-    async def open(self, mode: int, caller: Caller) -> Handle:
-        return ConnReplyHandle(self, caller)
-
-
-class ConnReplyHandle(Handle):
-    """The connection's latest reply as the first read finds it, once the
-    prompts written on this connection have been submitted."""
-
-    def __init__(self, entry, caller: Caller):
-        super().__init__(entry)
-        self.caller = caller
-        self.reply: Reply | None = None
-        self.resolved = False
-
-    async def read(self, offset: int, count: int) -> bytes:
-        if not self.resolved:
-            await pending_prompts(self.caller).wait()
-            self.reply, self.resolved = self.caller.conn.state.get("reply"), True
-        return await read_reply(self.reply, offset, count)
-
-
-class CloneFile(Entry):
-    """Opening allocates session N; the fid becomes N/ctl (as /net/tcp/clone)."""
-
-    def __init__(self, tree: LlamaTree):
-        super().__init__("clone", qpath(0, QCLONE), 0o666)
-        self.tree = tree
-
-    async def open(self, mode: int, caller: Caller) -> Handle:
-        session = await self.tree.new_session(caller)
-        return await SessionCtl(self.tree, session).open(mode, caller)
-
-
-class NewFile(Entry):
-    """new/ctl, new/data, new/reply, new/status: opening one allocates a
-    session and opens that file of it.  Walking here has no side effects."""
-
-    def __init__(self, tree: LlamaTree, name: str):
-        perm = 0o666 if name in ("ctl", "data") else 0o444
-        super().__init__(name, qpath(0, NEW_FILES[name]), perm)
-        self.tree = tree
-
-    async def open(self, mode: int, caller: Caller) -> Handle:
-        session = await self.tree.new_session(caller)
-        entry = session_file(self.tree, session, self.name)
-        try:
-            entry.check_open(mode)
-        except StyxError:
-            await self.tree.close_session(session)
-            raise
-        return await entry.open(mode, caller)
-
-
-class NewDir(Directory):
-    def __init__(self, tree: LlamaTree):
-        super().__init__("new", qpath(0, QNEW), [NewFile(tree, name) for name in NEW_FILES])

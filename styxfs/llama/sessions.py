@@ -6,14 +6,10 @@ from __future__ import annotations
 
 import time
 
-from styxfs import errors
-
-from .reply import Reply
+from . import errors
+from .qids import MAX_SESSION  # a session's number is in its files' qid paths
+from .reply import Reply, ReplyState, format_status
 from .settings import Sampling
-
-# Session numbers stay below 2**23, so that qid paths (number << 8 | file) stay
-# below 2**31: the upper half is the coordinator's, for the nodes/ it proxies.
-MAX_NUMBER = (1 << 23) - 1
 
 
 class Session:
@@ -40,7 +36,9 @@ class Session:
         return not self.open_files and not self.generating
 
     def status(self) -> str:
-        return self.reply.status() if self.reply else "idle tokens_in=0 tokens_out=0\n"
+        if self.reply is None:
+            return format_status(ReplyState.IDLE, [("tokens_in", 0), ("tokens_out", 0)])
+        return self.reply.status()
 
 
 class SessionTable:
@@ -67,10 +65,10 @@ class SessionTable:
         if self.full:
             raise errors.TOO_MANY_SESSIONS(cap=self.max_sessions)
         number = self.next_number
-        self.next_number = self.next_number % MAX_NUMBER + 1
+        self.next_number = self.next_number % MAX_SESSION + 1
         while number in self.sessions:
             number = self.next_number
-            self.next_number = self.next_number % MAX_NUMBER + 1
+            self.next_number = self.next_number % MAX_SESSION + 1
         self.created += 1
         return number
 

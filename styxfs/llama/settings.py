@@ -20,6 +20,10 @@ from styxfs.tree import parse_number, quote
 DEFAULT_LISTEN = dial.DEFAULT_ADDRESS  # tcp!127.0.0.1!5640
 HTTP_PORT = 9640  # HTTP (metrics, status, dashboard), beside 9P's port
 
+# A coordinator's (the deployment config's network.requestTimeout overrides the first).
+REQUEST_TIMEOUT = 60.0  # seconds a forwarded turn or proxied request may take, failovers included
+SPARES = 4  # sessions made ahead on each node: a new session's first turn need not wait to make one
+
 
 @dataclass(frozen=True)
 class Limit:
@@ -44,6 +48,14 @@ NODE = {
 
 MAX_PROMPT_BYTES = 1 << 20
 DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp: pick a random seed
+REPEAT_WINDOW = 64  # tokens of history the repeat penalty sees
+# tokens: a shorter common beginning (a BOS, a template's header) is not worth sharing a sequence's cells
+MIN_SHARED = 8
+ENGINE_STOP_SECONDS = 30.0  # the engine's worker is waited for this long when the node stops
+STREAM_INTERVAL = 0.05  # seconds between wake-ups of a reply's readers while it streams
+# A chat template (untrusted: it comes with the model file) may make this much text, in this long.
+MAX_RENDER_BYTES = 4 << 20
+MAX_RENDER_SECONDS = 2.0
 
 
 # ---- a session's settings -----------------------------------------------------------
