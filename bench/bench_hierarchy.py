@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import greedy, machine_line, new_session, start_coordinator_process, start_node_process, stop_process  # noqa: E402
 from coordinator import DeploymentManager  # noqa: E402
 from styxfs import client, wire  # noqa: E402
+from styxfs.llama.reply import parse_status  # noqa: E402
 from tests.relay import DelayRelay  # noqa: E402
 
 PROMPT = "Once upon a time, in a land far away, there lived a king who"
@@ -42,7 +43,7 @@ async def one_session(address: str, tokens: int) -> tuple[float, int]:
                     first = first or time.perf_counter() - started
             status = (await c.read_file(f"{n}/status")).decode()
             await ctl.fid.write(b"close", 0)
-    tokens_out = int(status.split("tokens_out=")[1].split()[0])
+    tokens_out = int(parse_status(status)[1]["tokens_out"])
     return first or 0.0, tokens_out
 
 

@@ -22,16 +22,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import (  # noqa: E402
     free_port, greedy, machine_line, new_session, start_node_process, stop_process, wait_for_port)
-from styxfs import client, wire  # noqa: E402
+from styxfs import client, metrics, wire  # noqa: E402
 
 PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle."
 
 
 def tokens_out(text: str) -> float:
-    for line in text.splitlines():
-        if line.startswith("llamafs_tokens_out_total "):
-            return float(line.split()[1])
-    raise ValueError("no llamafs_tokens_out_total")
+    return metrics.parse(text)[("llamafs_tokens_out_total", frozenset())]
 
 
 async def generate(address: str, tokens: int) -> None:

@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import greedy, machine_line, new_session, start_node_process, stop_process  # noqa: E402
 from styxfs import client, wire  # noqa: E402
+from styxfs.llama.reply import parse_status  # noqa: E402
 
 PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle."
 
@@ -33,7 +34,7 @@ async def through_9p(address: str, tokens: int) -> tuple[int, float]:
             elapsed = time.perf_counter() - start
             status = (await c.read_file(f"{n}/status")).decode()
             await ctl.fid.write(b"close", 0)
-    out = int(status.split("tokens_out=")[1].split()[0])
+    out = int(parse_status(status)[1]["tokens_out"])
     return out, elapsed
 
 

@@ -34,6 +34,7 @@ from bench.common import (  # noqa: E402
 from bench.llama_server import find_or_build  # noqa: E402
 from bench.suite import percentile, start_llama_server  # noqa: E402
 from styxfs import client, wire  # noqa: E402
+from styxfs.llama.reply import parse_status  # noqa: E402
 
 SESSIONS = 8
 QUESTIONS = ["What is the main idea?", "Who is the keeper?", "Where is the lighthouse?", "What did the bottle hold?",
@@ -73,7 +74,7 @@ async def llamafs_turn(address: str, uname: str, prompt: str, tokens: int, resul
             elapsed = time.perf_counter() - start
             status = (await c.read_file(f"{n}/status")).decode()
             await ctl.fid.write(b"close", 0)
-    fields = dict(w.split("=", 1) for w in status.split() if "=" in w)
+    _, fields = parse_status(status)
     results.append((int(fields["tokens_out"]), first or elapsed, elapsed, int(fields.get("tokens_cached", 0))))
 
 

@@ -28,21 +28,12 @@ from bench.common import free_port, machine_line, start_node_process, stop_proce
 from bench.llama_server import find_or_build  # noqa: E402
 from bench.suite import http_concurrent, llamafs_concurrent, wait_ready  # noqa: E402
 from bench.bench_node import through_9p  # noqa: E402
-from styxfs import client  # noqa: E402
+from styxfs import client, metrics  # noqa: E402
 
 
-def samples(text: str) -> dict[str, float]:
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
-
-
-async def node_metrics(address: str) -> dict[str, float]:
+async def node_metrics(address: str) -> dict:
     async with client.connect(address) as c:
-        return samples((await c.read_file("metrics")).decode())
+        return metrics.parse((await c.read_file("metrics")).decode())
 
 
 def llamafs_run(model: str, threads: int, sessions: int, tokens: int) -> dict:
@@ -55,23 +46,23 @@ def llamafs_run(model: str, threads: int, sessions: int, tokens: int) -> dict:
     finally:
         stop_process(node)
 
-    def delta(name: str) -> float:
-        return after.get(name, 0.0) - before.get(name, 0.0)
+    def delta(name: str, labels: dict[str, str] | None = None) -> float:
+        return metrics.value(after, name, labels) - metrics.value(before, name, labels)
 
     steps = delta("llamafs_decode_steps_total")
-    phases = {p: delta(f'llamafs_step_seconds_total{{phase="{p}"}}') for p in ("schedule", "decode", "sample")}
+    phases = {p: delta("llamafs_step_seconds_total", {"phase": p}) for p in ("schedule", "decode", "sample")}
     return {"tps": figures["aggregate_tps"], "wall": figures["seconds"], "steps": steps,
             "decode_ms": 1000 * phases["decode"] / steps, "outside_ms": 1000 * (phases["schedule"] + phases["sample"]) / steps,
             "schedule_ms": 1000 * phases["schedule"] / steps, "sample_ms": 1000 * phases["sample"] / steps,
             "idle_ms": 1000 * (figures["seconds"] - sum(phases.values())) / steps}
 
 
-def server_metrics(port: int) -> dict[str, float]:
+def server_metrics(port: int) -> dict:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     conn.request("GET", "/metrics")
     text = conn.getresponse().read().decode()
     conn.close()
-    return samples(text)
+    return metrics.parse(text)
 
 
 def server_run(binary: str, model: str, threads: int, sessions: int, tokens: int) -> dict:
@@ -90,8 +81,8 @@ def server_run(binary: str, model: str, threads: int, sessions: int, tokens: int
     finally:
         stop_process(process)
 
-    def delta(name: str) -> float:
-        return after.get(name, 0.0) - before.get(name, 0.0)
+    def delta(name: str, labels: dict[str, str] | None = None) -> float:
+        return metrics.value(after, name, labels) - metrics.value(before, name, labels)
 
     steps = delta("llamacpp:n_decode_total")
     busy = delta("llamacpp:prompt_seconds_total") + delta("llamacpp:tokens_predicted_seconds_total")

@@ -34,8 +34,8 @@ import trio
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import ROOT, greedy, new_session, start_coordinator_process, start_node_process, stop_process  # noqa: E402
-from coordinator.forwarding import SPARES  # noqa: E402
-from styxfs import client, wire  # noqa: E402
+from styxfs import client, metrics, wire  # noqa: E402
+from styxfs.llama.settings import SPARES  # noqa: E402
 
 PROMPTS = ["Once upon a time", "the king was", "water and people", "café über", "long little words"]
 SETTINGS = greedy(8)
@@ -51,7 +51,7 @@ async def metrics_of(address: str) -> dict[str, float]:
     async with client.connect(address) as c:
         text = (await c.read_file("metrics")).decode()
         ctl = (await c.read_file("ctl")).decode()
-    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line and line[0] != "#"}
+    values = {name: value for (name, labels), value in metrics.parse(text).items() if not labels}
     values["sessions"] = float(next(l.split()[1] for l in ctl.splitlines() if l.startswith("sessions ")))
     return values
 

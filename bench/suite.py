@@ -51,6 +51,7 @@ from bench.common import (  # noqa: E402
     wait_for_port,
 )
 from styxfs import client, wire  # noqa: E402
+from styxfs.llama.reply import parse_status  # noqa: E402
 
 PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle."
 SERVER_EXTRAS = ["uvicorn>=0.22.0", "fastapi>=0.100.0", "pydantic-settings>=2.0.1", "sse-starlette>=1.6.1",
@@ -94,7 +95,7 @@ async def llamafs_one(c, tokens: int, results: list) -> None:
         elapsed = time.perf_counter() - start
         status = (await c.read_file(f"{n}/status")).decode()
         await ctl.fid.write(b"close", 0)
-    out = int(status.split("tokens_out=")[1].split()[0])
+    out = int(parse_status(status)[1]["tokens_out"])
     results.append((out, first or elapsed, elapsed))
 
 

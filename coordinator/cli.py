@@ -13,6 +13,7 @@ import styxfs
 from styxfs import client, dial, wire
 from styxfs.auth import read_secret, secret_authenticator
 from styxfs.llama.models import NAMED
+from styxfs.llama.reply import parse_status
 from styxfs.llama.status import Watcher
 from styxfs.llama.cli import check_listen, http_url, mount_help, serve, setup_logging, stop_on_signals
 
@@ -80,7 +81,7 @@ def ask(addr, temperature, maxtokens, seed, system, raw, auth_secret_file, promp
                 await stream_reply(c, f"{number}/data", text)
                 status = (await c.read_file(f"{number}/status")).decode()
                 await ctl.fid.write(b"close", 0)
-        reason = dict(w.split("=", 1) for w in status.split()[1:] if "=" in w).get("reason")
+        reason = parse_status(status)[1].get("reason")
         if reason in ("length", "context"):
             why = "maxtokens" if reason == "length" else "the context is full"
             click.echo(f"llamafs: the reply was cut short ({why}: reason={reason})", err=True)

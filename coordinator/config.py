@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from styxfs import dial
-from styxfs.llama.settings import DEFAULT_LISTEN, HTTP_PORT, NODE
+from styxfs.llama.settings import DEFAULT_LISTEN, HTTP_PORT, NODE, REQUEST_TIMEOUT
 
 
 class ConfigError(ValueError):
@@ -53,7 +53,7 @@ class ModelConfig:
 class NetworkConfig:
     loadBalancing: str = "round-robin"
     healthCheckInterval: int = 30000
-    requestTimeout: int = 60000
+    requestTimeout: int = int(REQUEST_TIMEOUT * 1000)
     enableFailover: bool = True
     basePort: int = 8000
     listen: str = DEFAULT_LISTEN
@@ -143,7 +143,8 @@ class DeploymentConfig:
         config.network = NetworkConfig(
             loadBalancing=check.choice(net, "network.loadBalancing", "round-robin", STRATEGIES),
             healthCheckInterval=check.integer(net, "network.healthCheckInterval", 30000, 1, 86_400_000),
-            requestTimeout=check.integer(net, "network.requestTimeout", 60000, 1, 86_400_000),
+            requestTimeout=check.integer(net, "network.requestTimeout", NetworkConfig.requestTimeout, 1,
+                                         86_400_000),
             enableFailover=check.boolean(net, "network.enableFailover", True),
             basePort=check.integer(net, "network.basePort", 8000, 1, 65535),
             listen=check.string(net, "network.listen", DEFAULT_LISTEN),

@@ -24,6 +24,7 @@ import trio
 from styxfs import client, dial, wire
 from styxfs.auth import SecretAuthenticator, read_secret, secret_authenticator
 from styxfs.server import Server
+from styxfs.trioutil import unwrapped
 
 from .config import DeploymentConfig, NodeConfig
 from .launch import NodeProcess, deployment_of, node_command, port_holder
@@ -97,12 +98,12 @@ class DeploymentManager:
     async def deploy(self, nursery: trio.Nursery, timeout: float = 180.0) -> None:
         """Start what the config says in nursery; returns once every node is
         healthy and the union is served.  Raises on failure (and emits error)."""
-        async with client.unwrapped():
+        async with unwrapped():
             await nursery.start(self.run, timeout)
 
     async def run(self, timeout: float = 180.0, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         try:
-            async with client.unwrapped(), trio.open_nursery() as nursery:
+            async with unwrapped(), trio.open_nursery() as nursery:
                 self.nursery = nursery
                 self.cancel_scope = nursery.cancel_scope
                 net = self.config.network

@@ -7,9 +7,10 @@ given the conversation so far plus the reply so far, so the reader sees one
 continuous reply.
 
 What costs a turn time is sent ahead of it: sessions are made ahead on every
-node (spares); a session is bound to its node when its settings or a turn's
-first write arrive, and those go on to the node at once, without waiting for
-the node's answer, so that the read which submits the turn finds them there.
+node (spares, node_sessions.py); a session is bound to its node when its
+settings or a turn's first write arrive, and those go on to the node at
+once, without waiting for the node's answer, so that the read which submits
+the turn finds them there.
 """
 
 from __future__ import annotations
@@ -19,22 +20,18 @@ import logging
 import trio
 
 from styxfs import client, wire
-from styxfs import errors
+from styxfs.llama import errors
 from styxfs.llama.chat import Message, format_records
 from styxfs.llama.metrics import ReplyFigures
 from styxfs.llama.namespace import SessionBackend
-from styxfs.llama.reply import Reply
+from styxfs.llama.reply import Reply, ReplyState, parse_status
 from styxfs.llama.sessions import Session
+from styxfs.llama.settings import REQUEST_TIMEOUT
 
+from .node_sessions import Binding, NodeFull, NodeSessions
 from .pool import NodeDown, NodeHandle, Pool
 
 log = logging.getLogger("coordinator.forwarding")
-
-SPARES = 4  # sessions made ahead on each node: a new session's first turn need not wait to make one
-
-
-class NodeFull(Exception):
-    """The node is at its cap and every session on it is busy."""
 
 
 class ForwardedReply(Reply):
@@ -45,91 +42,12 @@ class ForwardedReply(Reply):
         super().__init__(stream_interval=0)
         self.node = ""
 
-    def status_fields(self) -> list[str]:
-        return super().status_fields() + ([f"node={self.node}"] if self.node else [])
-
-
-class Binding:
-    """A session on a node, ready for turns: its ctl (the clone fid, held
-    open, which keeps the session alive), its status open for re-reading,
-    its data file opened ahead for the next turn, and what has been written
-    to them ahead of that turn."""
-
-    def __init__(self, node: NodeHandle, number: str, ctl: client.File, status: client.File, data: client.Fid):
-        self.node, self.number, self.ctl, self.status = node, number, ctl, status
-        self.data: client.Fid | None = data  # None while the next one is being opened
-        self.settings: str | None = None  # the settings last written to its ctl
-        self.ahead: bytes | None = b""  # prompt already in data for the next turn (None: unknown)
-        self.calls: list[client.Call] = []  # writes sent ahead, their replies to come
-        self.files: dict[str, bytes] = {}  # what was written to the session's setting files
-        self.released = False
-
-    @classmethod
-    async def make(cls, node: NodeHandle, c: client.Client) -> "Binding":
-        ctl = await c.open("clone", wire.ORDWR)
-        opened: dict[str, client.File] = {}
-
-        async def open_file(name: str, mode: int) -> None:
-            opened[name] = await c.open(f"{number}/{name}", mode)
-
-        try:
-            number = (await ctl.read()).decode().strip()
-            async with client.unwrapped(), trio.open_nursery() as nursery:  # both at once
-                nursery.start_soon(open_file, "status", wire.OREAD)
-                nursery.start_soon(open_file, "data", wire.ORDWR)
-        except BaseException:
-            for f in [*opened.values(), ctl]:
-                await f.fid.clunk_quietly()
-            raise
-        return cls(node, number, ctl, opened["status"], opened["data"].fid)
-
-    async def send_ahead(self, settings: str, prompt: bytes = b"") -> None:
-        """Start writing the settings (if changed) and a piece of the next
-        turn's prompt, without waiting for the replies (settle does)."""
-        try:
-            await self.settle()  # one batch at a time: the node may take a batch's writes in any order
-        except client.Error:
-            self.settings = self.ahead = None
-            raise
-        if settings != self.settings:
-            self.settings = None  # unknown until sent
-            self.calls.append(await self.ctl.fid.start_write(settings.encode(), 0))
-            self.settings = settings
-        if prompt:
-            ahead, self.ahead = self.ahead, None
-            self.calls.append(await self.data.start_write(prompt, 0))
-            self.ahead = ahead + prompt
-
-    async def settle(self) -> None:
-        """The replies to the writes sent ahead; the first failure is raised."""
-        calls, self.calls = self.calls, []
-        try:
-            for call in calls:
-                await call.result()
-        finally:
-            for call in calls:
-                await call.abandon()  # those a failure or a cancel left unanswered
-
-    async def release(self, close: bool) -> None:
-        """Let go of it (and close the session on the node), within 2 s."""
-        self.released = True
-        with trio.CancelScope(shield=True), trio.move_on_after(2):  # the deadline inside the shield
-            try:
-                await self.settle()
-            except client.Error:
-                pass
-            try:
-                if close:
-                    await self.ctl.fid.write(b"close", 0)
-            except client.Error:
-                pass
-            for fid in (self.data, self.status.fid, self.ctl.fid):
-                if fid is not None:
-                    await fid.clunk_quietly()
+    def status_fields(self) -> list[tuple[str, object]]:
+        return super().status_fields() + ([("node", self.node)] if self.node else [])
 
 
 class Remote:
-    """A coordinator session's life on nodes."""
+    """A coordinator session's life on nodes (what NodeSessions binds)."""
 
     def __init__(self, session: Session):
         self.session = session
@@ -145,24 +63,26 @@ class Remote:
 class ForwardingSessions(SessionBackend):
     """The coordinator's sessions, each bound to a session on a node."""
 
-    def __init__(self, pool: Pool, *, failover: bool = True, request_timeout: float = 60.0):
+    def __init__(self, pool: Pool, *, failover: bool = True, request_timeout: float = REQUEST_TIMEOUT):
         self.pool = pool
+        self.node_sessions = NodeSessions(pool)
         self.failover = failover
         self.request_timeout = request_timeout
         self.remotes: dict[int, Remote] = {}
         self.nursery: trio.Nursery | None = None
         self.requests = 0
         self.failovers = 0
-        self.released = 0  # node sessions let go behind idle sessions of ours, for room on the node
         self.figures = ReplyFigures()  # time to first token and tokens/s, as our clients see them
-        self.spares: dict[NodeHandle, list[Binding]] = {}
-        self.making: dict[NodeHandle, int] = {}  # sessions being made on each node
-        self.spare_wanted = trio.Event()
+
+    @property
+    def released(self) -> int:
+        """Node sessions let go behind idle sessions of ours, for room on the node."""
+        return self.node_sessions.released
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
-            await self.keep_spares()
+            await self.node_sessions.run()
 
     # -- sessions --------------------------------------------------------------
 
@@ -202,7 +122,7 @@ class ForwardingSessions(SessionBackend):
         """The node session behind goes: the next turn gives the conversation
         to whichever node takes it."""
         remote = self.remotes[session.number]
-        await self._unbind(remote, close=True)
+        await self.node_sessions.unbind(remote, close=True)
         remote.messages = messages
 
     async def reset(self, session: Session) -> None:
@@ -215,7 +135,7 @@ class ForwardingSessions(SessionBackend):
     async def close(self, session: Session) -> None:
         remote = self.remotes.pop(session.number, None)
         if remote is not None:
-            await self._unbind(remote, close=True)
+            await self.node_sessions.unbind(remote, close=True)
 
     async def _remote_ctl(self, binding: Binding, command: bytes) -> None:
         try:
@@ -223,87 +143,6 @@ class ForwardingSessions(SessionBackend):
                 await binding.ctl.fid.write(command, 0)
         except client.Error as e:
             log.info("%s on node %s: %s", command.decode(), binding.node.id, e)
-
-    async def _unbind(self, remote: Remote, close: bool) -> None:
-        binding, remote.binding = remote.binding, None
-        if binding is not None:
-            binding.node.sessions.discard(remote)
-            await binding.release(close)
-
-    async def _bind(self, remote: Remote, c: client.Client, node: NodeHandle) -> Binding:
-        """A session on this node for remote: a spare one made ahead, or a new one.
-        A node at its cap with nothing of ours to let go raises NodeFull."""
-        spares = self.spares.get(node, [])
-        if spares:
-            binding = spares.pop()
-        else:
-            node.arriving += 1  # the strategies count it at once: sessions bound together spread out
-            try:
-                binding = await self._make(node, c, room=True)
-            finally:
-                node.arriving -= 1
-        remote.binding = binding
-        node.sessions.add(remote)
-        return binding
-
-    async def _make(self, node: NodeHandle, c: client.Client, room: bool) -> Binding:
-        """A new session on the node, counted as held while it is made (so
-        that makes at once cannot pass the node's cap together); with room,
-        an idle one of ours is let go first if the node is at its cap."""
-        self.making[node] = self.making.get(node, 0) + 1
-        try:
-            if room:
-                await self._make_room(node)
-            try:
-                return await Binding.make(node, c)
-            except client.ServerError as e:
-                if e.ename.startswith(errors.TOO_MANY_SESSIONS.prefix):
-                    raise NodeFull(e.ename) from None
-                raise
-        finally:
-            self.making[node] -= 1
-
-    def held(self, node: NodeHandle) -> int:
-        """Sessions we hold on the node: bound ones, spares, and those being made."""
-        return len(node.sessions) + len(self.spares.get(node, [])) + self.making.get(node, 0)
-
-    async def _make_room(self, node: NodeHandle) -> None:
-        """At the node's cap, let go of the node session behind our least
-        recently used idle session there (it is given its conversation again,
-        on whichever node, at its next turn): the node can never reclaim
-        sessions whose files we hold open."""
-        while node.max_sessions and self.held(node) > node.max_sessions:  # ours, being made, is counted
-            idle = [r for r in node.sessions if r.session.idle]
-            if not idle:
-                return  # every one busy: the node refuses, and says why
-            victim = min(idle, key=lambda r: r.session.last_active)
-            await self._unbind(victim, close=True)
-            self.released += 1
-
-    async def keep_spares(self) -> None:
-        """Keep SPARES sessions made ahead on every usable node, so that a new
-        session's first turn does not wait for clone, walk and open."""
-        while True:
-            self.spare_wanted = trio.Event()
-            for node in list(self.spares):
-                if node not in self.pool.nodes or not node.usable:
-                    for binding in self.spares.pop(node):
-                        self.nursery.start_soon(binding.release, True)
-            for node in self.pool.healthy():
-                spares = self.spares.setdefault(node, [])
-                while (len(spares) < SPARES and node.usable and (c := node.client) is not None
-                       and not (node.max_sessions and self.held(node) >= node.max_sessions)):
-                    try:
-                        with trio.fail_after(self.pool.health_timeout):
-                            spares.append(await self._make(node, c, room=False))
-                    except (client.Error, trio.TooSlowError) as e:
-                        log.info("no spare session on node %s: %s", node.id, e)
-                        break
-                    except Exception:  # a bug here must not take the coordinator down
-                        log.exception("making a spare session on node %s", node.id)
-                        break
-            with trio.move_on_after(1):
-                await self.spare_wanted.wait()
 
     # -- forwarding ------------------------------------------------------------
 
@@ -323,7 +162,7 @@ class ForwardingSessions(SessionBackend):
                         return  # the node is chosen by the prompt: at its first write
                     node = self.pool.choose(prompt=affinity_key(session, prompt))
                     with node.request() as c:
-                        await self._bind(remote, c, node)
+                        await self.node_sessions.bind(remote, c, node)
                 b = remote.binding
                 if b.data is None or b.ahead is None or len(prompt) > b.data.iounit:
                     prompt = b""  # the turn sends it
@@ -350,7 +189,7 @@ class ForwardingSessions(SessionBackend):
                     node = (remote.node if remote.node in healthy
                             else self.pool.choose(tried, affinity_key(session, self._first_words(remote, text))))
                 except NodeDown as e:
-                    reply.set_state("error", str(full or e))  # every node full says so
+                    reply.set_state(ReplyState.ERROR, str(full or e))  # every node full says so
                     break
                 if remote.node is not None and remote.node is not node and remote.node not in tried:
                     self.failovers += 1  # its node went down before the turn began there: it moves
@@ -363,30 +202,30 @@ class ForwardingSessions(SessionBackend):
                     log.warning("session %d: node %s failed: %s", session.number, node.id, e)
                     node.failed(str(e))
                     tried.add(node)
-                    await self._unbind(remote, close=False)
+                    await self.node_sessions.unbind(remote, close=False)
                     if reply.text_complete:  # it failed after the end: only the figures are lost
-                        reply.set_state("cancelled" if reply.cancel_requested else "done")
+                        reply.set_state(ReplyState.CANCELLED if reply.cancel_requested else ReplyState.DONE)
                         break
                     if not self.failover:
-                        reply.set_state("error", errors.NODE_FAILED.format(node=node.id, why="failed"))
+                        reply.set_state(ReplyState.ERROR, errors.NODE_FAILED.format(node=node.id, why="failed"))
                         break
                     self.failovers += 1
                 except client.ServerError as e:
-                    reply.set_state("error", e.ename)
+                    reply.set_state(ReplyState.ERROR, e.ename)
                     break
         if timer.cancelled_caught:
-            reply.set_state("error", str(errors.TIMED_OUT))
+            reply.set_state(ReplyState.ERROR, str(errors.TIMED_OUT))
             self.cancel(session)
         if not reply.ended:
-            reply.set_state("error", str(errors.NO_NODE_ANSWERED))
+            reply.set_state(ReplyState.ERROR, str(errors.NO_NODE_ANSWERED))
         said = bytes(reply.text).decode(errors="replace")
-        if reply.state == "error" and not said:
+        if reply.state == ReplyState.ERROR and not said:
             pass  # no node took the turn: the conversation is as it was (as on a node)
         elif text:
             remote.messages += [Message("user", text.decode()), Message("assistant", said)]
         elif remote.messages and remote.messages[-1].role == "assistant":
             remote.messages[-1].text += said  # it went on with the last message
-        self.spare_wanted.set()  # now, not while the turn (which may have taken one) was starting
+        self.node_sessions.want_spares()  # now, not while the turn (which may have taken one) was starting
 
     async def _turn_on(self, node: NodeHandle, session: Session, remote: Remote, text: bytes,
                        reply: ForwardedReply) -> None:
@@ -395,11 +234,15 @@ class ForwardingSessions(SessionBackend):
             prompt = await self._bound_to(node, c, remote, text, reply)
             data = await self._send_turn(c, session, remote, prompt)
             if data is None:
-                reply.set_state("cancelled")
+                reply.set_state(ReplyState.CANCELLED)
                 return
             await self._stream(data, reply)
-            # The status now; the data file's clunk (and the next one's open) after.
             b = remote.binding
+            if b is None:  # the session was closed while its turn streamed
+                self.nursery.start_soon(data.clunk_quietly)
+                reply.set_state(ReplyState.CANCELLED)
+                return
+            # The status now; the data file's clunk (and the next one's open) after.
             status_read = await b.status.fid.start_read(256, 0)
             self.nursery.start_soon(self._next_data, b, c, data)
             status = (await status_read.result()).data.decode()
@@ -413,11 +256,11 @@ class ForwardingSessions(SessionBackend):
         b = remote.binding
         if b is not None and (b.ahead is None or not text.startswith(b.ahead)):
             # That session on the node holds a prompt for a turn that never came.
-            await self._unbind(remote, close=True)
+            await self.node_sessions.unbind(remote, close=True)
         if remote.node is node:
             return text
-        await self._unbind(remote, close=True)
-        b = await self._bind(remote, c, node)
+        await self.node_sessions.unbind(remote, close=True)
+        b = await self.node_sessions.bind(remote, c, node)
         messages = [Message(m.role, m.text) for m in remote.messages]
         if reply.text:  # taken over mid-reply: the node goes on with the assistant's message
             said = bytes(reply.text).decode(errors="replace")
@@ -452,7 +295,7 @@ class ForwardingSessions(SessionBackend):
         await b.settle()
         if remote.reply.cancel_requested:
             # Closed first: a data file clunked unread would submit the prompt.
-            await self._unbind(remote, close=True)
+            await self.node_sessions.unbind(remote, close=True)
             return None
         data, b.data, b.ahead = b.data, None, b""
         if rest and not small:
@@ -466,8 +309,8 @@ class ForwardingSessions(SessionBackend):
     async def _stream(self, data: client.Fid, reply: ForwardedReply) -> None:
         """The node's reply, passed on piece by piece as it comes."""
         try:
-            if reply.state == "queued":
-                reply.set_state("generating")
+            if reply.state == ReplyState.QUEUED:
+                reply.set_state(ReplyState.GENERATING)
             async for piece in client.File(data).stream():
                 reply.append(piece, 0)
         except BaseException:
@@ -483,10 +326,11 @@ class ForwardingSessions(SessionBackend):
         reply.tokens_out += int(fields.get("tokens_out", 0))
         reply.tokens_dropped = int(fields.get("tokens_dropped", 0))
         reply.tokens_cached = int(fields.get("tokens_cached", 0))
-        if state == "error":
-            reply.set_state("error", fields.get("error", str(errors.GENERATION_FAILED)))
+        if state == ReplyState.ERROR:
+            reply.set_state(ReplyState.ERROR, fields.get("error", str(errors.GENERATION_FAILED)))
         else:
-            reply.set_state("cancelled" if state == "cancelled" or reply.cancel_requested else "done",
+            ended = state == ReplyState.CANCELLED or reply.cancel_requested
+            reply.set_state(ReplyState.CANCELLED if ended else ReplyState.DONE,
                             reason=fields.get("reason"))
 
     async def _next_data(self, binding: Binding, c: client.Client, used: client.Fid) -> None:
@@ -508,12 +352,3 @@ def affinity_key(session: Session, first: bytes) -> bytes:
     """What a session's prompts begin with, as the node will see them: its
     system prompt, then its first words (for prefix-affinity)."""
     return session.sampling.system + b"\n" + first
-
-
-def parse_status(text: str) -> tuple[str, dict[str, str]]:
-    words = text.split()
-    fields = {}
-    for word in words[1:]:
-        key, _, value = word.partition("=")
-        fields[key] = value.strip("'")
-    return (words[0] if words else "error"), fields

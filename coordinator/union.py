@@ -6,6 +6,7 @@ same tree as a node, and can itself be a node of another coordinator."""
 from __future__ import annotations
 
 from styxfs.llama.namespace import LlamaTree
+from styxfs.llama.settings import REQUEST_TIMEOUT
 
 from .control import CoordinatorRoot
 from .forwarding import ForwardingSessions
@@ -13,7 +14,7 @@ from .pool import Pool
 from .proxy import Proxy
 
 
-def make_union(pool: Pool, *, name: str = "llamafs", failover: bool = True, request_timeout: float = 60.0,
+def make_union(pool: Pool, *, name: str = "llamafs", failover: bool = True, request_timeout: float = REQUEST_TIMEOUT,
                scaler=None, **tree_options) -> tuple[ForwardingSessions, CoordinatorRoot, LlamaTree]:
     """tree_options: LlamaTree's (max_sessions, session_timeout, owner)."""
     sessions = ForwardingSessions(pool, failover=failover, request_timeout=request_timeout)

@@ -12,6 +12,8 @@ waits for the Rflush before giving up.  An Rerror raises `ServerError`.
 
 from __future__ import annotations
 
+import dataclasses
+import getpass
 import itertools
 import logging
 from contextlib import asynccontextmanager
@@ -20,8 +22,7 @@ from typing import AsyncIterator
 import trio
 
 from . import dial, wire
-from .errors import StyxError
-from .tree import Caller, Connection
+from .trioutil import unwrapped
 from .wire import NOFID, NOTAG, OREAD, Dir, Message, Qid
 
 log = logging.getLogger("styxfs.client")
@@ -174,7 +175,7 @@ class Client:
             raise ConnectionLost(str(self.closed))
         if not self.free_tags:
             raise Error("too many outstanding requests")
-        call = Call(self, _with_tag(message, self.free_tags.pop()))
+        call = Call(self, dataclasses.replace(message, tag=self.free_tags.pop()))
         try:
             await self._send(call.message)
         except trio.Cancelled:
@@ -279,12 +280,6 @@ class Client:
             await fid.clunk_quietly()
 
 
-def _with_tag(message: Message, tag: int) -> Message:
-    import dataclasses
-
-    return dataclasses.replace(message, tag=tag)
-
-
 def split_path(path: str | list[str]) -> list[str]:
     if isinstance(path, list):
         return path
@@ -301,21 +296,17 @@ class Fid:
         names = split_path(path)
         num = next(self.client.fid_numbers)
         qid = self.qid
-        # Walk 16 names at a time (MAXWELEM); a short Rwalk means not found.
-        first = True
-        start = 0
-        while first or start < len(names):
+        # Walk 16 names at a time (MAXWELEM), once at least (no names: a clone);
+        # a short Rwalk means not found.
+        for start in range(0, max(len(names), 1), wire.MAXWELEM):
             chunk = names[start : start + wire.MAXWELEM]
-            fid_from = self.num if first else num
-            reply = await self.client.rpc(wire.Twalk(0, fid_from, num, tuple(chunk)))
+            reply = await self.client.rpc(wire.Twalk(0, num if start else self.num, num, tuple(chunk)))
             if len(reply.wqids) < len(chunk):
-                if not first:
+                if start:
                     await Fid(self.client, num, qid).clunk_quietly()
                 raise ServerError(f"{'/'.join(names[: start + len(reply.wqids) + 1])}: file does not exist")
             if reply.wqids:
                 qid = reply.wqids[-1]
-            first = False
-            start += len(chunk)
         return Fid(self.client, num, qid)
 
     async def open(self, mode: int = OREAD) -> None:
@@ -420,22 +411,6 @@ class File:
 
 
 @asynccontextmanager
-async def unwrapped():
-    """Let a single exception out of a nursery unwrapped (the caller's own, say)."""
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        # One failure, or several plain errors at once (two calls on one lost
-        # connection, say): the first tells what happened.  A failure tells
-        # more than the Cancelled beside it (a cancelled scope cancels again).
-        errors = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)] or group.exceptions
-        if len(errors) == 1 or all(isinstance(e, Exception) and not isinstance(e, BaseExceptionGroup)
-                                   for e in errors):
-            raise errors[0] from None
-        raise
-
-
-@asynccontextmanager
 async def connect(address: str | dial.Address, *, uname: str | None = None, aname: str = "",
                   msize: int = 8192, authenticate=None, flush_timeout: float = 10.0) -> AsyncIterator[Client]:
     """Dial, version and attach; the client lives while the block runs.
@@ -455,8 +430,6 @@ async def connect(address: str | dial.Address, *, uname: str | None = None, anam
 async def attached(stream: trio.abc.Stream, *, uname: str | None = None, aname: str = "", msize: int = 8192,
                    authenticate=None, flush_timeout: float = 10.0) -> AsyncIterator[Client]:
     """Version and attach over a stream already open; it is closed after the block."""
-    import getpass
-
     client = Client(stream, msize)
     client.flush_timeout = flush_timeout
     try:
@@ -472,47 +445,3 @@ async def attached(stream: trio.abc.Stream, *, uname: str | None = None, aname: 
                 client.stop()
     finally:
         await client.aclose()
-
-
-class LocalClient:
-    """Reads a file tree served in this process as a client would (walk,
-    open, read to the end, clunk, as one user), through the same entries and
-    handles as the server, without the wire: for readers that live beside
-    the server, such as its HTTP side.  Errors are ServerErrors, as over 9P."""
-
-    def __init__(self, tree, uname: str):
-        self.tree = tree
-        self.caller = Caller(uname, Connection(0))
-
-    async def _walk(self, path: str):
-        try:
-            entry = await self.tree.attach(self.caller)
-            for name in [p for p in path.split("/") if p]:
-                entry = await entry.walk(name, self.caller)
-            return entry
-        except StyxError as e:
-            raise ServerError(str(e)) from None
-
-    async def read_file(self, path: str) -> bytes:
-        entry = await self._walk(path)
-        try:
-            entry.check_open(OREAD)
-            handle = await entry.open(OREAD, self.caller)
-        except StyxError as e:
-            raise ServerError(str(e)) from None
-        out = bytearray()
-        try:
-            while chunk := await handle.read(len(out), 65536):
-                out += chunk
-        except StyxError as e:
-            raise ServerError(str(e)) from None
-        finally:
-            await handle.clunk(aborted=False)
-        return bytes(out)
-
-    async def listdir(self, path: str = "") -> list[Dir]:
-        entry = await self._walk(path)
-        try:
-            return [child.stat(self.caller) for child in await entry.children(self.caller)]
-        except StyxError as e:
-            raise ServerError(str(e)) from None

@@ -8,6 +8,7 @@ import trio
 from styxfs import client, ramfs, wire
 from styxfs.server import Server, StaticTree
 from styxfs.tree import Directory, TextFile
+from styxfs.trioutil import unwrapped
 
 from .conftest import start_server
 
@@ -39,7 +40,7 @@ async def test_unwrapped_lets_a_failure_out_of_a_cancelled_scope():
 
     # As when a node is marked down (its requests' scope cancelled) while a call fails.
     with pytest.raises(client.ConnectionLost, match="gone"), trio.CancelScope() as scope:
-        async with client.unwrapped(), trio.open_nursery() as nursery:
+        async with unwrapped(), trio.open_nursery() as nursery:
             nursery.start_soon(fail)
             scope.cancel()
             await trio.sleep(1)

@@ -4,24 +4,62 @@ and by the forwarding on a coordinator; lives on the trio thread."""
 
 from __future__ import annotations
 
+import enum
 import time
+from typing import Iterable
 
 import trio
 
-from styxfs import errors
 from styxfs.errors import StyxError
-from styxfs.tree import quote
+from styxfs.tree import quote, tokenize
 
-STREAM_INTERVAL = 0.05  # seconds between wake-ups of a reply's readers while it streams
-ENDED = ("done", "cancelled", "error")
+from . import errors
+from .settings import STREAM_INTERVAL
 
 
+class ReplyState(enum.StrEnum):
+    """The first word of `N/status`: where a session's latest turn is."""
+
+    IDLE = "idle"  # no turn yet
+    QUEUED = "queued"
+    PREFILL = "prefill"  # the prompt being evaluated
+    GENERATING = "generating"
+    DONE = "done"
+    CANCELLED = "cancelled"
+    ERROR = "error"
+
+
+ENDED = (ReplyState.DONE, ReplyState.CANCELLED, ReplyState.ERROR)
 REASONS = ("stop", "length", "context", "cancelled", "error")
 
 
-def reason_for(state: str, reason: str | None) -> str | None:
+def reason_for(state: ReplyState, reason: str | None) -> str | None:
     """Why a turn ended: a cancel or an error is its own reason."""
-    return state if state in ("cancelled", "error") else reason
+    return str(state) if state in (ReplyState.CANCELLED, ReplyState.ERROR) else reason
+
+
+def format_status(state: ReplyState, fields: Iterable[tuple[str, object]]) -> str:
+    """A status line (`N/status`, a line of the root `sessions`): the state,
+    then key=value fields, a value with blanks or quotes quoted."""
+    return " ".join([state, *(f"{key}={quote(str(value))}" for key, value in fields)]) + "\n"
+
+
+def parse_status(line: str) -> tuple[ReplyState | str, dict[str, str]]:
+    """A status line read back: its state (a word this version does not
+    know is given as it is) and its key=value fields.  A line cut short
+    inside a quoted value keeps what it has of it."""
+    line = line.strip()
+    try:
+        words = tokenize(line)
+    except StyxError:  # an unterminated quote
+        words = tokenize(line + "'")
+    if not words:
+        return ReplyState.ERROR, {}
+    try:
+        state = ReplyState(words[0])
+    except ValueError:
+        state = words[0]
+    return state, dict(word.split("=", 1) for word in words[1:] if "=" in word)
 
 
 class Reply:
@@ -35,7 +73,7 @@ class Reply:
     def __init__(self, prompt_tokens: int = 0, stream_interval: float = STREAM_INTERVAL):
         self.text = bytearray()
         self.stream_interval = stream_interval
-        self.state = "queued"
+        self.state = ReplyState.QUEUED
         self.error: str | None = None
         self.tokens_in = prompt_tokens  # prompt tokens this turn evaluates
         self.tokens_out = 0
@@ -71,10 +109,10 @@ class Reply:
             self._woken = now
             self._wake()
 
-    def set_state(self, state: str, error: str | None = None, reason: str | None = None) -> None:
+    def set_state(self, state: ReplyState | str, error: str | None = None, reason: str | None = None) -> None:
         if self.ended:
             return
-        self.state = state
+        self.state = state = ReplyState(state)
         if error is not None:
             self.error = error
         reason = reason_for(state, reason)
@@ -95,7 +133,7 @@ class Reply:
         that failed before this offset raises its error."""
         while len(self.text) <= offset and not (self.ended or self.text_complete):
             await self._changed.wait()
-        if self.state == "error" and len(self.text) <= offset:
+        if self.state == ReplyState.ERROR and len(self.text) <= offset:
             raise StyxError(self.error or str(errors.GENERATION_FAILED))
         return bytes(self.text[offset : offset + count])
 
@@ -103,24 +141,25 @@ class Reply:
         while not self.ended:
             await self._changed.wait()
 
-    def status_fields(self) -> list[str]:
+    def status_fields(self) -> list[tuple[str, object]]:
+        """The figures of the status line that every reply has."""
         now = self.finished or time.monotonic()
         elapsed = now - self.submitted
         generating = now - self.first_token if self.first_token else 0.0
         rate = self.tokens_out / generating if generating > 0 else 0.0
         ttft = (self.first_token - self.submitted) if self.first_token else 0.0
-        return [self.state, f"tokens_in={self.tokens_in}", f"tokens_out={self.tokens_out}",
-                f"elapsed={elapsed:.3f}", f"tokens_per_sec={rate:.1f}", f"ttft={ttft:.3f}"]
+        return [("tokens_in", self.tokens_in), ("tokens_out", self.tokens_out),
+                ("elapsed", f"{elapsed:.3f}"), ("tokens_per_sec", f"{rate:.1f}"), ("ttft", f"{ttft:.3f}")]
 
     def status(self) -> str:
         """N/status: the state, then key=value figures."""
         fields = self.status_fields()
         if self.ended and self.reason:
-            fields.insert(1, f"reason={self.reason}")
+            fields.insert(0, ("reason", self.reason))
         if self.tokens_cached:
-            fields.append(f"tokens_cached={self.tokens_cached}")
+            fields.append(("tokens_cached", self.tokens_cached))
         if self.tokens_dropped:
-            fields.append(f"tokens_dropped={self.tokens_dropped}")
+            fields.append(("tokens_dropped", self.tokens_dropped))
         if self.error:
-            fields.append(f"error={quote(self.error)}")
-        return " ".join(fields) + "\n"
+            fields.append(("error", self.error))
+        return format_status(self.state, fields)

@@ -6,15 +6,13 @@ Prometheus's rate() would give them."""
 
 from __future__ import annotations
 
-import re
 import time
 
 import trio
 
-from styxfs import client
-from styxfs.metrics import SAMPLE
+from styxfs import client, metrics
 
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+from .reply import parse_status
 
 
 def parse_keyed(text: str) -> dict[str, str]:
@@ -26,34 +24,16 @@ def parse_keyed(text: str) -> dict[str, str]:
     return out
 
 
-def parse_samples(text: str) -> dict[tuple[str, frozenset], float]:
-    """Prometheus text as {(name, frozenset of label pairs): value}."""
-    out = {}
-    for line in text.splitlines():
-        match = SAMPLE.match(line)
-        if match is None:
-            continue
-        name, labels, value = match.groups()
-        try:
-            out[(name, frozenset(_LABEL.findall(labels or "")))] = float(value)
-        except ValueError:
-            continue
-    return out
-
-
 def parse_sessions(text: str) -> list[dict]:
-    """The root `sessions` file: `N owner STATE key=value...` a line."""
+    """The root `sessions` file: `N owner` and a status line, a line."""
     out = []
     for line in text.splitlines():
-        words = line.split()
+        words = line.split(None, 2)
         if len(words) < 3 or not words[0].isdigit():
             continue
-        entry: dict = {"number": int(words[0]), "owner": words[1], "state": words[2]}
-        for word in words[3:]:
-            key, eq, value = word.partition("=")
-            if eq:
-                entry[key] = _number_or_text(value)
-        out.append(entry)
+        state, fields = parse_status(words[2])
+        out.append({"number": int(words[0]), "owner": words[1], "state": state,
+                    **{key: _number_or_text(value) for key, value in fields.items()}})
     return out
 
 
@@ -89,7 +69,7 @@ class Watcher:
             return self.last
         with trio.fail_after(self.timeout):
             ctl = parse_keyed(await self.read("ctl"))
-            samples = parse_samples(await self.read("metrics"))
+            samples = metrics.parse(await self.read("metrics"))
             sessions = parse_sessions(await self.read("sessions"))
             role = ctl.get("role", "node")
             if role == "coordinator":
@@ -98,8 +78,8 @@ class Watcher:
                 nodes = [self._itself(ctl, samples)]
         now = time.time()
         prefix = "llamafs_coordinator" if role == "coordinator" else "llamafs"
-        ttft_sum = _value(samples, f"{prefix}_time_to_first_token_seconds_sum")
-        ttft_count = _value(samples, f"{prefix}_time_to_first_token_seconds_count")
+        ttft_sum = metrics.value(samples, f"{prefix}_time_to_first_token_seconds_sum")
+        ttft_count = metrics.value(samples, f"{prefix}_time_to_first_token_seconds_count")
         before = self.last
         elapsed = now - before["time"] if before else 0.0
         counted = {n["id"]: n["tokens_out_total"] for n in before["nodes"]} if before else {}
@@ -127,7 +107,7 @@ class Watcher:
                 "maxsessions": int(ctl.get("maxsessions", 0) or 0),
                 "tokens_per_second": total_rate,
                 "ttft_recent": None if ttft is None else round(ttft, 4),
-                "requests_total": int(_value(samples, f"{prefix}_requests_total")),
+                "requests_total": int(metrics.value(samples, f"{prefix}_requests_total")),
             },
             "nodes": nodes,
             "sessions": sessions,
@@ -148,10 +128,10 @@ class Watcher:
             "failures": int(_float(health.get("failures", "0"))),
             "sessions": int(_float(health.get("sessions", "0"))),
             "inflight": int(_float(health.get("inflight", "0"))),
-            "queue": int(_value(samples, "llamafs_queue_length", labels)),
-            "generating": int(_value(samples, "llamafs_generating", labels)),
-            "slots": int(_value(samples, "llamafs_slots", labels)),
-            "tokens_out_total": _value(samples, "llamafs_tokens_out_total", labels),
+            "queue": int(metrics.value(samples, "llamafs_queue_length", labels)),
+            "generating": int(metrics.value(samples, "llamafs_generating", labels)),
+            "slots": int(metrics.value(samples, "llamafs_slots", labels)),
+            "tokens_out_total": metrics.value(samples, "llamafs_tokens_out_total", labels),
         }
 
     def _itself(self, ctl: dict, samples: dict) -> dict:
@@ -160,17 +140,13 @@ class Watcher:
         return {
             "id": ctl.get("name") or "node", "address": "", "state": "up" if loaded else ctl.get("state", "?"),
             "error": ctl.get("error", ""), "weight": 1.0, "latency_ms": 0.0, "failures": 0,
-            "sessions": int(_value(samples, "llamafs_sessions")),
-            "inflight": int(_value(samples, "llamafs_generating")),
-            "queue": int(_value(samples, "llamafs_queue_length")),
-            "generating": int(_value(samples, "llamafs_generating")),
-            "slots": int(_value(samples, "llamafs_slots")),
-            "tokens_out_total": _value(samples, "llamafs_tokens_out_total"),
+            "sessions": int(metrics.value(samples, "llamafs_sessions")),
+            "inflight": int(metrics.value(samples, "llamafs_generating")),
+            "queue": int(metrics.value(samples, "llamafs_queue_length")),
+            "generating": int(metrics.value(samples, "llamafs_generating")),
+            "slots": int(metrics.value(samples, "llamafs_slots")),
+            "tokens_out_total": metrics.value(samples, "llamafs_tokens_out_total"),
         }
-
-
-def _value(samples: dict, name: str, labels: dict[str, str] | None = None) -> float:
-    return samples.get((name, frozenset((labels or {}).items())), 0.0)
 
 
 def _float(text: str) -> float:

@@ -1,14 +1,15 @@
 """HTTP beside 9P, for the web's tools: `/metrics` for Prometheus,
 `/api/status` (JSON) and `/` (the dashboard).  A bare ASGI app served by
 hypercorn on trio; it reads the tree it shows as a 9P client would, as
-the tree's owner, through the same files (client.LocalClient: in this
+the tree's owner, through the same files (styxfs.local.LocalClient: in this
 process, without the wire, so that a busy node pays no round trips for
-it), so HTTP shows exactly what the files say.  It never serves prompts or
-replies.
+it), so HTTP shows exactly what the files say.  The OpenAI-compatible API
+(api.py) answers its own paths, through sessions of the tree.
 
-With a secret, every request but the page's own files must prove it
-without sending it: `Authorization: Bearer TOKEN` or the cookie
-`llamafs_token`, TOKEN being `http_token(secret)`."""
+With a secret, every request but the page's own files (and /health) must
+prove it without sending it: `Authorization: Bearer TOKEN` or the cookie
+`llamafs_token`, TOKEN being `http_token(secret)`; the API takes only the
+bearer token (a cookie would let any page a browser shows spend turns)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
 from styxfs import client, dial
+from styxfs.local import LocalClient
 
+from .api import Api
 from .settings import HTTP_PORT
 from .status import Watcher
 
@@ -47,10 +50,11 @@ def static_file(name: str) -> bytes:
 class App:
     """The ASGI app.  `watcher` reads the tree; `token` is None without a secret."""
 
-    def __init__(self, watcher: Watcher, token: str | None, show_sessions: bool = True):
+    def __init__(self, watcher: Watcher, token: str | None, show_sessions: bool = True, api: Api | None = None):
         self.watcher = watcher
         self.token = token
         self.show_sessions = show_sessions
+        self.api = api
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
@@ -62,6 +66,9 @@ class App:
                     await send({"type": "lifespan.shutdown.complete"})
                     return
         if scope["type"] != "http":
+            return
+        if self.api is not None and self.api.serves(scope["path"]):
+            await self.api(scope, receive, send, self.authorized(scope, cookies=False))
             return
         status, content_type, body = await self.respond(scope)
         headers = [(b"content-type", content_type.encode()), (b"cache-control", b"no-store")]
@@ -86,7 +93,8 @@ class App:
         try:
             if path == "/metrics":
                 with trio.fail_after(self.watcher.timeout):
-                    return 200, METRICS_TYPE, await self.watcher.client.read_file("metrics")
+                    text = await self.watcher.client.read_file("metrics")
+                return 200, METRICS_TYPE, text + (self.api.figures.text().encode() if self.api else b"")
             status = dict(await self.watcher.status(max_age=0.5))
         except (client.Error, trio.TooSlowError) as e:
             return 503, "text/plain", f"cannot read the tree: {e}\n".encode()
@@ -94,14 +102,14 @@ class App:
             status["sessions"] = None
         return 200, "application/json", json.dumps(status).encode()
 
-    def authorized(self, scope) -> bool:
+    def authorized(self, scope, cookies: bool = True) -> bool:
         if self.token is None:
             return True
         given = ""
         for key, value in scope["headers"]:
             if key == b"authorization" and value.lower().startswith(b"bearer "):
                 given = value[7:].decode("latin-1").strip()
-            elif key == b"cookie" and not given:
+            elif key == b"cookie" and cookies and not given:
                 for part in value.decode("latin-1").split(";"):
                     name, _, cookie = part.strip().partition("=")
                     if name == "llamafs_token":
@@ -129,8 +137,8 @@ async def serve_http(address: dial.Address | str, server, *, secret: bytes | Non
         raise ValueError(f"HTTP listens on tcp only, not {address.network}")
     tree = server.tree
     owner = tree.owner if getattr(tree, "owner", "*") != "*" else getpass.getuser()
-    app = App(Watcher(client.LocalClient(tree, owner)), http_token(secret) if secret else None,
-              show_sessions=secret is not None or dial.is_loopback(address))
+    app = App(Watcher(LocalClient(tree, owner)), http_token(secret) if secret else None,
+              show_sessions=secret is not None or dial.is_loopback(address), api=Api(tree))
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(hypercorn_serve, app, hypercorn_config(address))
         task_status.started(int(binds[0].rsplit(":", 1)[1]))
