@@ -3,10 +3,10 @@
 Every generating conversation has a sequence of its own in one shared
 context; each step is one decode holding one token per generating sequence
 plus chunks of prompts being prefilled (continuous batching), so sessions
-make progress together and a long prompt cannot stall the others.  A
-conversation keeps its KV cache between turns; when every sequence is
-taken, the least recently used idle conversation loses its sequence and is
-re-evaluated if it speaks again.
+make progress together and a long prompt cannot stall the others.  Which
+sequence a turn runs in, and which cells there it keeps, copies from another
+or clears, the allocator (`allocator.Allocator`) decides; the worker applies
+its decisions to the model.
 
 The model (`model.Model`: llama.cpp, or a fake in tests) lives in one worker
 thread that the engine owns.  The trio side calls `submit`, `cancel`,
@@ -21,36 +21,22 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Callable
 
 import trio
 
-from styxfs import errors
 
+from . import errors
+from .allocator import Allocator, Clear, Conversation, Copy, Op, Trim, common_prefix
 from .model import EngineError, Model, ModelInfo, ModelOpener, ModelSettings
-from .reply import Reply, reason_for
-from .settings import NODE, Sampling
+from .reply import Reply, ReplyState, reason_for
+from .settings import ENGINE_STOP_SECONDS, NODE, Sampling
+
+__all__ = ["Conversation", "Engine", "Stats", "Turn"]
 
 log = logging.getLogger("styxfs.llama.engine")
-
-MIN_SHARED = 8  # tokens: a shorter common beginning (a BOS, a template's header) is not worth a copy
-
-
-class Conversation:
-    """What the engine keeps of a session: its tokens so far and, while it
-    holds one, the sequence in the shared context caching them.  group says
-    whose cached prefixes it may share (its user's: one user must not learn
-    by timing what another's prompt began with)."""
-
-    def __init__(self, group: str = ""):
-        self.group = group
-        self.history: list[int] = []  # every token of the conversation (worker thread)
-        self.seq: int | None = None
-        self.cached: list[int] = []  # the tokens in the sequence's KV cache
-        self.last_used = 0.0
-        self.busy = False
-        self.left = False  # a closed session's sequence, kept for its prefix
 
 
 @dataclass
@@ -90,13 +76,11 @@ class Engine:
                  prefix_cache: int = NODE["prefixcache"].default, share_prefixes: bool = False):
         self.open_model = open_model
         self.slots = slots
-        self.prefix_cache = prefix_cache  # tokens of closed sessions' prefixes kept, at most
-        self.share_prefixes = share_prefixes  # across users, not only within one
+        self.sequences = Allocator(slots, prefix_cache, share_prefixes)  # worker thread only
         self.info: ModelInfo | None = None
         self.stats = Stats()
         self.queued: list[Turn] = []  # worker thread only
         self.active: list[Turn] = []
-        self.seq_owner: dict[int, Conversation] = {}  # worker thread only
         self.unfinished: set[Reply] = set()  # trio side: for the queue's figures
         self.commands: queue.Queue = queue.Queue()
         self.wakeup = threading.Event()
@@ -117,7 +101,7 @@ class Engine:
         if self.thread is not None:
             self.commands.put(("stop", None, None))
             self.wakeup.set()
-            self.thread.join(timeout=30)
+            self.thread.join(timeout=ENGINE_STOP_SECONDS)
             self.thread = None
 
     @property
@@ -168,7 +152,7 @@ class Engine:
             raise EngineError(errors.NOT_LOADED.format())
         if len(history) + 1 > self.info.context:
             raise EngineError(errors.PROMPT_TOO_LONG.format(what=f"{len(history)} tokens > context {self.info.context}"))
-        reply = Reply(len(history) - _common_prefix(conversation.history, history))
+        reply = Reply(len(history) - common_prefix(conversation.history, history))
         reply.tokens_dropped = dropped
         turn = Turn(conversation, history, sampling.copy(), reply)
         self.stats.requests += 1
@@ -191,11 +175,11 @@ class Engine:
     def queue_length(self) -> int:
         """Turns waiting for a sequence (as the trio side has been told)."""
         self.unfinished = {r for r in self.unfinished if not r.ended}
-        return sum(1 for r in self.unfinished if r.state == "queued")
+        return sum(1 for r in self.unfinished if r.state == ReplyState.QUEUED)
 
     def generating(self) -> int:
         self.unfinished = {r for r in self.unfinished if not r.ended}
-        return sum(1 for r in self.unfinished if r.state in ("prefill", "generating"))
+        return sum(1 for r in self.unfinished if r.state in (ReplyState.PREFILL, ReplyState.GENERATING))
 
     # -- worker thread --------------------------------------------------------------
 
@@ -273,151 +257,67 @@ class Engine:
         self.queued = [t for t in self.queued if t.conversation is not conversation]
         self.active = [t for t in self.active if t.conversation is not conversation]
         for turn in mine:
-            self._finish(turn, "cancelled")
-        self._leave_behind(conversation)
+            self._finish(turn, ReplyState.CANCELLED)
+        self._apply(self.sequences.leave(conversation))
         conversation.history = []
 
-    def _leave_behind(self, conv: Conversation) -> None:
-        """A closed conversation's sequence stays, for another of its group to
-        start from, while the left ones hold at most prefix_cache tokens."""
-        if conv.seq is None or not conv.cached or self.prefix_cache <= 0 or conv.busy:
-            self._release(conv)
+    def _apply(self, ops: Iterable[Op]) -> None:
+        """Do to the model's sequences what the allocator decided."""
+        llama = self._llama
+        if llama is None:
             return
-        left = Conversation(conv.group)
-        left.seq, left.cached, left.left, left.last_used = conv.seq, conv.cached, True, time.monotonic()
-        self.seq_owner[conv.seq] = left
-        conv.seq, conv.cached = None, []
-        kept = sorted((c for c in self.seq_owner.values() if c.left), key=lambda c: c.last_used, reverse=True)
-        total = 0
-        for c in kept:
-            total += len(c.cached)
-            if total > self.prefix_cache:
-                self._release(c)
-
-    def _may_share(self, conv: Conversation, other: Conversation) -> bool:
-        return other is not conv and (self.share_prefixes or other.group == conv.group)
+        for op in ops:
+            match op:
+                case Clear(seq):
+                    llama.clear_seq(seq)
+                case Trim(seq, keep):
+                    llama.trim_seq(seq, keep)
+                case Copy(src, dst, count):
+                    llama.copy_seq(src, dst, count)
 
     def _fail_all(self, why: str) -> None:
         turns, self.queued, self.active = self.queued + self.active, [], []
         for turn in turns:
-            self._finish(turn, "error", why)
+            self._finish(turn, ReplyState.ERROR, why)
         # Sequences are gone: every conversation must be re-evaluated.
-        for conv in list(self.seq_owner.values()):
-            self._release(conv)
+        self._apply(self.sequences.release_all())
 
     def _finish(self, turn: Turn, state: str, error: str | None = None, reason: str | None = None) -> None:
         why = reason_for(state, reason) or "stop"
         self.stats.reasons[why] = self.stats.reasons.get(why, 0) + 1
-        if turn.held and state in ("done", "cancelled"):
+        if turn.held and state in (ReplyState.DONE, ReplyState.CANCELLED):
             self._report(turn.reply.append, turn.held, 0)
             turn.held = b""
-        conv = turn.conversation
-        conv.busy = False
-        conv.last_used = time.monotonic()
+        self.sequences.finished(turn.conversation)
         if turn.sampler is not None:
             self._llama.free_sampler(turn.sampler)
             turn.sampler = None
         self._report(turn.reply.set_state, state, error, reason)
 
     def _assign_sequences(self) -> None:
-        """Give queued turns a sequence, evicting idle conversations if need be."""
+        """Give queued turns a sequence, as the allocator decides."""
         llama = self._llama
         queued = list(self.queued)
+        waiting = {t.conversation for t in queued}  # not evicted for one another
         for turn in queued:
             conv = turn.conversation
             if turn.reply.cancel_requested:
                 self.queued.remove(turn)
                 conv.history = list(turn.history)
-                self._finish(turn, "cancelled")
+                self._finish(turn, ReplyState.CANCELLED)
                 continue
-            if conv.busy:
-                continue  # the session's previous turn is still running
-            history = list(turn.history)
-            source, shared = self._prefix_source(conv, history)
-            if self._prefix_coming(conv, history, shared if source is not None else 0):
-                continue  # copy it once it is there, rather than evaluate it twice
-            if conv.seq is None and not self._take_sequence(conv, queued, history, keep=source):
-                continue
+            placed = self.sequences.place(conv, list(turn.history), waiting)
+            if placed is None:
+                continue  # its last turn runs, its prefix is coming, or no sequence is free
             self.queued.remove(turn)
             self.active.append(turn)
-            conv.busy = True
-            conv.history = history
-            common = min(_common_prefix(conv.cached, history), len(history) - 1)  # evaluate the last token at least
-            shared = min(shared, len(history) - 1)
-            if source is not None and source.seq is not None and shared >= common + MIN_SHARED:
-                # Another sequence of the group holds a longer beginning: share its cells.
-                llama.clear_seq(conv.seq)
-                llama.copy_seq(source.seq, conv.seq, shared)
-                conv.cached, common = source.cached[:shared], shared
-                source.last_used = time.monotonic()
-            elif common < len(conv.cached):
-                llama.trim_seq(conv.seq, common)
-                conv.cached = conv.cached[:common]
-            self.stats.tokens_reused += common
-            turn.pending = history[common:]
+            self._apply(placed.ops)
+            self.stats.evictions += placed.evicted
+            self.stats.tokens_reused += placed.reused
+            turn.pending = conv.history[placed.reused:]
             turn.sampler = llama.make_sampler(turn.sampling, conv.history)
             turn.decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
-            self._report(_set_prefill, turn.reply, len(turn.pending), common)
-
-    def _prefix_source(self, conv: Conversation, history: list[int]) -> tuple[Conversation | None, int]:
-        """The sequence of the group holding the longest beginning of history,
-        if longer by MIN_SHARED than what conv's own holds; and that length."""
-        best, source = _common_prefix(conv.cached, history) + MIN_SHARED - 1, None
-        for other in self.seq_owner.values():
-            if self._may_share(conv, other):
-                n = _common_prefix(other.cached, history)
-                if n > best:
-                    best, source = n, other
-        return source, best
-
-    def _prefix_coming(self, conv: Conversation, history: list[int], held: int) -> bool:
-        """Whether a running turn of the group is still evaluating a beginning
-        of history (of MIN_SHARED tokens at least) longer than any sequence
-        holds: turns that arrive together with a new shared prefix evaluate it
-        once.  The wait is short: that turn's prefill is under way."""
-        held = max(held, _common_prefix(conv.cached, history))
-        for turn in self.active:
-            other = turn.conversation
-            if self._may_share(conv, other):
-                coming = _common_prefix(other.history, history)
-                if coming >= MIN_SHARED and held < coming and len(other.cached) < coming:
-                    return True
-        return False
-
-    def _take_sequence(self, conv: Conversation, queued: list[Turn], history: list[int],
-                       keep: Conversation | None = None) -> bool:
-        """A free sequence for conv, or the one of a closed session's kept
-        prefix, or the least recently used idle one's (not keep's, if there
-        is a choice).  A taken sequence whose cells begin as history does,
-        and may be shared, is taken over with them (as llama-server reuses a
-        slot's last prompt), not cleared."""
-        free = [seq for seq in range(self.slots) if seq not in self.seq_owner]
-        if not free:
-            waiting = {id(t.conversation) for t in queued}
-            idle = [c for c in self.seq_owner.values() if not c.busy and id(c) not in waiting]
-            idle = [c for c in idle if c is not keep] or idle  # keep the prefix to share, if there is a choice
-            if not idle:
-                return False
-            victim = min(idle, key=lambda c: (not c.left, c.last_used))  # kept prefixes go first
-            if not victim.left:
-                self.stats.evictions += 1
-            if self._may_share(conv, victim) and _common_prefix(victim.cached, history) >= MIN_SHARED:
-                conv.seq, conv.cached = victim.seq, victim.cached  # trimmed to the common part by the caller
-                victim.seq, victim.cached = None, []
-                self.seq_owner[conv.seq] = conv
-                return True
-            self._release(victim)
-            free = [seq for seq in range(self.slots) if seq not in self.seq_owner]
-        conv.seq = free[0]
-        self.seq_owner[conv.seq] = conv
-        return True
-
-    def _release(self, conv: Conversation) -> None:
-        if conv.seq is not None:
-            if self._llama is not None:
-                self._llama.clear_seq(conv.seq)
-            self.seq_owner.pop(conv.seq, None)
-        conv.seq, conv.cached = None, []
+            self._report(_set_prefill, turn.reply, len(turn.pending), placed.reused)
 
     def _step(self) -> None:
         llama = self._llama
@@ -426,7 +326,7 @@ class Engine:
         scheduling = time.perf_counter()
         self._assign_sequences()
         for turn in [t for t in self.active if t.reply.cancel_requested]:
-            self._retire(turn, "cancelled")
+            self._retire(turn, ReplyState.CANCELLED)
         if not self.active:
             return
         # One token per generating sequence first, then prompt chunks.
@@ -467,10 +367,10 @@ class Engine:
         llama = self._llama
         conv = turn.conversation
         if turn.generated == 0:
-            self._report(turn.reply.set_state, "generating")
+            self._report(turn.reply.set_state, ReplyState.GENERATING)
         token = llama.sample(turn.sampler, batch_index)
         if llama.is_eog(token):
-            self._retire(turn, "done", "stop")
+            self._retire(turn, ReplyState.DONE, "stop")
             return
         turn.generated += 1
         self.stats.tokens_out += 1
@@ -483,7 +383,7 @@ class Engine:
         if stopped or full or turn.generated >= turn.sampling.maxtokens:
             conv.history.append(token)  # in the conversation, not yet in the cache
             length = turn.generated >= turn.sampling.maxtokens
-            self._retire(turn, "done", "stop" if stopped else "length" if length else "context")
+            self._retire(turn, ReplyState.DONE, "stop" if stopped else "length" if length else "context")
         else:
             turn.next_token = token
 
@@ -500,15 +400,7 @@ def _deliver(reports: list) -> None:
 
 def _set_prefill(reply: Reply, tokens: int, cached: int = 0) -> None:
     reply.tokens_in, reply.tokens_cached = tokens, cached
-    reply.set_state("prefill")
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
+    reply.set_state(ReplyState.PREFILL)
 
 
 def _apply_stops(turn: Turn, text: bytes) -> tuple[bytes, bool]:

@@ -14,10 +14,10 @@ from typing import Callable
 import llama_cpp as lc
 import numpy
 
-from styxfs import errors
 
+from . import errors
 from .model import EngineError, ModelInfo, ModelSettings
-from .settings import DEFAULT_SEED, Sampling
+from .settings import DEFAULT_SEED, NODE, REPEAT_WINDOW, Sampling
 
 _backend_ready = False
 
@@ -84,7 +84,7 @@ class LlamaModel:
         self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
         train_ctx = lc.llama_model_n_ctx_train(self.model)
         self.seq_context = settings.ctx or train_ctx
-        self.batch_size = max(16, settings.batch)
+        self.batch_size = max(NODE["batch"].low, settings.batch)
         cparams = lc.llama_context_default_params()
         cparams.n_seq_max = slots
         # One KV buffer shared by every sequence: measured here with Gemma 3 270M,
@@ -196,12 +196,12 @@ class LlamaModel:
     # -- sampling ----------------------------------------------------------------
 
     def make_sampler(self, s: Sampling, history: list[int]):
-        """A sampler chain; the repeat penalty sees the last 64 tokens of history."""
+        """A sampler chain; the repeat penalty sees the last REPEAT_WINDOW tokens of history."""
         if s.temperature <= 0 and s.repeatpenalty == 1.0:
             return GREEDY
         chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
         add = lambda sampler: lc.llama_sampler_chain_add(chain, sampler)  # noqa: E731
-        add(lc.llama_sampler_init_penalties(self.n_vocab, 64, s.repeatpenalty, 0.0, 0.0))
+        add(lc.llama_sampler_init_penalties(self.n_vocab, REPEAT_WINDOW, s.repeatpenalty, 0.0, 0.0))
         if s.temperature <= 0:
             add(lc.llama_sampler_init_greedy())
         else:
@@ -210,7 +210,7 @@ class LlamaModel:
             add(lc.llama_sampler_init_min_p(s.minp, 1))
             add(lc.llama_sampler_init_temp(s.temperature))
             add(lc.llama_sampler_init_dist(DEFAULT_SEED if s.seed < 0 else s.seed))
-        for token in history[-64:]:
+        for token in history[-REPEAT_WINDOW:]:
             lc.llama_sampler_accept(chain, token)
         return chain
 
