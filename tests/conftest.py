@@ -1,5 +1,6 @@
 """Shared fixtures: servers on 127.0.0.1 port 0 in the test's nursery, the
-tiny model, node processes.  Helpers are in support.py."""
+tiny model, nodes and node processes on it or on the fake model
+(fakemodel.py).  Helpers are in support.py."""
 
 from __future__ import annotations
 
@@ -34,38 +35,86 @@ def tiny_model(tmp_path_factory):
     return str(write_tiny_model(tmp_path_factory.mktemp("models") / "tiny.gguf"))
 
 
+@pytest.fixture(scope="session")
+def fake_model(tmp_path_factory):
+    """An empty fake.gguf, in a models directory of its own: the model path of
+    a node on the fake model (tests/fakemodel.py), which reads no file."""
+    path = tmp_path_factory.mktemp("fake") / "fake.gguf"
+    path.write_bytes(b"")
+    return str(path)
+
+
+async def serve_node(nursery: trio.Nursery, engine, options: dict):
+    from styxfs.llama.node import Node, NodeOptions
+
+    options.setdefault("threads", 2)
+    options.setdefault("listen", "tcp!127.0.0.1!0")
+    node = Node(NodeOptions(**options), engine=engine)
+    await nursery.start(node.run)
+    return f"tcp!127.0.0.1!{dial.listening_port(node.listeners)}", node
+
+
 @pytest.fixture
 def start_node(nursery, tiny_model):
     """start_node(**NodeOptions fields, engine=None) -> (address, node), served in the test's nursery."""
-    from styxfs.llama.node import Node, NodeOptions
 
     async def start(engine=None, **options):
-        options.setdefault("model", tiny_model)
-        options.setdefault("threads", 2)
-        options.setdefault("listen", "tcp!127.0.0.1!0")
-        node = Node(NodeOptions(**options), engine=engine)
-        await nursery.start(node.run)
-        return f"tcp!127.0.0.1!{dial.listening_port(node.listeners)}", node
+        return await serve_node(nursery, engine, {"model": tiny_model, **options})
 
     return start
 
 
 @pytest.fixture
-def nodes(tiny_model):
-    """Three node processes on the tiny model: [[id, process, address]]."""
-    from .support import start_node_process, stop_process
+def start_fake_node(nursery, fake_model):
+    """start_fake_node(gate=None, **NodeOptions fields) -> (address, node): a
+    node on the fake model, its steps held by gate (fakemodel.StepGate) if given."""
+    from styxfs.llama.node import NodeOptions
 
+    from .fakemodel import FakeEngine
+
+    async def start(gate=None, **options):
+        o = NodeOptions(**options)
+        engine = FakeEngine(slots=o.slots, prefix_cache=o.prefix_cache, share_prefixes=o.share_prefixes, gate=gate)
+        return await serve_node(nursery, engine, {"model": fake_model, **options})
+
+    return start
+
+
+def node_processes(model: str, fake: bool = False):
+    """Three node processes, started at once: [[id, process, address]]."""
+    from .support import spawn_node_process, stop_process, wait_for_port
+
+    ports: list[int] = []
+    while len(ports) < 3:  # three, none yet listened on
+        if (port := dial.free_port()) not in ports:
+            ports.append(port)
     started = []
     try:
-        for i in range(3):
-            process, address = start_node_process(tiny_model, threads=1, slots=4)
-            started.append([f"node-{i}", process, address])
+        for i, port in enumerate(ports):
+            process, _ = spawn_node_process(model, threads=1, slots=4, port=port, fake=fake)
+            started.append([f"node-{i}", process, f"tcp!127.0.0.1!{port}"])
+        for _, process, address in started:
+            wait_for_port(int(address.rsplit("!", 1)[1]), process=process)
         yield started
     finally:
-        for _, process, _ in started:
-            if process.poll() is None:
-                os.kill(process.pid, signal.SIGCONT)
-                stop_process(process)
+        running = [process for _, process, _ in started if process.poll() is None]
+        for process in running:
+            os.kill(process.pid, signal.SIGCONT)
+            process.terminate()  # all at once; then each is waited for
+        for process in running:
+            stop_process(process)
+
+
+@pytest.fixture
+def nodes(tiny_model):
+    """Three node processes on the tiny model: [[id, process, address]]."""
+    yield from node_processes(tiny_model)
+
+
+@pytest.fixture
+def fake_nodes(fake_model):
+    """Three node processes on the fake model (python -m tests.fakemodel)."""
+    yield from node_processes(fake_model, fake=True)
 
 
 @pytest.fixture(autouse=True)

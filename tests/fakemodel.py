@@ -7,12 +7,23 @@ would need: every position follows the one before in its sequence, and a
 step holds at most `batch_size` tokens.  The next token is a function of
 everything the sequence holds, so a conversation re-evaluated after
 eviction gives the same text only if the engine rebuilt its cache exactly.
+
+`FakeEngine` is the real engine on it, for a node in a test (the fixtures
+`start_fake_node` and `fake_nodes`); a `StepGate` holds its steps, for the
+tests that must catch a reply mid-way.  `python -m tests.fakemodel` is the
+node's own command on it, for a node process.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
+
+import trio
+
+from styxfs.llama.engine import Engine
 from styxfs.llama.model import ModelInfo, ModelSettings
-from styxfs.llama.settings import Sampling
+from styxfs.llama.settings import NODE, Sampling
 
 EOG, BOS = 0, 1
 ALPHABET = b"abcdefghijklmnopqrstuvwxyz"
@@ -40,11 +51,76 @@ def tokens_of(text: bytes, first: bool = True) -> list[int]:
     return ([BOS] if first else []) + [b + 2 for b in text]
 
 
+class StepGate:
+    """Holds a fake model's steps (each decode) until the test lets them run.
+
+    Closed, as made: a step waits at the gate.  `allow(n)` lets n more steps
+    through, `open()` every step from now on, `close()` holds the next one
+    again.  `await held()` returns once the model waits at the gate with
+    every step let through run, and what those steps made (text, states)
+    delivered to the replies: the engine sends a step's reports before it
+    begins the next.  A test holds a reply mid-way so, for as long as it
+    likes, where real llama.cpp would race it."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._limit: int | None = 0  # steps let through in all; None: no limit
+        self.steps = 0  # steps that have passed the gate
+        self._waiting = False
+        self._held: list[tuple[object, trio.Event]] = []  # (trio token, event) of held() callers
+
+    def allow(self, steps: int = 1) -> None:
+        with self._cond:
+            if self._limit is not None:
+                self._limit += steps
+                self._cond.notify_all()
+
+    def open(self) -> None:
+        with self._cond:
+            self._limit = None
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._limit = self.steps
+
+    def _is_held(self) -> bool:
+        return self._waiting and self._limit is not None and self.steps >= self._limit
+
+    async def held(self) -> None:
+        done = trio.Event()
+        token = trio.lowlevel.current_trio_token()
+        with self._cond:
+            if self._is_held():
+                # After the reports the worker sent before it stopped here (run_sync_soon keeps order).
+                token.run_sync_soon(done.set)
+            else:
+                self._held.append((token, done))
+        await done.wait()
+
+    def passing(self) -> None:
+        """The model's worker thread, at the start of a step."""
+        with self._cond:
+            while self._limit is not None and self.steps >= self._limit:
+                self._waiting = True
+                for token, done in self._held:
+                    try:
+                        token.run_sync_soon(done.set)
+                    except trio.RunFinishedError:
+                        pass
+                self._held = []
+                self._cond.wait()
+            self._waiting = False
+            self.steps += 1
+
+
 class FakeModel:
     """`FakeModel.opener(...)` is what the engine is given."""
 
-    def __init__(self, settings: ModelSettings, slots: int, progress=None, *, eog_after: int | None = None):
+    def __init__(self, settings: ModelSettings, slots: int, progress=None, *, eog_after: int | None = None,
+                 gate: StepGate | None = None):
         self.slots = slots
+        self.gate = gate
         self.batch_size = settings.batch
         self.seq_context = settings.ctx
         self.eog_after = eog_after  # a sequence ends itself once it holds this many tokens
@@ -55,7 +131,7 @@ class FakeModel:
         self.closed = False
         self.info = ModelInfo(path=settings.path, description="fake", architecture="fake", parameters=0, size=0,
                               context=settings.ctx, train_context=settings.ctx, vocabulary=258,
-                              quantisation="none", settings=settings)
+                              quantisation="none", settings=settings, chat_template=settings.chat_template)
 
     @classmethod
     def opener(cls, **options):
@@ -94,6 +170,8 @@ class FakeModel:
 
     def decode(self, entries: list[tuple[int, int, int, bool]]) -> None:
         assert 0 < len(entries) <= self.batch_size, f"a step of {len(entries)} tokens"
+        if self.gate is not None:
+            self.gate.passing()
         self.steps.append(list(entries))
         self.logits = {}
         for index, (seq, token, pos, logits) in enumerate(entries):
@@ -115,3 +193,45 @@ class FakeModel:
         if self.eog_after is not None and len(cache) >= self.eog_after:
             return EOG
         return next_token(cache)
+
+
+class FakeEngine(Engine):
+    """The node's engine on the fake model: `start_fake_node` gives it to a
+    node.  With a gate, its steps wait at the gate; an unload or a stop opens
+    the gate (the worker must come round to it, and the test is done holding)."""
+
+    def __init__(self, slots: int = NODE["slots"].default, prefix_cache: int = NODE["prefixcache"].default,
+                 share_prefixes: bool = False, gate: StepGate | None = None, **model_options):
+        opener = FakeModel.opener(gate=gate, **model_options)
+        super().__init__(opener, slots=slots, prefix_cache=prefix_cache, share_prefixes=share_prefixes)
+        self.gate = gate
+        self.models = opener.made
+        if gate is not None:
+            self.commands = _Commands(gate)
+
+
+class _Commands(queue.Queue):
+    """The engine's commands: an unload or a stop, once queued, opens the gate."""
+
+    def __init__(self, gate: StepGate):
+        super().__init__()
+        self.gate = gate
+
+    def put(self, item, block=True, timeout=None) -> None:
+        super().put(item, block, timeout)
+        if item[0] in ("unload", "stop"):
+            self.gate.open()
+
+
+def serve() -> None:
+    """`python -m tests.fakemodel [the options of python -m styxfs.llama]`:
+    a node process on the fake model, for the coordinator's tests."""
+    from styxfs.llama import cli, node
+
+    assert node.LlamaModel, "the node opens its model with node.LlamaModel"
+    node.LlamaModel = FakeModel
+    cli.serve(prog_name="python -m tests.fakemodel")
+
+
+if __name__ == "__main__":
+    serve()

@@ -1,6 +1,6 @@
 """Run Inferno sh scripts inside a hosted Inferno emulator (``emu``) from tests.
 
-Inferno is in no package registry and is never vendored here (DESIGN.md §5):
+Inferno is in no package registry and is never vendored here:
 tests that need it use :data:`requires_emu` and skip when no emu is found.
 
 Locating emu (:func:`find_emu`):

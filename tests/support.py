@@ -1,9 +1,10 @@
 """What the tests share: a prompt, the usual conversations with a tree,
-the status parser, node processes and deployments.  Fixtures are in
+the status parser, waiting, node processes and deployments.  Fixtures are in
 conftest.py; everything else a test file needs of another is here."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -15,10 +16,12 @@ from styxfs import client, wire
 from styxfs.dial import free_port, port_open
 from styxfs.llama.engine import Engine
 from styxfs.llama.llamacpp import LlamaModel
+from styxfs.llama.reply import parse_status
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LLAMAFS = [sys.executable, "-m", "coordinator.cli"]  # the llamafs command, from this checkout
 NODE = [sys.executable, "-m", "styxfs.llama"]  # a node, as a deployment starts one
+FAKE_NODE = [sys.executable, "-m", "tests.fakemodel"]  # the same on the fake model
 PROMPT = "Once upon a time"
 GREEDY = {"temperature": 0, "repeatpenalty": 1}  # as llama-cpp-python's create_completion at temperature 0
 
@@ -72,25 +75,13 @@ async def run_turn(c: client.Client, number: str, prompt: str) -> tuple[bytes, d
 
 def status_fields(text: bytes) -> dict[str, str]:
     """N/status as a dict: `state`, then every key=value field."""
-    words = text.decode().split()
-    fields = dict(w.split("=", 1) for w in words[1:] if "=" in w)
-    fields["state"] = words[0]
-    return fields
+    state, fields = parse_status(text.decode())
+    return {**fields, "state": state}
 
 
 def prompt_tokens(status: dict[str, str]) -> int:
     """A turn's prompt tokens: those evaluated and those found in the KV cache."""
     return int(status["tokens_in"]) + int(status.get("tokens_cached", 0))
-
-
-def metric(text: bytes | str, name: str) -> float:
-    """The value of an unlabelled sample in Prometheus text."""
-    if isinstance(text, bytes):
-        text = text.decode()
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise KeyError(name)
 
 
 class SlowEngine(Engine):
@@ -104,6 +95,24 @@ class SlowEngine(Engine):
         if self.active:
             time.sleep(0.02)
         super()._step()
+
+
+# ---- waiting --------------------------------------------------------------------------------
+
+
+async def wait_until(condition, what: str, timeout: float = 10.0, interval: float = 0.02) -> None:
+    """Until condition() (a function, or a coroutine function) is true, for
+    what no event announces; after timeout seconds, fail saying what it
+    waited for.  Where there is an event, await it instead."""
+    with trio.move_on_after(timeout):
+        while True:
+            value = condition()
+            if inspect.isawaitable(value):
+                value = await value
+            if value:
+                return
+            await trio.sleep(interval)
+    raise TimeoutError(f"waited {timeout:g} s for {what}")
 
 
 # ---- processes ----------------------------------------------------------------------------
@@ -121,14 +130,21 @@ def wait_for_port(port: int, timeout: float = 120.0, process: subprocess.Popen |
 
 
 def start_node_process(model: str, threads: int = 2, slots: int = 4, port: int | None = None,
-                       extra: list[str] | None = None) -> tuple[subprocess.Popen, str]:
-    """A node (`python -m styxfs.llama`) as a process of its own; (process, dial string)."""
-    port = port or free_port()
-    cmd = NODE + ["--model", model, "--listen", f"tcp!127.0.0.1!{port}",
-                  "--threads", str(threads), "--slots", str(slots)] + (extra or [])
-    process = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                       extra: list[str] | None = None, fake: bool = False) -> tuple[subprocess.Popen, str]:
+    """A node (`python -m styxfs.llama`, or with fake `python -m tests.fakemodel`
+    on the fake model) as a process of its own, once it listens; (process, dial string)."""
+    process, port = spawn_node_process(model, threads, slots, port, extra, fake)
     wait_for_port(port, process=process)
     return process, f"tcp!127.0.0.1!{port}"
+
+
+def spawn_node_process(model: str, threads: int = 2, slots: int = 4, port: int | None = None,
+                       extra: list[str] | None = None, fake: bool = False) -> tuple[subprocess.Popen, int]:
+    """The same, without waiting for it to listen: (process, port)."""
+    port = port or free_port()
+    cmd = (FAKE_NODE if fake else NODE) + ["--model", model, "--listen", f"tcp!127.0.0.1!{port}",
+                                           "--threads", str(threads), "--slots", str(slots)] + (extra or [])
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), port
 
 
 def stop_process(process: subprocess.Popen) -> None:
@@ -165,7 +181,21 @@ async def deploy(nursery: trio.Nursery, config: dict, **options):
 
 async def streaming_from(mgr, node_id: str, timeout: float = 20) -> None:
     """Until a reply of the deployment's is streaming from that node."""
-    with trio.fail_after(timeout):
-        while not any(r.reply and r.reply.node == node_id and r.reply.text and not r.reply.ended
-                      for r in mgr.sessions.remotes.values()):
-            await trio.sleep(0.001)
+    await wait_until(lambda: any(r.reply and r.reply.node == node_id and r.reply.text and not r.reply.ended
+                                 for r in mgr.sessions.remotes.values()),
+                     f"a reply streaming from {node_id}", timeout, interval=0.001)
+
+
+async def until_changed(mgr, condition, what: str, timeout: float = 15) -> None:
+    """Until condition() holds, looked at again at each change of the
+    deployment's nodes (node-up, node-down: mgr.changed)."""
+    with trio.move_on_after(timeout):
+        while not condition():
+            await mgr.changed.wait()
+        return
+    raise TimeoutError(f"waited {timeout:g} s for {what}")
+
+
+async def node_state(mgr, node_id: str, state: str, timeout: float = 15) -> None:
+    """Until the deployment's node is up or down (its node-up, node-down event)."""
+    await until_changed(mgr, lambda: mgr.pool.get(node_id).state == state, f"{node_id} to be {state}", timeout)

@@ -1,6 +1,7 @@
 """Chat sessions on a tiny model that carries a ChatML template, against
 llama-cpp-python's create_chat_completion; and conversations longer than
-the context (why a reply ended, and dropping the oldest turns)."""
+the context (why a reply ended, and dropping the oldest turns), on the fake
+model (tests/fakemodel.py) where no model's text is checked."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from styxfs import client, wire
 from styxfs.client import ServerError
 from styxfs.llama.chat import parse_records
 
-from .support import PROMPT, SlowEngine, ask, config_for, deploy, greedy, new_session, run_turn, status_fields
+from .fakemodel import StepGate
+from .support import PROMPT, ask, config_for, deploy, greedy, new_session, run_turn, status_fields
 from .tinymodel import write_tiny_model
 
 
@@ -145,11 +147,10 @@ async def test_a_reply_ends_at_the_end_of_turn_token(start_node, talky_model):
      "invalid chat template: it made over"),
     ("{{ raise_exception('no system messages here') }}", "invalid chat template: it raised: no system messages"),
 ])
-async def test_a_bad_template_is_a_clear_error_and_the_node_serves_on(start_node, chat_model, tmp_path,
-                                                                      template, error):
+async def test_a_bad_template_is_a_clear_error_and_the_node_serves_on(start_fake_node, tmp_path, template, error):
     path = tmp_path / "template.jinja"
     path.write_text(template)
-    address, node = await start_node(model=chat_model, chat_template_file=str(path))
+    address, node = await start_fake_node(chat_template_file=str(path))
     async with client.connect(address) as c:
         await greedy(c, maxtokens=4)
         with trio.fail_after(20):
@@ -162,8 +163,8 @@ async def test_a_bad_template_is_a_clear_error_and_the_node_serves_on(start_node
         await ctl.close()
 
 
-async def test_chat_on_a_model_without_a_template_is_refused(start_node):
-    address, node = await start_node()
+async def test_chat_on_a_model_without_a_template_is_refused(start_fake_node):
+    address, node = await start_fake_node()
     async with client.connect(address) as c:
         ctl, n = await new_session(c)
         with pytest.raises(ServerError, match="^invalid mode chat: the model has no chat template$"):
@@ -193,8 +194,10 @@ async def test_chat_through_a_coordinator(nursery, start_node, chat_model):
 # ---- conversations longer than the context ------------------------------------------------------
 
 
-async def test_why_replies_end_stop_length_context_cancelled(start_node, tiny_model):
-    address, node = await start_node(ctx=256, engine=SlowEngine(slots=4))
+async def test_why_replies_end_stop_length_context_cancelled(start_fake_node):
+    gate = StepGate()
+    gate.open()
+    address, node = await start_fake_node(ctx=256, gate=gate)
     async with client.connect(address) as c:
         await greedy(c, maxtokens=1000)
         ctl, n = await new_session(c)
@@ -211,10 +214,13 @@ async def test_why_replies_end_stop_length_context_cancelled(start_node, tiny_mo
         await ctl2.fid.write(f"maxtokens 40\nstop '{whole[6:9].decode()}'".encode(), 0)
         assert (await run_turn(c, m, PROMPT))[1]["reason"] == "stop"
         await ctl2.fid.write(b"maxtokens 100000\nstop", 0)
+        gate.close()
         async with await c.open(f"{m}/data", wire.ORDWR) as f:
             await f.write(PROMPT)
+            gate.allow(3)
             await f.read()
             await c.write_file(f"{m}/ctl", "cancel")
+            gate.open()
             await f.read_all()
         assert status_fields(await c.read_file(f"{m}/status"))["reason"] == "cancelled"
         metrics = (await c.read_file("metrics")).decode()
@@ -224,8 +230,8 @@ async def test_why_replies_end_stop_length_context_cancelled(start_node, tiny_mo
         await ctl2.close()
 
 
-async def test_thirty_turns_in_a_small_context_drop_the_oldest(start_node, tiny_model):
-    address, node = await start_node(ctx=256)
+async def test_thirty_turns_in_a_small_context_drop_the_oldest(start_fake_node):
+    address, node = await start_fake_node(ctx=256)
     async with client.connect(address) as c:
         await greedy(c, maxtokens=32)
         ctl, n = await new_session(c)
@@ -255,8 +261,8 @@ async def test_a_chat_that_outgrows_the_context_keeps_its_system_prompt(start_no
         await ctl.close()
 
 
-async def test_refuse_is_a_clear_error_and_the_node_serves_on(start_node, tiny_model):
-    address, node = await start_node(ctx=256)
+async def test_refuse_is_a_clear_error_and_the_node_serves_on(start_fake_node):
+    address, node = await start_fake_node(ctx=256)
     async with client.connect(address) as c:
         await greedy(c, maxtokens=100)
         ctl, n = await new_session(c)
@@ -300,15 +306,17 @@ async def session_reply(c, messages) -> str:
     return reply.decode()
 
 
-async def test_a_reply_cut_by_an_error_says_so(start_node, tiny_model):
-    address, node = await start_node(engine=SlowEngine(slots=2))
+async def test_a_reply_cut_by_an_error_says_so(start_fake_node):
+    gate = StepGate()
+    address, node = await start_fake_node(slots=2, gate=gate)
     async with client.connect(address) as c:
         await greedy(c, maxtokens=100_000)
         ctl, n = await new_session(c)
         async with await c.open(f"{n}/data", wire.ORDWR) as f:
             await f.write(PROMPT)
+            gate.allow(3)
             await f.read()  # it is generating
-            await c.write_file("ctl", "unload")  # the model goes from under it
+            await c.write_file("ctl", "unload")  # the model goes from under it (the unload opens the gate)
             with pytest.raises(ServerError, match="interrupted: the model was unloaded"):
                 await f.read_all()
         status = status_fields(await c.read_file(f"{n}/status"))

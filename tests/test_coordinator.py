@@ -1,4 +1,6 @@
-"""The coordinator over three real node processes on the tiny model."""
+"""The coordinator over node processes: on the fake model (tests/fakemodel.py)
+where a test looks at the coordinator alone, on the tiny model where it looks
+at what llama.cpp makes (the KV cache, a model file) or needs its pace."""
 
 from __future__ import annotations
 
@@ -7,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 
 import pytest
 import trio
@@ -16,11 +17,12 @@ from coordinator import ConfigError, DeploymentConfig, DeploymentManager, LimboD
 from styxfs import client, wire
 from styxfs.dial import free_port, port_bindable
 
-from .support import (LLAMAFS, PROMPT, ROOT, ask, config_for, deploy, greedy, prompt_tokens, run_turn, session,
-                      start_node_process, status_fields, stop_process, wait_for_port)
+from .support import (LLAMAFS, PROMPT, ROOT, ask, config_for, deploy, greedy, node_state, prompt_tokens, run_turn,
+                      session, start_node_process, status_fields, stop_process, until_changed, wait_for_port,
+                      wait_until)
 
-async def test_round_robin_order_and_affinity(nursery, nodes):
-    mgr = await deploy(nursery, config_for(nodes))
+async def test_round_robin_order_and_affinity(nursery, fake_nodes):
+    mgr = await deploy(nursery, config_for(fake_nodes))
     async with client.connect(mgr.address) as c:
         used = []
         numbers = []
@@ -39,10 +41,10 @@ async def test_round_robin_order_and_affinity(nursery, nodes):
         assert status["tokens_out"] == "3"
 
 
-async def test_reply_through_coordinator_equals_node(nursery, nodes):
-    mgr = await deploy(nursery, config_for(nodes))
+async def test_reply_through_coordinator_equals_node(nursery, fake_nodes):
+    mgr = await deploy(nursery, config_for(fake_nodes))
     settings = ("temperature 0", "repeatpenalty 1", "maxtokens 24")
-    async with client.connect(nodes[0][2]) as direct:
+    async with client.connect(fake_nodes[0][2]) as direct:
         want, _ = await run_turn(direct, await session(direct, *settings), PROMPT)
     async with client.connect(mgr.address) as c:
         for _ in range(3):
@@ -55,13 +57,13 @@ async def test_reply_through_coordinator_equals_node(nursery, nodes):
         assert await c.read_file("reply") == want
 
 
-async def test_what_was_sent_ahead_never_changes_the_turn(nursery, nodes):
+async def test_what_was_sent_ahead_never_changes_the_turn(nursery, fake_nodes):
     """A session's settings and a turn's first write go to the node before the
     read that submits the turn; whatever the client does in between, the turn
     is the one it read."""
-    mgr = await deploy(nursery, config_for(nodes))
+    mgr = await deploy(nursery, config_for(fake_nodes))
     settings = ("temperature 0", "repeatpenalty 1", "maxtokens 12")
-    async with client.connect(nodes[2][2]) as direct:
+    async with client.connect(fake_nodes[2][2]) as direct:
         want, want_status = await run_turn(direct, await session(direct, *settings), PROMPT)
     async with client.connect(mgr.address) as c:
         # A prompt in three writes: the first went ahead, the rest follows it.
@@ -93,28 +95,32 @@ async def test_what_was_sent_ahead_never_changes_the_turn(nursery, nodes):
             await f.write(PROMPT)
             bound = mgr.sessions.remotes[int(n)].node
             failovers = mgr.sessions.failovers
-            nodes[[node_id for node_id, _, _ in nodes].index(bound.id)][1].kill()
+            fake_nodes[[node_id for node_id, _, _ in fake_nodes].index(bound.id)][1].kill()
             assert await f.read_all() == want
         status = status_fields(await c.read_file(f"{n}/status"))
         assert status["state"] == "done" and status["node"] != bound.id
         assert mgr.sessions.failovers == failovers + 1
 
 
-async def test_status_after_the_reply_tells_how_it_ended(nursery, start_node, monkeypatch):
+async def test_status_after_the_reply_tells_how_it_ended(nursery, start_fake_node, monkeypatch):
     """The reader has the reply's end before the coordinator has the node's
     figures; the session's status waits for them rather than say "generating"."""
     from styxfs.llama import namespace
     from styxfs.llama.backend import EngineSessions
 
-    address, _ = await start_node(threads=1)
+    address, _ = await start_fake_node(threads=1)
     read = namespace.StatusHandle.read
+    asked = trio.Event()  # the client has asked the coordinator for the session's status
 
-    async def slow_on_the_node(self, offset, count):
+    async def late_on_the_node(self, offset, count):
         if isinstance(self.entry.tree.session_backend, EngineSessions):
-            await trio.sleep(0.5)
+            with trio.fail_after(10):
+                await asked.wait()  # the node's figures come only after that
+        else:
+            asked.set()
         return await read(self, offset, count)
 
-    monkeypatch.setattr(namespace.StatusHandle, "read", slow_on_the_node)
+    monkeypatch.setattr(namespace.StatusHandle, "read", late_on_the_node)
     mgr = await deploy(nursery, config_for([("node-0", None, address)]))
     async with client.connect(mgr.address) as c:
         n = await session(c, "maxtokens 5")
@@ -125,8 +131,8 @@ async def test_status_after_the_reply_tells_how_it_ended(nursery, start_node, mo
     assert status["state"] == "done" and status["tokens_out"] == "5"
 
 
-async def test_every_file_of_a_coordinator_has_a_qid_path_of_its_own(nursery, start_node):
-    address, _ = await start_node(threads=1)
+async def test_every_file_of_a_coordinator_has_a_qid_path_of_its_own(nursery, start_fake_node):
+    address, _ = await start_fake_node(threads=1)
     mgr = await deploy(nursery, config_for([("node-0", None, address)]))
     async with client.connect(mgr.address) as c:
         n = await session(c)
@@ -142,9 +148,9 @@ async def test_every_file_of_a_coordinator_has_a_qid_path_of_its_own(nursery, st
     assert all(q < 1 << 32 for q in qids.values())
 
 
-async def test_weighted_random_proportions(nursery, nodes):
+async def test_weighted_random_proportions(nursery, fake_nodes):
     weights = {"node-0": 1.0, "node-1": 3.0, "node-2": 6.0}
-    mgr = await deploy(nursery, config_for(nodes, "weighted-random", weights=weights))
+    mgr = await deploy(nursery, config_for(fake_nodes, "weighted-random", weights=weights))
     counts = collections.Counter(mgr.pool.choose().id for _ in range(5000))
     for node_id, weight in weights.items():
         assert abs(counts[node_id] / 5000 - weight / 10) < 0.03, counts
@@ -156,8 +162,8 @@ async def test_weighted_random_proportions(nursery, nodes):
             await c.write_file("ctl", "balance fastest")
 
 
-async def test_least_connections_with_sessions_held(nursery, nodes):
-    mgr = await deploy(nursery, config_for(nodes, "least-connections"))
+async def test_least_connections_with_sessions_held(nursery, fake_nodes):
+    mgr = await deploy(nursery, config_for(fake_nodes, "least-connections"))
     async with client.connect(mgr.address) as c:
         used = {}
         for _ in range(3):
@@ -171,11 +177,11 @@ async def test_least_connections_with_sessions_held(nursery, nodes):
         assert (await run_turn(c, n, PROMPT))[1]["node"] == "node-1"
 
 
-async def test_sessions_bound_at_once_spread_over_the_nodes(nursery, nodes, monkeypatch):
+async def test_sessions_bound_at_once_spread_over_the_nodes(nursery, fake_nodes, monkeypatch):
     # No spare node sessions: every binding waits for its node session to be made,
     # and those still being made count, or all would go to the first node.
-    monkeypatch.setattr("coordinator.forwarding.SPARES", 0)
-    mgr = await deploy(nursery, config_for(nodes, "least-connections"))
+    monkeypatch.setattr("coordinator.node_sessions.SPARES", 0)
+    mgr = await deploy(nursery, config_for(fake_nodes, "least-connections"))
     used = []
 
     async def one():
@@ -189,17 +195,15 @@ async def test_sessions_bound_at_once_spread_over_the_nodes(nursery, nodes, monk
     assert sorted(used) == ["node-0", "node-0", "node-1", "node-1", "node-2", "node-2"]
 
 
-async def test_killed_idle_node_is_avoided_and_comes_back(nursery, nodes, tiny_model):
+async def test_killed_idle_node_is_avoided_and_comes_back(nursery, fake_nodes, fake_model):
     events = []
-    mgr = await deploy(nursery, config_for(nodes))
+    mgr = await deploy(nursery, config_for(fake_nodes))
     mgr.on("node-down", lambda node: events.append(("down", node)))
     mgr.on("node-up", lambda node: events.append(("up", node)))
-    node_id, process, address = nodes[1]
+    node_id, process, address = fake_nodes[1]
     process.kill()
     process.wait()
-    with trio.fail_after(10):
-        while mgr.pool.get(node_id).state != "down":
-            await trio.sleep(0.05)
+    await node_state(mgr, node_id, "down", timeout=10)
     async with client.connect(mgr.address) as c:
         health = (await c.read_file(f"nodes/{node_id}/health")).decode()
         assert "state down" in health and "failures" in health
@@ -208,10 +212,8 @@ async def test_killed_idle_node_is_avoided_and_comes_back(nursery, nodes, tiny_m
             assert status["node"] != node_id and status["state"] == "done"
         # Restarted on its port: it rejoins.
         port = int(address.rsplit("!", 1)[1])
-        nodes[1][1], _ = start_node_process(tiny_model, threads=1, port=port)
-        with trio.fail_after(15):
-            while mgr.pool.get(node_id).state != "up":
-                await trio.sleep(0.05)
+        fake_nodes[1][1], _ = start_node_process(fake_model, threads=1, port=port, fake=True)
+        await node_state(mgr, node_id, "up", timeout=15)
         assert "state up" in (await c.read_file(f"nodes/{node_id}/health")).decode()
     assert ("down", node_id) in events and ("up", node_id) in events
 
@@ -243,45 +245,38 @@ async def test_node_killed_mid_reply_reply_completes(nursery, nodes):
     assert len(got) >= len(whole) * 0.8
 
 
-async def test_no_healthy_node_is_a_clear_error(nursery, nodes):
-    mgr = await deploy(nursery, config_for(nodes))
-    for _, process, _ in nodes:
+async def test_no_healthy_node_is_a_clear_error(nursery, fake_nodes):
+    mgr = await deploy(nursery, config_for(fake_nodes))
+    for _, process, _ in fake_nodes:
         process.kill()
-    with trio.fail_after(10):
-        while mgr.pool.healthy():
-            await trio.sleep(0.05)
+    await until_changed(mgr, lambda: not mgr.pool.healthy(), "every node to be down", timeout=10)
     async with client.connect(mgr.address) as c:
         with pytest.raises(client.ServerError, match="no healthy node"):
             await run_turn(c, await session(c), PROMPT)
         assert "state unloaded" in (await c.read_file("model")).decode()
 
 
-async def test_hung_node_times_out_and_rejoins(nursery, nodes):
-    mgr = await deploy(nursery, config_for(nodes), health_timeout=0.5)
-    node_id, process, _ = nodes[2]
+async def test_hung_node_times_out_and_rejoins(nursery, fake_nodes):
+    mgr = await deploy(nursery, config_for(fake_nodes), health_timeout=0.5)
+    node_id, process, _ = fake_nodes[2]
     os.kill(process.pid, signal.SIGSTOP)
     try:
-        with trio.fail_after(10):
-            while mgr.pool.get(node_id).state != "down":
-                await trio.sleep(0.05)
+        await node_state(mgr, node_id, "down", timeout=10)
         async with client.connect(mgr.address) as c:
             for _ in range(4):
                 _, status = await run_turn(c, await session(c, "maxtokens 2"), PROMPT)
                 assert status["node"] != node_id
     finally:
         os.kill(process.pid, signal.SIGCONT)
-    with trio.fail_after(15):
-        while mgr.pool.get(node_id).state != "up":
-            await trio.sleep(0.05)
+    await node_state(mgr, node_id, "up", timeout=15)
 
 
 async def test_root_ctl_add_remove_drain_and_metrics(nursery, nodes):
     mgr = await deploy(nursery, config_for(nodes[:2]))
     async with client.connect(mgr.address) as c:
         await c.write_file("ctl", f"add extra {nodes[2][2]} weight 2")
-        with trio.fail_after(10):
-            while "healthy 3" not in (await c.read_file("ctl")).decode():
-                await trio.sleep(0.05)
+        await node_state(mgr, "extra", "up", timeout=10)
+        assert "healthy 3" in (await c.read_file("ctl")).decode()
         assert "extra" in {d.name for d in await c.listdir("nodes")}
         await c.write_file("ctl", "drain node-0")
         assert "draining" in (await c.read_file("nodes/node-0/health")).decode()
@@ -366,9 +361,7 @@ async def test_python_api_end_to_end_with_scaling(nursery, tiny_model, tmp_path)
     started = [n["pid"] for n in status["nodes"]]
     await mgr.scale(1)
     assert len(mgr.status()["nodes"]) == 1
-    with trio.fail_after(10):
-        while pid_alive(started[1]):
-            await trio.sleep(0.05)
+    await wait_until(lambda: not pid_alive(started[1]), "the second node's process to end")
     await mgr.shutdown()
     assert not pid_alive(started[0])
 
@@ -451,7 +444,7 @@ def test_cli_generate_config_deploy_start_ask_and_ctrl_c(tiny_model, tmp_path):
     assert not any(pid_alive(pid) for pid in node_pids)
 
 
-def test_nodes_end_with_a_deployment_killed_outright(tiny_model, tmp_path):
+async def test_nodes_end_with_a_deployment_killed_outright(tiny_model, tmp_path):
     """SIGKILL of `deploy start`: its nodes go too (PR_SET_PDEATHSIG), their
     ports are free, and the same config starts afresh."""
     base, port = free_port(), free_port()
@@ -469,9 +462,7 @@ def test_nodes_end_with_a_deployment_killed_outright(tiny_model, tmp_path):
         finally:
             deployer.kill()
             deployer.wait()
-        deadline = time.monotonic() + 2
-        while any(pid_alive(pid) for pid in node_pids) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        await wait_until(lambda: not any(pid_alive(pid) for pid in node_pids), "the nodes to end", timeout=2)
         assert not any(pid_alive(pid) for pid in node_pids), attempt
         assert all(port_bindable("127.0.0.1", p) for p in (base, base + 1)), attempt
 
@@ -490,14 +481,13 @@ def test_bad_config_stops_deploy_start(tmp_path):
     assert "network.loadBalancing: unknown value 'fastest'" in result.stderr
 
 
-async def test_the_plan9_way_runs_on_past_the_caps_of_coordinator_and_node(nursery, start_node):
+async def test_the_plan9_way_runs_on_past_the_caps_of_coordinator_and_node(nursery, start_fake_node):
     """clone, write N/data, read N/reply, never close: the coordinator reclaims
     its idle sessions at its cap, and lets go of node sessions at the node's."""
-    address, node = await start_node(threads=1, max_sessions=6)
+    address, node = await start_fake_node(threads=1, max_sessions=6)
     mgr = await deploy(nursery, config_for([("node-0", None, address)], maxSessions=8))
-    with trio.fail_after(10):  # the node's cap is known from its health check
-        while not mgr.pool.get("node-0").max_sessions:
-            await trio.sleep(0.02)
+    # the node's cap is known from its health check
+    await until_changed(mgr, lambda: mgr.pool.get("node-0").max_sessions, "node-0's cap", timeout=10)
     async with client.connect(mgr.address) as c:
         await greedy(c, maxtokens=4)
         want = await ask(c, "data", PROMPT)
@@ -512,12 +502,10 @@ async def test_the_plan9_way_runs_on_past_the_caps_of_coordinator_and_node(nurse
     assert f"llamafs_coordinator_sessions_reclaimed_total {mgr.tree.table.reclaimed}\n" in metrics
 
 
-async def test_a_session_let_go_on_its_node_is_given_its_conversation_again(nursery, start_node):
-    address, node = await start_node(threads=1, max_sessions=6)
+async def test_a_session_let_go_on_its_node_is_given_its_conversation_again(nursery, start_fake_node):
+    address, node = await start_fake_node(threads=1, max_sessions=6)
     mgr = await deploy(nursery, config_for([("node-0", None, address)], maxSessions=40))
-    with trio.fail_after(10):
-        while not mgr.pool.get("node-0").max_sessions:
-            await trio.sleep(0.02)
+    await until_changed(mgr, lambda: mgr.pool.get("node-0").max_sessions, "node-0's cap", timeout=10)
     async with client.connect(mgr.address) as c, client.connect(address) as direct:
         await greedy(c, maxtokens=6)
         await greedy(direct, maxtokens=6)
@@ -552,7 +540,5 @@ async def test_prefix_affinity_sends_a_shared_beginning_to_the_node_that_holds_i
         assert other["node"] != first["node"]  # no prefix to follow: the least loaded
         # The node that holds the beginning dies: another takes it.
         nodes[[n for n, _, _ in nodes].index(first["node"])][1].kill()
-        with trio.fail_after(10):
-            while mgr.pool.get(first["node"]).state != "down":
-                await trio.sleep(0.02)
+        await node_state(mgr, first["node"], "down", timeout=10)
         assert (await turn(system + "And now?"))["node"] != first["node"]

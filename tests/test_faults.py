@@ -12,8 +12,9 @@ import trio
 from coordinator import DeploymentManager
 from styxfs import client, wire
 
-from .support import (SlowEngine, config_for, deploy, run_turn, session, start_node_process, stop_process,
-                      streaming_from)
+from .fakemodel import StepGate
+from .support import (config_for, deploy, run_turn, session, start_node_process, stop_process, streaming_from,
+                      wait_until)
 
 PROMPTS = ["Once upon a time", "the king was", "water and people"]
 GREEDY = ("temperature 0", "repeatpenalty 1", "maxtokens 8")
@@ -46,8 +47,9 @@ async def test_node_killed_during_load_every_request_completes_once(nursery, nod
     assert mgr.pool.get("node-1").state == "down"
 
 
-async def test_client_that_vanishes_mid_generation_frees_its_slot(start_node):
-    address, node = await start_node(engine=SlowEngine(slots=2), slots=2)
+async def test_client_that_vanishes_mid_generation_frees_its_slot(start_fake_node):
+    gate = StepGate()
+    address, node = await start_fake_node(gate=gate, slots=2)
     c_stream = await trio.open_tcp_stream("127.0.0.1", int(address.rsplit("!", 1)[1]))
     c = client.Client(c_stream)
     async with trio.open_nursery() as nursery:
@@ -56,28 +58,31 @@ async def test_client_that_vanishes_mid_generation_frees_its_slot(start_node):
         await c.attach("glenda")
         f = await c.open("new/data", wire.ORDWR)
         await f.write("Once upon a time")
+        gate.allow(3)
         assert await f.read()  # it is generating
         c.stop()
     await c_stream.aclose()  # gone, without a clunk
-    with trio.fail_after(5):
-        while node.engine.generating() or node.server.connections:
-            await trio.sleep(0.02)
     [session_] = node.tree.table.sessions.values()
+    await wait_until(lambda: not node.server.connections, "the node to let go of the vanished client", timeout=5)
+    gate.open()  # the generation would run on, were it not cancelled
+    with trio.fail_after(5):
+        await session_.reply.wait()
+    assert not node.engine.generating()
     assert session_.reply.state == "cancelled" and session_.reply.tokens_out < 50
     assert node.server.fid_count() == 0
 
 
-async def test_coordinator_restarted_reconnects(nursery, nodes):
-    first = await deploy(nursery, config_for(nodes))
+async def test_coordinator_restarted_reconnects(nursery, fake_nodes):
+    first = await deploy(nursery, config_for(fake_nodes))
     assert (await first.evaluate("Once upon a time", maxtokens=4)).strip()
     await first.shutdown()  # the nodes were not started by it: they keep running
-    assert all(process.poll() is None for _, process, _ in nodes)
-    second = await deploy(nursery, config_for(nodes))
+    assert all(process.poll() is None for _, process, _ in fake_nodes)
+    second = await deploy(nursery, config_for(fake_nodes))
     assert (await second.evaluate("Once upon a time", maxtokens=4)).strip()
     assert len(second.pool.healthy()) == 3
 
 
-async def test_node_without_its_model_reports_it_and_gets_no_traffic(nursery, nodes, tmp_path):
+async def test_node_without_its_model_reports_it_and_gets_no_traffic(nursery, fake_nodes, tmp_path):
     process, address = start_node_process(str(tmp_path / "missing.gguf"), threads=1, extra=["--no-model"])
     try:
         async with client.connect(address) as c:
@@ -85,18 +90,20 @@ async def test_node_without_its_model_reports_it_and_gets_no_traffic(nursery, no
                 await c.write_file("ctl", "load missing.gguf")
             ctl = (await c.read_file("ctl")).decode()
             assert "state unloaded" in ctl and "error no such model file: missing.gguf" in ctl
-        mgr = DeploymentManager({**config_for(nodes[:2]), "nodes": config_for(nodes[:2])["nodes"] + [
+        mgr = DeploymentManager({**config_for(fake_nodes[:2]), "nodes": config_for(fake_nodes[:2])["nodes"] + [
             {"id": "empty", "address": "127.0.0.1", "port": int(address.rsplit("!", 1)[1])}]}, seed=1)
         async with trio.open_nursery() as n:
             with pytest.raises(RuntimeError, match=r"empty \(model not loaded: no such model file"):
                 await mgr.deploy(n, timeout=3)  # all nodes must come up: this one never does
-        mgr = DeploymentManager(config_for(nodes[:2]), seed=1)
+        mgr = DeploymentManager(config_for(fake_nodes[:2]), seed=1)
         await mgr.deploy(nursery, timeout=30)
         async with client.connect(mgr.address) as c:
             await c.write_file("ctl", f"add empty {address}")
-            with trio.fail_after(10):
-                while "model not loaded" not in (await c.read_file("nodes/empty/health")).decode():
-                    await trio.sleep(0.05)
+
+            async def checked() -> bool:  # no event: the node is down from the start
+                return "model not loaded" in (await c.read_file("nodes/empty/health")).decode()
+
+            await wait_until(checked, "the empty node's health check", timeout=10, interval=0.05)
             health = (await c.read_file("nodes/empty/health")).decode()
             assert "state down" in health and "no such model file" in health
             for _ in range(6):

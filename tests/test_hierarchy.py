@@ -15,7 +15,8 @@ from styxfs import client
 from styxfs.dial import free_port
 
 from .relay import DelayRelay
-from .support import LLAMAFS, PROMPT, ROOT, deploy, greedy, run_turn, session, streaming_from, wait_for_port
+from .support import (LLAMAFS, PROMPT, ROOT, deploy, greedy, node_state, run_turn, session, streaming_from,
+                      wait_for_port)
 
 
 def start_datacenter(name: str, model: str, tmp_path) -> tuple[subprocess.Popen, str]:
@@ -76,9 +77,7 @@ async def test_a_coordinator_of_coordinators_survives_a_datacenter(nursery, data
         assert len(results) == 32 and all(s["state"] == "done" and r for r, s in results), results
         assert top.sessions.failovers >= 1
         assert not any(r.count(want[:30]) > 1 for r, _ in results)  # no reply restarted
-        with trio.fail_after(10):
-            while top.pool.get("dc-1").state != "down":
-                await trio.sleep(0.02)
+        await node_state(top, "dc-1", "down", timeout=10)
         assert "state down" in (await c.read_file("nodes/dc-1/health")).decode()
         metrics = (await c.read_file("metrics")).decode()
         assert 'llamafs_node_up{node="dc-1"} 0' in metrics and 'llamafs_node_up{node="dc-0"} 1' in metrics

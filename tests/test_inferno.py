@@ -8,19 +8,15 @@ from __future__ import annotations
 
 import re
 
-import trio
-
 from styxfs import client, ramfs
 
 from .conftest import start_server
 from .inferno import inferno, port, requires_emu
-from .support import PROMPT, ask_at, greedy_at, prompt_tokens, status_fields
+from .support import PROMPT, ask_at, greedy_at, prompt_tokens, status_fields, wait_until
 
 async def quiesce(server) -> None:
     """emu has gone: its connection closes and leaves nothing behind."""
-    with trio.fail_after(5):
-        while server.connections:
-            await trio.sleep(0.02)
+    await wait_until(lambda: not server.connections, "emu's connection to close", timeout=5)
     assert server.fid_count() == 0 and server.outstanding_count() == 0
 
 

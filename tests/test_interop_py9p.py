@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import getpass
 import os
-import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,7 @@ import pytest
 from styxfs import wire
 from styxfs.dial import free_port
 
-from .support import stop_process
+from .support import stop_process, wait_for_port
 
 py9p = pytest.importorskip("py9p")
 
@@ -35,13 +33,11 @@ def start_ramfs() -> tuple[subprocess.Popen, int]:
             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return proc, port
-            except OSError:
-                time.sleep(0.05)
+        try:
+            wait_for_port(port, timeout=15, process=proc)
+            return proc, port
+        except (RuntimeError, TimeoutError):
+            pass
         proc.kill()
         stderr = proc.communicate()[1].decode(errors="replace")
     raise RuntimeError(f"ramfs did not start: {stderr[-2000:]}")
@@ -269,12 +265,12 @@ def test_error_texts(connect):
     c.remove(8)
 
 
-def test_a_node_runs_the_plan9_loop_past_its_cap(tiny_model):
+def test_a_node_runs_the_plan9_loop_past_its_cap(fake_model):
     """python-9p, the Plan 9 way through one connection: `echo prompt >
     new/data; cat reply` 40 times on a node with a cap of 8 sessions."""
     from .support import start_node_process
 
-    proc, address = start_node_process(tiny_model, threads=1, extra=["--max-sessions", "8"])
+    proc, address = start_node_process(fake_model, threads=1, extra=["--max-sessions", "8"], fake=True)
     try:
         c = py9p.Client.connect_tcp("127.0.0.1", int(address.rsplit("!", 1)[1]), timeout=10)
         c.negotiate()

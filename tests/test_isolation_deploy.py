@@ -9,7 +9,7 @@ from styxfs import client
 from styxfs.dial import free_port
 
 from .inferno import requires_emu
-from .support import run_turn, session, streaming_from
+from .support import run_turn, session, streaming_from, wait_until
 
 
 @requires_emu
@@ -45,9 +45,8 @@ async def test_dis_isolation_end_to_end_and_an_isolate_killed_under_load(nursery
         assert len(results) == 18 and all(status["state"] == "done" for _, status in results)
         assert mgr.sessions.failovers > failovers
     # The health check and the isolate's watcher each notice the death, in either order.
-    with trio.fail_after(10):
-        while mgr.pool.get("node-1").state != "down" or not errors:
-            await trio.sleep(0.05)
+    await wait_until(lambda: mgr.pool.get("node-1").state == "down" and errors,
+                     "node-1 down and the isolate's death reported")
     assert any("isolate of node node-1 died" in str(e) for e in errors)
     await mgr.shutdown()
 

@@ -24,7 +24,7 @@ from styxfs import client, wire
 from .inferno import requires_emu
 from .inferno import inferno, port
 from .limbo_driver import MNTPT, REPO, drive, host, tools
-from .support import PROMPT, ask_at, greedy_at, start_node_process, stop_process
+from .support import PROMPT, ask_at, greedy_at, start_node_process, stop_process, wait_until
 
 pytestmark = requires_emu
 
@@ -362,9 +362,7 @@ echo ---end
     assert len(cut) == 6, result.stderr  # every -n reply: maxtokens ended it
     assert len(errors) == 4 and all(e.startswith("llama: ") for e in errors), result.stderr
     # Every session the command made was closed.
-    with trio.fail_after(5):
-        while node.tree.table.sessions:
-            await trio.sleep(0.05)
+    await wait_until(lambda: not node.tree.table.sessions, "every session to be closed", timeout=5)
 
 
 # -- against a coordinator -------------------------------------------------------------
@@ -482,9 +480,7 @@ async def test_isolate_killed_under_load(start_node, isolates):
         async with client.connect(iso.address):
             pass
     # The node itself lives on, and the isolate's connections are gone from it.
-    with trio.fail_after(5):
-        while node.server.connections:
-            await trio.sleep(0.05)
+    await wait_until(lambda: not node.server.connections, "the isolate's connections to go", timeout=5)
     async with client.connect(address) as c:
         await c.write_file("ctl", "defaults maxtokens 4")
     assert len(await ask(address, PROMPT)) > 0

@@ -16,7 +16,7 @@ from styxfs import auth, client, wire
 from .inferno import requires_emu
 from .inferno import inferno, port
 from .limbo_driver import GREEDY, MNTPT, drive, host
-from .support import PROMPT
+from .support import PROMPT, wait_until
 
 pytestmark = requires_emu
 
@@ -161,9 +161,7 @@ echo ---end
     assert statuses[1] == f"can't mount {a} on /n: authentication failed: permission denied", statuses
     assert statuses[2] == "-k needs -a", statuses
     assert statuses[3].startswith("can't load /dis/nosuch.dis"), statuses
-    with trio.fail_after(5):
-        while node.tree.table.sessions:
-            await trio.sleep(0.05)
+    await wait_until(lambda: not node.tree.table.sessions, "every session to be closed", timeout=5)
 
 
 async def test_isolate_in_front_of_an_authenticated_node(start_node, isolates, secrets):

@@ -1,16 +1,21 @@
-"""The node's /n/llama tree on the tiny model, through the styxfs client."""
+"""The node's /n/llama tree through the styxfs client: on the tiny model
+where a test looks at what llama.cpp makes (text, the KV cache, sampling,
+loading), else on the fake model (tests/fakemodel.py)."""
 
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 import trio
+import trio.testing
 
 from styxfs import client, wire
 from styxfs.client import ServerError
 
-from .support import PROMPT, SlowEngine, ask, greedy, new_session, prompt_tokens, status_fields
+from .fakemodel import StepGate
+from .support import PROMPT, ask, greedy, new_session, prompt_tokens, status_fields, wait_until
 
 def expected_completion(model: str, prompt: str, maxtokens: int) -> str:
     from llama_cpp import Llama
@@ -29,8 +34,8 @@ async def test_greedy_reply_equals_llama_cpp_python(start_node, tiny_model):
     assert got == want and len(want) > 20
 
 
-async def test_clone_open_becomes_session_ctl(start_node):
-    address, node = await start_node()
+async def test_clone_open_becomes_session_ctl(start_fake_node):
+    address, node = await start_fake_node()
     async with client.connect(address) as c:
         ctl, number = await new_session(c)
         assert number.isdigit()
@@ -45,8 +50,8 @@ async def test_clone_open_becomes_session_ctl(start_node):
         await ctl.close()
 
 
-async def test_new_data_then_reply(start_node):
-    address, node = await start_node()
+async def test_new_data_then_reply(start_fake_node):
+    address, node = await start_fake_node()
     async with client.connect(address) as c:
         await greedy(c, maxtokens=16)
         # Walking new/ allocates nothing; opening does.
@@ -63,8 +68,8 @@ async def test_new_data_then_reply(start_node):
         assert status["state"] == "done" and status["tokens_out"] == "16"
 
 
-async def test_root_data_is_private_per_open(start_node):
-    address, node = await start_node()
+async def test_root_data_is_private_per_open(start_fake_node):
+    address, node = await start_fake_node()
     async with client.connect(address) as c:
         await greedy(c, maxtokens=12)
         a = await c.open("data", wire.ORDWR)
@@ -80,54 +85,60 @@ async def test_root_data_is_private_per_open(start_node):
         assert await c.read_file("reply") == reply_a
 
 
-async def test_reply_streams_while_generating(start_node):
-    address, node = await start_node(engine=SlowEngine(slots=4))
+async def test_reply_streams_while_generating(start_fake_node):
+    gate = StepGate()
+    address, node = await start_fake_node(gate=gate)
     async with client.connect(address) as c:
         _, number = await new_session(c)
         await c.write_file(f"{number}/ctl", "maxtokens 50")
         async with await c.open(f"{number}/data", wire.ORDWR) as f:
             await f.write(PROMPT)
+            gate.allow(3)  # the prompt and two tokens, then the model waits
             first = await f.read()
             status = status_fields(await c.read_file(f"{number}/status"))
             assert first and status["state"] == "generating", status
+            gate.open()
             rest = await f.read_all()
         assert len(first) < len(first + rest)
         # Any number of readers of N/reply, each from the first byte.
         assert await c.read_file(f"{number}/reply") == first + rest
 
 
-async def test_flushed_read_cancels_its_generation(start_node):
-    address, node = await start_node(engine=SlowEngine(slots=4))
+async def test_flushed_read_cancels_its_generation(start_fake_node):
+    gate = StepGate()
+    address, node = await start_fake_node(gate=gate)
     async with client.connect(address) as c:
         _, number = await new_session(c)
         await c.write_file(f"{number}/ctl", "maxtokens 1000")
         f = await c.open(f"{number}/data", wire.ORDWR)
         await f.write(PROMPT)
-        read = wire.Tread(0, f.fid.num, 0, 8192)
-        with trio.move_on_after(0.1):  # the client flushes the read it abandons
-            while True:
-                await c.rpc(read)
+        read = await c.start(wire.Tread(0, f.fid.num, 0, 8192))  # submits the turn, waits for its text
+        await trio.testing.wait_all_tasks_blocked()  # the read waits: the model is held at its gate
+        await read.abandon()  # the client flushes the read it gives up on
+        gate.open()
         await f.close()
         with trio.fail_after(2):
-            while status_fields(await c.read_file(f"{number}/status"))["state"] != "cancelled":
-                await trio.sleep(0.02)
+            await node.tree.table.sessions[int(number)].reply.wait()
         status = status_fields(await c.read_file(f"{number}/status"))
-        assert int(status["tokens_out"]) < 50
+        assert status["state"] == "cancelled" and int(status["tokens_out"]) < 50, status
         # The session works again.
         await c.write_file(f"{number}/ctl", "maxtokens 5")
         assert await ask(c, f"{number}/data", " and then")
         assert status_fields(await c.read_file(f"{number}/status"))["state"] == "done"
 
 
-async def test_cancel_in_ctl_stops_the_generation(start_node):
-    address, node = await start_node(engine=SlowEngine(slots=4))
+async def test_cancel_in_ctl_stops_the_generation(start_fake_node):
+    gate = StepGate()
+    address, node = await start_fake_node(gate=gate)
     async with client.connect(address) as c:
         ctl, number = await new_session(c)
         await ctl.fid.write(b"maxtokens 1000", 0)
         async with await c.open(f"{number}/data", wire.ORDWR) as f:
             await f.write(PROMPT)
+            gate.allow(3)
             assert await f.read()
             await ctl.fid.write(b"cancel", 0)
+            gate.open()
             with trio.fail_after(2):
                 await f.read_all()  # EOF soon after
         status = status_fields(await c.read_file(f"{number}/status"))
@@ -214,8 +225,8 @@ async def test_four_sessions_at_once_equal_their_solo_replies(start_node):
     ("topk", "invalid ctl request: usage: topk VALUE"),
     ("temperature 'unterminated", "unterminated quote"),
 ])
-async def test_bad_session_ctl(start_node, command, error):
-    address, node = await start_node()
+async def test_bad_session_ctl(start_fake_node, command, error):
+    address, node = await start_fake_node()
     async with client.connect(address) as c:
         ctl, n = await new_session(c)
         with pytest.raises(ServerError, match=error):
@@ -224,8 +235,8 @@ async def test_bad_session_ctl(start_node, command, error):
         assert await ask(c, f"{n}/data", PROMPT)
 
 
-async def test_bad_input_gets_clear_errors(start_node):
-    address, node = await start_node(max_sessions=3, ctx=256)
+async def test_bad_input_gets_clear_errors(start_fake_node):
+    address, node = await start_fake_node(max_sessions=3, ctx=256)
     async with client.connect(address, uname="alice") as c:
         with pytest.raises(ServerError, match=r"prompt too long: \d+ tokens > context 256"):
             await ask(c, "data", "the king " * 100)
@@ -250,15 +261,27 @@ async def test_bad_input_gets_clear_errors(start_node):
             await ask(c, f"{(await files[1].read()).decode().strip()}/data", "x" * (1 << 20 | 1))
 
 
-async def test_idle_sessions_expire(start_node):
-    address, node = await start_node(session_timeout=0.3)
+async def test_idle_sessions_expire(start_fake_node, monkeypatch):
+    address, node = await start_fake_node(session_timeout=0.3)
+    table = node.tree.table
     async with client.connect(address) as c:
         ctl, n = await new_session(c)
+        session = table.sessions[int(n)]
+        overdue = trio.Event()  # the node has looked for expired sessions with this one past its timeout
+        expired = table.expired
+
+        def looking():
+            if time.monotonic() - session.last_active > table.idle_timeout:
+                overdue.set()
+            return expired()
+
+        monkeypatch.setattr(table, "expired", looking)
         await c.stat(n)  # alive while its ctl is open
-        await trio.sleep(0.8)
+        with trio.fail_after(5):
+            await overdue.wait()
         await c.stat(n)
         await ctl.close()
-        await trio.sleep(1.5)
+        await wait_until(lambda: int(n) not in table.sessions, f"session {n} to expire")
         with pytest.raises(ServerError, match="no such session"):
             await c.stat(n)
 
@@ -299,8 +322,8 @@ async def test_load_and_unload(start_node, tiny_model, tmp_path):
         assert await ask(c, "data", PROMPT)
 
 
-async def test_metrics(start_node):
-    address, node = await start_node()
+async def test_metrics(start_fake_node):
+    address, node = await start_fake_node()
     async with client.connect(address) as c:
         await greedy(c, maxtokens=8)
         await ask(c, "data", PROMPT)
@@ -343,8 +366,9 @@ async def test_evicted_session_is_reevaluated_transparently(start_node):
     assert "llamafs_evictions_total 0" not in metrics
 
 
-async def test_sessions_past_the_slots_queue(start_node):
-    address, node = await start_node(slots=1, engine=SlowEngine(slots=1))
+async def test_sessions_past_the_slots_queue(start_fake_node):
+    gate = StepGate()
+    address, node = await start_fake_node(slots=1, gate=gate)
     async with client.connect(address) as c:
         _, a = await new_session(c)
         _, b = await new_session(c)
@@ -352,14 +376,16 @@ async def test_sessions_past_the_slots_queue(start_node):
         await c.write_file(f"{b}/ctl", "maxtokens 3")
         await c.write_file(f"{a}/data", PROMPT)
         await c.write_file(f"{b}/data", PROMPT)
+        await gate.held()  # a holds the one slot, in its prefill
         assert status_fields(await c.read_file(f"{b}/status"))["state"] == "queued"
         assert "llamafs_queue_length 1\n" in (await c.read_file("metrics")).decode()
+        gate.open()
         assert len(await c.read_file(f"{b}/reply")) > 0  # it runs once a is done
         assert status_fields(await c.read_file(f"{a}/status"))["state"] == "done"
 
 
-async def test_every_file_has_a_qid_path_of_its_own(start_node):
-    address, _ = await start_node()
+async def test_every_file_has_a_qid_path_of_its_own(start_fake_node):
+    address, _ = await start_fake_node()
     async with client.connect(address) as c:
         _, n = await new_session(c)
         paths = ["", "ctl", "data", "reply", "clone", "new", "model", "metrics",
@@ -371,8 +397,8 @@ async def test_every_file_has_a_qid_path_of_its_own(start_node):
 
 
 @pytest.mark.parametrize("name", ["²", "٣", "0001", "01"])
-async def test_a_session_is_named_by_its_number_in_plain_digits_only(start_node, name):
-    address, _ = await start_node()
+async def test_a_session_is_named_by_its_number_in_plain_digits_only(start_fake_node, name):
+    address, _ = await start_fake_node()
     async with client.connect(address) as c:
         _, n = await new_session(c)
         assert n == "1"
@@ -382,10 +408,10 @@ async def test_a_session_is_named_by_its_number_in_plain_digits_only(start_node,
             await c.read_file(f"{name}/status")
 
 
-async def test_root_reply_waits_for_a_prompt_written_on_its_connection(start_node):
+async def test_root_reply_waits_for_a_prompt_written_on_its_connection(start_fake_node):
     """As through 9pfuse: `echo prompt > new/data; cat reply`, where the clunk
     that submits the prompt reaches the node after the read of reply."""
-    address, _ = await start_node()
+    address, _ = await start_fake_node()
     async with client.connect(address) as c:
         await greedy(c, maxtokens=8)
         first = await ask(c, "data", "the king was")  # the connection's reply before
@@ -401,10 +427,10 @@ async def test_root_reply_waits_for_a_prompt_written_on_its_connection(start_nod
         await reply.close()
 
 
-async def test_a_loop_of_new_data_and_reply_runs_on_past_the_cap(start_node):
+async def test_a_loop_of_new_data_and_reply_runs_on_past_the_cap(start_fake_node):
     """As on Plan 9: `echo prompt > new/data; cat reply` over and over,
     never writing close, through one connection to a node with a cap of 8."""
-    address, node = await start_node(max_sessions=8)
+    address, node = await start_fake_node(max_sessions=8)
     async with client.connect(address) as c:
         await greedy(c, maxtokens=4)
         want = {i: await ask(c, "data", f"{PROMPT} {i}") for i in range(3)}
@@ -417,8 +443,8 @@ async def test_a_loop_of_new_data_and_reply_runs_on_past_the_cap(start_node):
         assert f"llamafs_sessions_reclaimed_total {node.tree.table.reclaimed}\n" in metrics
 
 
-async def test_a_reclaimed_session_is_gone_and_the_root_reply_stays_whole(start_node):
-    address, node = await start_node(max_sessions=2)
+async def test_a_reclaimed_session_is_gone_and_the_root_reply_stays_whole(start_fake_node):
+    address, node = await start_fake_node(max_sessions=2)
     async with client.connect(address) as a, client.connect(address) as b:
         await greedy(a, maxtokens=12)
         ctl, n = await new_session(a)
@@ -433,8 +459,9 @@ async def test_a_reclaimed_session_is_gone_and_the_root_reply_stays_whole(start_
         assert await a.read_file("reply") == whole  # a's root reply still refers to it, whole
 
 
-async def test_busy_sessions_are_never_reclaimed(start_node):
-    address, node = await start_node(max_sessions=3, engine=SlowEngine(slots=4))
+async def test_busy_sessions_are_never_reclaimed(start_fake_node):
+    gate = StepGate()
+    address, node = await start_fake_node(max_sessions=3, gate=gate)
     async with client.connect(address) as c:
         await greedy(c, maxtokens=100_000)
         held, n = await new_session(c)  # a file of it open
@@ -447,9 +474,10 @@ async def test_busy_sessions_are_never_reclaimed(start_node):
                 await c.open("new/data", wire.OWRITE)
         assert node.tree.table.reclaimed == 0
         await c.write_file(f"{generating[1]}/ctl", "cancel")
+        gate.open()
         with trio.fail_after(5):
-            while status_fields(await c.read_file(f"{generating[1]}/status"))["state"] != "cancelled":
-                await trio.sleep(0.01)
+            await node.tree.table.sessions[int(generating[1])].reply.wait()
+        assert status_fields(await c.read_file(f"{generating[1]}/status"))["state"] == "cancelled"
         await c.write_file("new/data", PROMPT)  # now the cancelled one, idle, makes room
         assert node.tree.table.reclaimed == 1
         with pytest.raises(ServerError, match="^no such session$"):

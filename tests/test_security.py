@@ -21,8 +21,8 @@ def secret_file(tmp_path):
     return str(path)
 
 
-async def test_secret_required_and_checked(start_node, secret_file):
-    address, node = await start_node(auth_secret_file=secret_file)
+async def test_secret_required_and_checked(start_fake_node, secret_file):
+    address, node = await start_fake_node(auth_secret_file=secret_file)
     good = secret_authenticator(b"correct horse battery staple")
     async with client.connect(address, authenticate=good) as c:
         await c.write_file("ctl", "defaults maxtokens 4")
@@ -44,8 +44,8 @@ async def test_secret_required_and_checked(start_node, secret_file):
     assert node.server.fid_count() <= 1  # nothing left behind by the failed attempts
 
 
-async def test_a_recorded_exchange_cannot_be_replayed(start_node, secret_file):
-    address, _ = await start_node(auth_secret_file=secret_file)
+async def test_a_recorded_exchange_cannot_be_replayed(start_fake_node, secret_file):
+    address, _ = await start_fake_node(auth_secret_file=secret_file)
     secret = b"correct horse battery staple"
     stream = await trio.open_tcp_stream("127.0.0.1", int(address.rsplit("!", 1)[1]))
     c = client.Client(stream)
@@ -70,8 +70,8 @@ async def test_a_recorded_exchange_cannot_be_replayed(start_node, secret_file):
     await stream.aclose()
 
 
-async def test_only_the_owner_writes_the_root_ctl(start_node):
-    address, _ = await start_node(owner="alice")
+async def test_only_the_owner_writes_the_root_ctl(start_fake_node):
+    address, _ = await start_fake_node(owner="alice")
     async with client.connect(address, uname="bob") as bob:
         assert "role node" in (await bob.read_file("ctl")).decode()
         with pytest.raises(client.ServerError, match="permission denied"):
@@ -80,8 +80,8 @@ async def test_only_the_owner_writes_the_root_ctl(start_node):
         await alice.write_file("ctl", "defaults maxtokens 3")
 
 
-async def test_coordinator_with_secret_and_owner(nursery, start_node, secret_file):
-    addresses = [(await start_node(auth_secret_file=secret_file))[0] for _ in range(2)]
+async def test_coordinator_with_secret_and_owner(nursery, start_fake_node, secret_file):
+    addresses = [(await start_fake_node(auth_secret_file=secret_file))[0] for _ in range(2)]
     config = {"name": "secure", "authSecretFile": secret_file, "owner": "alice",
               "network": {"listen": "tcp!127.0.0.1!0", "healthCheckInterval": 300},
               "nodes": [{"id": f"n{i}", "address": "127.0.0.1", "port": int(a.rsplit("!", 1)[1])}

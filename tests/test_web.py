@@ -22,7 +22,7 @@ from styxfs import client
 from styxfs.llama.web import http_token
 from styxfs.metrics import Histogram, exposition, merge
 
-from .support import LLAMAFS, ROOT, config_for, deploy, greedy, run_turn, session
+from .support import LLAMAFS, ROOT, config_for, deploy, greedy, run_turn, session, wait_until
 
 ARTIFACTS = os.environ.get("LLAMAFS_ARTIFACTS", os.path.join(ROOT, "tests", "artifacts"))
 
@@ -90,8 +90,8 @@ def test_merged_texts_give_each_family_once_with_the_node_label():
 # ---- a node -------------------------------------------------------------------------------
 
 
-async def test_a_nodes_http_says_what_its_files_say(start_node):
-    address, node = await start_node(http="tcp!127.0.0.1!0")
+async def test_a_nodes_http_says_what_its_files_say(start_fake_node):
+    address, node = await start_fake_node(http="tcp!127.0.0.1!0")
     base = f"http://127.0.0.1:{node.http_port}"
     async with client.connect(address) as c:
         await greedy(c)
@@ -131,10 +131,10 @@ async def test_a_nodes_http_says_what_its_files_say(start_node):
     assert (await aget(f"{base}/../styxfs/llama/web.py"))[0] == 404
 
 
-async def test_with_a_secret_http_asks_for_the_token(start_node, tmp_path):
+async def test_with_a_secret_http_asks_for_the_token(start_fake_node, tmp_path):
     secret_file = tmp_path / "secret"
     secret_file.write_text("a shared secret\n")
-    address, node = await start_node(http="tcp!127.0.0.1!0", auth_secret_file=str(secret_file))
+    address, node = await start_fake_node(http="tcp!127.0.0.1!0", auth_secret_file=str(secret_file))
     base = f"http://127.0.0.1:{node.http_port}"
     printed = CliRunner().invoke(llamafs_command, ["http-token", "--auth-secret-file", str(secret_file)])
     assert printed.exit_code == 0, printed.output
@@ -152,8 +152,8 @@ async def test_with_a_secret_http_asks_for_the_token(start_node, tmp_path):
 # ---- a deployment -------------------------------------------------------------------------
 
 
-async def test_a_coordinators_metrics_are_one_exposition_with_its_nodes_labelled(nursery, nodes):
-    mgr = await deploy(nursery, config_for(nodes, http="tcp!127.0.0.1!0"))
+async def test_a_coordinators_metrics_are_one_exposition_with_its_nodes_labelled(nursery, fake_nodes):
+    mgr = await deploy(nursery, config_for(fake_nodes, http="tcp!127.0.0.1!0"))
     async with client.connect(mgr.address) as c:
         await greedy(c)
         for _ in range(3):
@@ -212,29 +212,33 @@ async def rows_in_browser(browser) -> dict[str, str]:
     return dict(await trio.to_thread.run_sync(browser.execute_script, script))
 
 
-async def test_the_dashboard_shows_every_node_and_a_node_going_down(nursery, nodes, browser):
+async def test_the_dashboard_shows_every_node_and_a_node_going_down(nursery, fake_nodes, browser):
     interval_ms = 300
-    mgr = await deploy(nursery, config_for(nodes, interval_ms=interval_ms, http="tcp!127.0.0.1!0"))
+    mgr = await deploy(nursery, config_for(fake_nodes, interval_ms=interval_ms, http="tcp!127.0.0.1!0"))
     async with client.connect(mgr.address) as c:
         await greedy(c)
         number = await session(c, "maxtokens 8")
         await run_turn(c, number, "Once upon a time")
         await trio.to_thread.run_sync(browser.get, f"http://127.0.0.1:{mgr.http_port}/")
-        with trio.fail_after(20):
-            while await rows_in_browser(browser) != {"node-0": "up", "node-1": "up", "node-2": "up"}:
-                await trio.sleep(0.1)
+
+        async def all_up() -> bool:
+            return await rows_in_browser(browser) == {"node-0": "up", "node-1": "up", "node-2": "up"}
+
+        await wait_until(all_up, "the page to show the three nodes up", timeout=20, interval=0.1)
         shown = await trio.to_thread.run_sync(browser.execute_script,
                                               "return document.querySelector('#sessions tbody').innerText")
         assert number in shown and "length" in shown
         os.makedirs(ARTIFACTS, exist_ok=True)
         await trio.to_thread.run_sync(browser.save_screenshot, os.path.join(ARTIFACTS, "dashboard.png"))
 
-        _, process, _ = nodes[1]
+        _, process, _ = fake_nodes[1]
         os.kill(process.pid, signal.SIGKILL)
         killed = trio.current_time()
-        with trio.fail_after(15):
-            while (await rows_in_browser(browser)).get("node-1") != "down":
-                await trio.sleep(0.1)
+
+        async def node_1_down() -> bool:
+            return (await rows_in_browser(browser)).get("node-1") == "down"
+
+        await wait_until(node_1_down, "the page to show node-1 down", timeout=15, interval=0.1)
         # Down within the health interval (and the health timeout, and the page's one-second poll).
         assert trio.current_time() - killed < mgr.pool.health_timeout + interval_ms / 1000 + 2
         assert (await rows_in_browser(browser))["node-0"] == "up"
@@ -248,11 +252,11 @@ async def test_the_dashboard_shows_every_node_and_a_node_going_down(nursery, nod
     assert os.path.getsize(os.path.join(ARTIFACTS, "dashboard.png")) > 10_000
 
 
-async def test_llamafs_top_shows_the_nodes_in_a_terminal_and_quits_on_q(nursery, nodes, tmp_path):
+async def test_llamafs_top_shows_the_nodes_in_a_terminal_and_quits_on_q(nursery, fake_nodes, tmp_path):
     tmux = shutil.which("tmux")
     if tmux is None:
         pytest.skip("no tmux: apt-get install tmux")
-    mgr = await deploy(nursery, config_for(nodes))
+    mgr = await deploy(nursery, config_for(fake_nodes))
     name = f"llamafs-top-{os.getpid()}"
 
     def run(*args: str) -> str:
@@ -264,16 +268,17 @@ async def test_llamafs_top_shows_the_nodes_in_a_terminal_and_quits_on_q(nursery,
     try:
         run("set-option", "-t", name, "remain-on-exit", "on")
         screen = ""
-        with trio.fail_after(30):
-            while not all(f"node-{i}" in screen for i in range(3)):
-                await trio.sleep(0.1)
-                screen = await trio.to_thread.run_sync(run, "capture-pane", "-p", "-t", name)
+
+        async def every_node_shown() -> bool:
+            nonlocal screen
+            screen = await trio.to_thread.run_sync(run, "capture-pane", "-p", "-t", name)
+            return all(f"node-{i}" in screen for i in range(3))
+
+        await wait_until(every_node_shown, "llamafs top to show the three nodes", timeout=30, interval=0.1)
         assert "up" in screen and "q quits" in screen
         assert all(len(line) <= 80 for line in screen.splitlines())
         run("send-keys", "-t", name, "q")
-        with trio.fail_after(10):
-            while not exited.exists() or not exited.read_text().strip():
-                await trio.sleep(0.1)
+        await wait_until(lambda: exited.exists() and exited.read_text().strip(), "llamafs top to exit", interval=0.1)
         assert exited.read_text().strip() == "0"
     finally:
         run("kill-session", "-t", name)

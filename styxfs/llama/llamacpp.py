@@ -69,7 +69,7 @@ class LlamaModel:
                 raise EngineError(errors.BAD_MODEL.format(name=os.path.basename(path), why="not GGUF"))
         mparams = lc.llama_model_default_params()
         mparams.n_gpu_layers = settings.gpulayers
-        mparams.use_extra_bufts = False  # the AMX path crashes on these machines (DESIGN.md §5)
+        mparams.use_extra_bufts = False  # the AMX path crashes (SIGILL) on these machines
         if progress is not None:
             @lc.llama_progress_callback
             def on_progress(fraction, user_data):
