@@ -21,7 +21,7 @@ from typing import AsyncIterator
 
 import trio
 
-from . import dial, wire
+from . import dial, tls, wire
 from .trioutil import unwrapped
 from .wire import NOFID, NOTAG, OREAD, Dir, Message, Qid
 
@@ -131,7 +131,7 @@ class Client:
                     waiter.reply = message
                     waiter.event.set()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
-            self._fail(ConnectionLost(f"connection lost: {e}"))
+            self._fail(ConnectionLost(f"connection lost: {tls.why_lost(e)}"))
         except (ConnectionLost, wire.ProtocolError) as e:
             self._fail(e if isinstance(e, Error) else Error(str(e)))
 
@@ -147,7 +147,7 @@ class Client:
             try:
                 await self.stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
-                raise ConnectionLost(f"connection lost: {e}") from None
+                raise ConnectionLost(f"connection lost: {tls.why_lost(e)}") from None
 
     async def _transact(self, message: Message, tag: int) -> Message:
         if self.closed is not None:
@@ -412,13 +412,15 @@ class File:
 
 @asynccontextmanager
 async def connect(address: str | dial.Address, *, uname: str | None = None, aname: str = "",
-                  msize: int = 8192, authenticate=None, flush_timeout: float = 10.0) -> AsyncIterator[Client]:
+                  msize: int = 8192, authenticate=None, flush_timeout: float = 10.0,
+                  tls_context=None, tls_name: str | None = None) -> AsyncIterator[Client]:
     """Dial, version and attach; the client lives while the block runs.
-    `authenticate(client, uname, aname) -> afid` runs the auth protocol when given."""
+    `authenticate(client, uname, aname) -> afid` runs the auth protocol when given;
+    a tls! address is checked by tls_context (styxfs.tls.client_context), for tls_name if given."""
     if isinstance(address, str):
         address = dial.parse(address)
     try:
-        stream = await dial.connect(address)
+        stream = await dial.connect(address, tls_context, tls_name)
     except OSError as e:
         raise ConnectionLost(f"cannot connect to {address}: {e.strerror or e}") from None
     async with attached(stream, uname=uname, aname=aname, msize=msize, authenticate=authenticate,

@@ -1,9 +1,10 @@
-"""Plan 9 dial strings: tcp!host!port, tcp!*!port, unix!/path (and host:port)."""
+"""Plan 9 dial strings: tcp!host!port, tcp!*!port, tls!host!port, unix!/path (and host:port)."""
 
 from __future__ import annotations
 
 import os
 import socket
+import ssl
 from dataclasses import dataclass
 
 import trio
@@ -14,7 +15,7 @@ DEFAULT_ADDRESS = f"tcp!127.0.0.1!{DEFAULT_PORT}"
 
 @dataclass(frozen=True)
 class Address:
-    network: str  # "tcp" or "unix"
+    network: str  # "tcp", "tls" (TCP under TLS) or "unix"
     host: str = ""  # "*" listens on every interface
     port: int = 0
     path: str = ""
@@ -22,11 +23,11 @@ class Address:
     def __str__(self) -> str:
         if self.network == "unix":
             return f"unix!{self.path}"
-        return f"tcp!{self.host}!{self.port}"
+        return f"{self.network}!{self.host}!{self.port}"
 
 
 def parse(text: str, default_port: int = DEFAULT_PORT) -> Address:
-    """`tcp!127.0.0.1!5640`, `tcp!*!5640`, `unix!/tmp/sock`, `127.0.0.1:5640`,
+    """`tcp!127.0.0.1!5640`, `tcp!*!5640`, `tls!host!5640`, `unix!/tmp/sock`, `127.0.0.1:5640`,
     `host` (default port).  Raises ValueError naming what is wrong."""
     text = text.strip()
     if not text:
@@ -38,30 +39,43 @@ def parse(text: str, default_port: int = DEFAULT_PORT) -> Address:
             if len(parts) != 2 or not parts[1]:
                 raise ValueError(f"bad address {text!r}: want unix!/path/to/socket")
             return Address("unix", path=parts[1])
-        if network not in ("tcp", "net"):
-            raise ValueError(f"bad address {text!r}: network {network!r} is not tcp or unix")
+        if network not in ("tcp", "net", "tls"):
+            raise ValueError(f"bad address {text!r}: network {network!r} is not tcp, tls or unix")
         if len(parts) not in (2, 3) or not parts[1]:
-            raise ValueError(f"bad address {text!r}: want tcp!host!port")
+            raise ValueError(f"bad address {text!r}: want {'tls' if network == 'tls' else 'tcp'}!host!port")
         port_text = parts[2] if len(parts) == 3 else str(default_port)
         host = parts[1]
+        if network == "tls":
+            return Address("tls", host=host, port=_port(text, port_text))
     elif text.startswith("/"):
         return Address("unix", path=text)
     else:
         host, _, port_text = text.rpartition(":") if ":" in text else (text, "", str(default_port))
+    return Address("tcp", host=host, port=_port(text, port_text))
+
+
+def _port(text: str, port_text: str) -> int:
     try:
         port = int(port_text)
     except ValueError:
         raise ValueError(f"bad address {text!r}: port {port_text!r} is not a number") from None
     if not 0 <= port <= 65535:
         raise ValueError(f"bad address {text!r}: port {port} out of range")
-    return Address("tcp", host=host, port=port)
+    return port
 
 
 def is_loopback(address: Address) -> bool:
     return address.network == "unix" or address.host in ("localhost", "::1") or address.host.startswith("127.")
 
 
-async def open_listeners(address: Address) -> list[trio.SocketListener]:
+async def open_listeners(address: Address, tls_context: ssl.SSLContext | None = None) -> list:
+    """Listeners on address; tls! wraps them in TLS with tls_context (a
+    server's: styxfs.tls.server_context)."""
+    if address.network == "tls":
+        if tls_context is None:
+            raise ValueError(f"{address}: listening with TLS needs a certificate and key (--tls-cert, --tls-key)")
+        plain = await open_listeners(Address("tcp", address.host, address.port))
+        return [trio.SSLListener(listener, tls_context, https_compatible=False) for listener in plain]
     if address.network == "unix":
         if os.path.exists(address.path):
             os.unlink(address.path)
@@ -73,11 +87,20 @@ async def open_listeners(address: Address) -> list[trio.SocketListener]:
     return await trio.open_tcp_listeners(address.port, host=host, backlog=1024)
 
 
-async def connect(address: Address) -> trio.abc.Stream:
+async def connect(address: Address, tls_context: ssl.SSLContext | None = None,
+                  tls_name: str | None = None) -> trio.abc.Stream:
+    """Dial; tls! completes a TLS handshake too (tls_context, or the
+    system's trusted roots; the certificate must be for tls_name, else for
+    the host dialled), a failure raising tls.TLSError (an OSError)."""
     if address.network == "unix":
         return await trio.open_unix_socket(address.path)
     host = "127.0.0.1" if address.host in ("*", "") else address.host
-    return await trio.open_tcp_stream(host, address.port)
+    stream = await trio.open_tcp_stream(host, address.port)
+    if address.network != "tls":
+        return stream
+    from . import tls
+
+    return await tls.client_stream(stream, tls_context or tls.client_context(), tls_name or host)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -111,4 +134,6 @@ def port_bindable(host: str, port: int) -> bool:
 
 def listening_port(listeners: list[trio.SocketListener]) -> int:
     """The TCP port actually bound (for port 0 in tests)."""
-    return listeners[0].socket.getsockname()[1]
+    listener = listeners[0]
+    listener = getattr(listener, "transport_listener", listener)  # under TLS
+    return listener.socket.getsockname()[1]

@@ -18,7 +18,7 @@ from typing import Protocol
 
 import trio
 
-from . import dial, errors, wire
+from . import dial, errors, tls, wire
 from .errors import StyxError
 from .tree import Caller, Connection, Entry, Handle
 from .wire import NOFID, Message
@@ -68,8 +68,9 @@ class Request:
 
 class Server:
     def __init__(self, tree: Tree, *, max_msize: int = 65536, max_connections: int = 1000,
-                 authenticator=None):
+                 authenticator=None, tls_context=None):
         self.tree = tree
+        self.tls_context = tls_context  # for tls! addresses: styxfs.tls.server_context(...)
         self.max_msize = max_msize
         self.max_connections = max_connections
         self.authenticator = authenticator
@@ -80,7 +81,7 @@ class Server:
         """Listen and serve until cancelled; `started` gives the listeners."""
         if isinstance(address, str):
             address = dial.parse(address)
-        listeners = await dial.open_listeners(address)
+        listeners = await dial.open_listeners(address, self.tls_context)
         task_status.started(listeners)
         await trio.serve_listeners(self.handle_stream, listeners)
 
@@ -89,6 +90,12 @@ class Server:
             log.warning("refusing a connection: %d connections is the cap", self.max_connections)
             await trio.aclose_forcefully(stream)
             return
+        if isinstance(stream, trio.SSLStream):  # a failed handshake costs that client only, quietly
+            failure = await tls.server_handshake(stream)
+            if failure:
+                log.warning("refusing a connection: %s", failure)
+                await trio.aclose_forcefully(stream)
+                return
         conn = ServerConnection(self, stream, next(self._ids))
         self.connections.add(conn)
         try:
