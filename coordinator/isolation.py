@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -42,7 +43,7 @@ from pathlib import Path
 
 import trio
 
-from styxfs.dial import free_port, port_open
+from styxfs.dial import port_open
 
 from .launch import spawn
 
@@ -60,7 +61,7 @@ def _limbo_sources() -> Path:
 
 LIMBO_SOURCES = _limbo_sources()
 PROGRAMS = ("llamacpp", "isolate", "llama")
-READY = "isolate: serving"
+READY = re.compile(r"^isolate: serving .* on tcp!\S+!(\d+)$", re.MULTILINE)  # the port as announced
 
 _NAMES = ("emu", "emu-g")
 _build_lock = threading.Lock()
@@ -244,7 +245,7 @@ class Isolate:
         emu, root = _require_emu()
         dis = build_dis(root, emu)
         self.node_dial = node_dial
-        self.port = export_port or free_port(self.host)
+        self.port = None  # export_port, or (0) the OS's choice, once emu says which
         if self._log_path is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="llamafs-isolate-")
             self._log_path = Path(self._tmp.name) / "emu.log"
@@ -252,7 +253,7 @@ class Isolate:
         words = [host_path(dis / "isolate.dis"), "-M", host_path(dis / "llamacpp.dis")]
         if auth_secret_file is not None:
             words += ["-k", host_path(auth_secret_file)]
-        words += [node_dial, model_path, str(int(ctx)), str(int(layers)), f"tcp!{self.host}!{self.port}"]
+        words += [node_dial, model_path, str(int(ctx)), str(int(layers)), f"tcp!{self.host}!{export_port}"]
         script = " ".join(inferno_quote(w) for w in words) + "; echo halt > /dev/sysctl"
         env = {k: v for k, v in os.environ.items() if k != "EMU"}
         self.process = spawn(  # the launcher's: emu ends with this process
@@ -266,7 +267,9 @@ class Isolate:
                 log = self.log()
                 self._reap()
                 raise IsolationError(f"{self._describe()} exited before serving:\n{_tail(log)}")
-            if READY in self.log() and port_open(self.host, self.port):
+            said = READY.search(self.log())
+            if said and port_open(self.host, int(said[1])):
+                self.port = int(said[1])
                 return self.process
             if time.monotonic() > deadline:
                 log = self.log()

@@ -26,6 +26,7 @@ import trio
 import styxfs
 
 from styxfs.llama.models import DEFAULT as DEFAULT_MODEL
+from styxfs.llama.ready import READY_FD
 
 from .config import DeploymentConfig, NodeConfig
 
@@ -39,13 +40,14 @@ def node_command(config: DeploymentConfig, node: NodeConfig, listen: str) -> lis
            "--gpu-layers", str(config.node_value(node, "gpuLayers")),
            "--threads", str(config.node_value(node, "threads")),
            "--batch", str(config.node_value(node, "batchSize"))]
-    cmd += ["--model", config.modelPath or DEFAULT_MODEL]  # which model, said outright
+    model = config.node_model(node)
+    cmd += ["--model", config.model_path(model) or DEFAULT_MODEL]  # which model, said outright
     if config.modelsDir:
         cmd += ["--models-dir", config.modelsDir]
     if config.authSecretFile:
         cmd += ["--auth-secret-file", config.authSecretFile]
-    if config.model.chatTemplateFile:
-        cmd += ["--chat-template-file", config.model.chatTemplateFile]
+    if template := config.node_value(node, "chatTemplateFile"):
+        cmd += ["--chat-template-file", template]
     return cmd
 
 
@@ -155,8 +157,10 @@ def deployment_of(pid: int) -> int | None:
 class NodeProcess:
     """One node process."""
 
-    def __init__(self, node_id: str, process: subprocess.Popen, log_path: str | None):
+    def __init__(self, node_id: str, process: subprocess.Popen, log_path: str | None, ready_fd: int = -1):
         self.node_id, self.process, self.log_path = node_id, process, log_path
+        self.ready_fd = ready_fd  # where it says the address it serves on (styxfs.llama.ready)
+        self.stopping = False  # asked to stop: its end is no crash
 
     @property
     def pid(self) -> int:
@@ -174,26 +178,47 @@ class NodeProcess:
         log = open(log_path, "ab") if log_path else subprocess.DEVNULL
         # Where a checkout runs uninstalled, the node finds the package as we did.
         root = str(Path(styxfs.__file__).resolve().parent.parent)
+        ready_read, ready_write = os.pipe()
         env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                   **{DEPLOYMENT_ENV: str(os.getpid())})
+                   **{DEPLOYMENT_ENV: str(os.getpid()), READY_FD: str(ready_write)})
         try:
             process = await trio.to_thread.run_sync(
-                lambda: spawn(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                lambda: spawn(command, stdout=log, stderr=subprocess.STDOUT, env=env, pass_fds=(ready_write,),
                               start_new_session=True))  # Ctrl-C reaches us, and we stop it
+        except BaseException:
+            os.close(ready_read)
+            raise
         finally:
+            os.close(ready_write)  # the child has its own copy, as of the log
             if log_path:
-                log.close()  # the child has its own copy
-        self = cls(node_id, process, log_path)
+                log.close()
+        self = cls(node_id, process, log_path, ready_read)
         nursery.start_soon(self._watch, on_exit)
         return self
 
+    async def ready(self) -> str | None:
+        """The address it serves on, once it does; None if it ends first.
+        Once only: the pipe is closed after."""
+        if self.ready_fd < 0:
+            return None
+        stream, self.ready_fd = trio.lowlevel.FdStream(self.ready_fd), -1
+        said = b""
+        async with stream:
+            while not said.endswith(b"\n") and (data := await stream.receive_some()):
+                said += data
+        return said.decode(errors="replace").strip() or None
+
     async def _watch(self, on_exit: Callable[[], None] | None) -> None:
         await wait_exit(self.process)
+        if self.ready_fd >= 0:  # never asked
+            os.close(self.ready_fd)
+            self.ready_fd = -1
         if on_exit is not None:
             on_exit()
 
     async def stop(self, grace: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after grace seconds."""
+        self.stopping = True
         if self.process.poll() is not None:
             return
         self.process.terminate()

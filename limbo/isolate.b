@@ -9,7 +9,8 @@ implement Isolate;
 # exportaddr (no authentication, as styxlisten -A).  Each client
 # connection gets a connection of its own to the node, so that per-
 # connection files (reply) keep their meaning.  It prints one line,
-# "isolate: serving ...", once it listens; errors go to stderr and end it
+# "isolate: serving ... on tcp!HOST!PORT", once it listens (the port
+# the OS chose, given port 0); errors go to stderr and end it
 # with a fail: status.  With -k, every connection to the node
 # authenticates with the secret in secretfile (a node started with
 # --auth-secret-file; Llamacpp's authmount); the export itself stays
@@ -103,7 +104,8 @@ init(nil: ref Draw->Context, argv: list of string)
 	(ok, ann) := sys->announce(exportaddr);
 	if(ok < 0)
 		fail(sys->sprint("can't announce %s: %r", exportaddr));
-	sys->print("isolate: serving %s (model %s) on %s\n", nodeaddr, modelpath, exportaddr);
+	# The address as announced: the port the OS chose, for port 0.
+	sys->print("isolate: serving %s (model %s) on %s\n", nodeaddr, modelpath, announced(ann.dir, exportaddr));
 	for(;;){
 		(lok, conn) := sys->listen(ann);
 		if(lok < 0)
@@ -140,6 +142,21 @@ serve(dfd: ref Sys->FD, nodeaddr: string, sync: chan of int)
 }
 
 # Dial the node and mount it on MNT; the connection's ctl file (to hang up).
+announced(dir: string, asked: string): string
+{
+	fd := sys->open(dir + "/local", Sys->OREAD);
+	if(fd == nil)
+		return asked;
+	buf := array[128] of byte;
+	n := sys->read(fd, buf, len buf);
+	if(n <= 0)
+		return asked;
+	local := string buf[0:n];
+	if(local[len local - 1] == '\n')
+		local = local[0:len local - 1];
+	return "tcp!" + local;
+}
+
 mountnode(addr: string): (ref Sys->FD, string)
 {
 	(ok, c) := sys->dial(addr, nil);

@@ -12,25 +12,21 @@ import pytest
 import trio
 
 from styxfs import client
-from styxfs.dial import free_port
 
 from .relay import DelayRelay
-from .support import (LLAMAFS, PROMPT, ROOT, deploy, greedy, node_state, run_turn, session, streaming_from,
-                      wait_for_port)
+from .support import (LLAMAFS, PROMPT, deploy, greedy, node_state, run_turn, session, start_ready, stop_processes,
+                      streaming_from)
 
 
 def start_datacenter(name: str, model: str, tmp_path) -> tuple[subprocess.Popen, str]:
-    """`llamafs deploy start` of two nodes; (process, the coordinator's address)."""
-    base, port = free_port(), free_port()
+    """`llamafs deploy start` of two nodes; (process, the coordinator's address).
+    Every port is the OS's choice (port 0), told back (styxfs.llama.ready)."""
     config = tmp_path / f"{name}.json"
     config.write_text(json.dumps({
         "name": name, "modelPath": model, "model": {"threads": 1},
-        "network": {"basePort": base, "listen": f"tcp!127.0.0.1!{port}", "healthCheckInterval": 300},
-        "nodes": [{"id": f"{name}-a", "port": base}, {"id": f"{name}-b", "port": base + 1}]}))
-    process = subprocess.Popen(LLAMAFS + ["deploy", "start", "--config", str(config)], cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_port(port, timeout=60, process=process)
-    return process, f"tcp!127.0.0.1!{port}"
+        "network": {"listen": "tcp!127.0.0.1!0", "healthCheckInterval": 300},
+        "nodes": [{"id": f"{name}-a", "port": 0}, {"id": f"{name}-b", "port": 0}]}))
+    return start_ready(LLAMAFS + ["deploy", "start", "--config", str(config)], tmp_path / f"{name}.log")
 
 
 @pytest.fixture
@@ -41,12 +37,7 @@ def datacenters(tiny_model, tmp_path):
             started.append(start_datacenter(name, tiny_model, tmp_path))
         yield started
     finally:
-        for process, _ in started:
-            process.send_signal(signal.SIGINT)  # its nodes stop with it
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes([process for process, _ in started], signal.SIGINT, 30)  # their nodes stop with them
 
 
 async def test_a_coordinator_of_coordinators_survives_a_datacenter(nursery, datacenters):

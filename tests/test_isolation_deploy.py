@@ -6,24 +6,25 @@ import trio
 
 from coordinator import DeploymentManager
 from styxfs import client
-from styxfs.dial import free_port
 
 from .inferno import requires_emu
-from .support import run_turn, session, streaming_from, wait_until
+from .support import node_state, run_turn, session, streaming_from
 
 
 @requires_emu
 async def test_dis_isolation_end_to_end_and_an_isolate_killed_under_load(nursery, tiny_model):
-    base = free_port()
-    config = {"name": "isolated", "isolation": "dis", "modelPath": tiny_model,
-              "network": {"basePort": base, "healthCheckInterval": 300, "listen": "tcp!127.0.0.1!0"},
-              "nodes": [{"id": "node-0", "port": base}, {"id": "node-1", "port": base + 1}],
+    config = {"name": "isolated", "isolation": "dis", "modelPath": tiny_model,  # every port the OS's choice
+              "network": {"healthCheckInterval": 300, "listen": "tcp!127.0.0.1!0"},
+              "nodes": [{"id": "node-0", "port": 0}, {"id": "node-1", "port": 0}],
               "model": {"threads": 1, "contextSize": 512}}
     errors = []
     mgr = DeploymentManager(config)
     mgr.on("error", errors.append)
+    restarted = trio.Event()
+    mgr.on("node-restarted", lambda node_id, count: restarted.set())
     await mgr.deploy(nursery, timeout=120)
     assert set(mgr.isolates) == {"node-0", "node-1"}
+    assert all(node.port and mgr.isolates[node.id].port == node.port for node in mgr.config.nodes)
     async with client.connect(mgr.address) as c:
         used = [(await run_turn(c, await session(c, "maxtokens 4"), "Once upon a time"))[1]["node"]
                 for _ in range(2)]
@@ -41,12 +42,17 @@ async def test_dis_isolation_end_to_end_and_an_isolate_killed_under_load(nursery
             for _ in range(6):
                 load.start_soon(one)
             await streaming_from(mgr, "node-1")  # killed while a reply streams through it
-            mgr.isolates["node-1"].kill()
+            killed = mgr.isolates["node-1"]
+            killed.kill()
         assert len(results) == 18 and all(status["state"] == "done" for _, status in results)
         assert mgr.sessions.failovers > failovers
-    # The health check and the isolate's watcher each notice the death, in either order.
-    await wait_until(lambda: mgr.pool.get("node-1").state == "down" and errors,
-                     "node-1 down and the isolate's death reported")
-    assert any("isolate of node node-1 died" in str(e) for e in errors)
+        # Its death is reported, and the node started again behind a new isolate, on its port.
+        with trio.fail_after(60):
+            await restarted.wait()
+        assert any("isolate of node node-1 died" in str(e) for e in errors)
+        assert mgr.isolates["node-1"] is not killed and mgr.isolates["node-1"].port == killed.port
+        await node_state(mgr, "node-1", "up", timeout=60)
+        used = [(await run_turn(c, await session(c, "maxtokens 2"), "Once upon a time"))[1]["node"] for _ in range(4)]
+        assert "node-1" in used
     await mgr.shutdown()
 

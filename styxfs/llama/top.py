@@ -28,27 +28,61 @@ def _fmt(value, digits: int = 0) -> str:
     return f"{float(value):.{digits}f}"
 
 
+def header(d: dict) -> Table:
+    """One line: the name (cut short if it must be) and the figures, which always show."""
+    ttft = d["ttft_recent"] * 1000 if d["ttft_recent"] is not None else None
+    figures = (f"nodes {d['healthy']}/{d['nodes']}  sess {d['sessions']}"
+               + (f"/{d['maxsessions']}" if d["maxsessions"] else "")
+               + f"  {_fmt(d['tokens_per_second'], 1)} tok/s  ttft {_fmt(ttft)}ms  prompts {d['requests_total']}")
+    name = Text.assemble((d["name"] or "llamafs", "bold"), f" {d['strategy'] or d['role']}")
+    grid = Table.grid(expand=True)
+    grid.add_column(ratio=1, no_wrap=True, overflow="ellipsis", min_width=8)
+    grid.add_column(justify="right", no_wrap=True)
+    grid.add_row(name, " " + figures)
+    return grid
+
+
+# The node table's columns; every one but ERROR is as wide as its widest cell,
+# ERROR takes what is left of the line, a node's error on its own row.
+NODE_COLUMNS = [("NODE", "left"), ("STATE", "left"), ("SESS", "right"), ("FLIGHT", "right"), ("QUEUE", "right"),
+                ("TOK/S", "right"), ("CHECK", "right"), ("FAIL", "right"), ("RST", "right")]
+
+
+def node_table(nodes: list[dict], by_model: bool = False) -> Table:
+    """by_model: several models, each node's named beside its id."""
+    table = Table(box=None, pad_edge=False, expand=True, header_style="bold")
+    for name, justify in NODE_COLUMNS[:1] + [("MODEL", "left")] * by_model + NODE_COLUMNS[1:]:
+        table.add_column(name, justify=justify, no_wrap=True, overflow="ellipsis")
+    table.add_column("ERROR", ratio=1, no_wrap=True, overflow="ellipsis", min_width=12)
+    for n in nodes:
+        style = STATE_STYLE.get(n["state"], "bold red")
+        table.add_row(n["id"], *[n.get("model", "")] * by_model, Text(n["state"], style=style),
+                      str(n["sessions"]), str(n["inflight"]),
+                      str(n["queue"]), _fmt(n["tokens_per_second"], 1), f"{_fmt(n['latency_ms'], 1)}ms",
+                      str(n["failures"]), str(n.get("restarts", 0)), Text(n["error"], style="red"))
+    return table
+
+
+def model_table(models: list[dict]) -> Table:
+    """A line a model: its nodes up and in all, context, chat or raw, sessions."""
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for name, justify in [("MODEL", "left"), ("STATE", "left"), ("NODES", "right"), ("CTX", "right"),
+                          ("MODE", "left"), ("SESS", "right")]:
+        table.add_column(name, justify=justify, no_wrap=True, overflow="ellipsis")
+    for m in models:
+        table.add_row(m["name"], Text(m["state"], style=STATE_STYLE.get(m["state"], "bold red")), str(m.get("nodes", "")),
+                      str(m.get("context", "")), str(m.get("mode", "")), str(m.get("sessions", "")))
+    return table
+
+
 def render(status: dict, height: int = 24) -> Group:
-    d = status["deployment"]
-    head = Text.assemble(
-        (d["name"] or "llamafs", "bold"), f" {d['role']}", f" {d['strategy']}" if d["strategy"] else "",
-        f"  nodes {d['healthy']}/{d['nodes']}  sessions {d['sessions']}",
-        f"/{d['maxsessions']}" if d["maxsessions"] else "",
-        f"  {_fmt(d['tokens_per_second'], 1)} tok/s",
-        f"  ttft {_fmt(d['ttft_recent'] * 1000 if d['ttft_recent'] is not None else None)} ms",
-        f"  prompts {d['requests_total']}")
-    nodes = Table(box=None, pad_edge=False, expand=True, header_style="bold")
-    for name, justify in [("NODE", "left"), ("STATE", "left"), ("SESS", "right"), ("FLIGHT", "right"),
-                          ("QUEUE", "right"), ("TOK/S", "right"), ("CHECK", "right"), ("FAIL", "right"),
-                          ("ERROR", "left")]:
-        nodes.add_column(name, justify=justify, no_wrap=True, overflow="ellipsis")
-    for n in status["nodes"]:
-        nodes.add_row(n["id"], Text(n["state"], style=STATE_STYLE.get(n["state"], "bold red")), str(n["sessions"]),
-                      str(n["inflight"]), str(n["queue"]), _fmt(n["tokens_per_second"], 1),
-                      f"{_fmt(n['latency_ms'], 1)}ms", str(n["failures"]), n["error"])
-    parts = [head, Text(""), nodes]
+    models = status.get("models") or []
+    several = len(models) > 1
+    shown_nodes = sorted(status["nodes"], key=lambda n: n.get("model", "")) if several else status["nodes"]
+    head, nodes = header(status["deployment"]), node_table(shown_nodes, several)
+    parts = [head] + [model_table(models)] * several + [Text(""), nodes]
     sessions = status.get("sessions")
-    room = height - len(status["nodes"]) - 7  # the header, the two tables' heads, the gaps, the key line
+    room = height - len(status["nodes"]) - 7 - (len(models) + 1) * several  # headers, gaps, the key line
     if sessions and room > 1:
         table = Table(box=None, pad_edge=False, expand=True, header_style="bold")
         for name, justify in [("#", "right"), ("OWNER", "left"), ("STATE", "left"), ("WHY", "left"),
