@@ -213,12 +213,14 @@ def start_peer(model: str, threads: int) -> tuple[subprocess.Popen, int]:
     return process, port
 
 
-def start_llama_server(binary: str, model: str, threads: int, parallel: int) -> tuple[subprocess.Popen, int]:
-    """llama-server with a slot per session and 2048 tokens a slot, as a node with --slots N."""
+def start_llama_server(binary: str, model: str, threads: int, parallel: int,
+                       extra: list[str] = ()) -> tuple[subprocess.Popen, int]:
+    """llama-server with a slot per session and 2048 tokens a slot, as a node with --slots N;
+    extra: more of its options."""
     port = free_port()
     process = subprocess.Popen([binary, "-m", model, "-c", str(2048 * parallel), "-t", str(threads),
                                 "-tb", str(threads), "--parallel", str(parallel), "--port", str(port),
-                                "--host", "127.0.0.1"],
+                                "--host", "127.0.0.1", *extra],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_port(port, process=process)
     wait_ready(port)

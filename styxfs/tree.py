@@ -272,15 +272,35 @@ def quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def split_lines(text: str, raw: frozenset[str] = frozenset()) -> list[str]:
+    """Lines as tokenize reads them: a newline inside quotes is part of its
+    word, not the line's end ('' inside quotes is a quote).  A line whose
+    verb is in raw ends at its first newline, whatever quotes it holds."""
+    lines, start = [], 0
+    while start <= len(text):
+        end = text.find("\n", start)
+        end = len(text) if end < 0 else end
+        verb = text[start:end].lstrip(" \t\r").partition(" ")[0].rstrip("\r")
+        if verb not in raw and "'" in text[start:end]:
+            quoting, end = False, start
+            while end < len(text) and (quoting or text[end] != "\n"):
+                quoting ^= text[end] == "'"  # a doubled quote toggles twice: still quoting
+                end += 1
+        lines.append(text[start:end])
+        start = end + 1
+    return lines
+
+
 def parse_commands(data: bytes, raw: frozenset[str] = frozenset()) -> list[list[str]]:
-    """A ctl write: one command a line, blank lines ignored.  A verb in raw
-    takes the rest of its line as it is (one argument, or none if empty)."""
+    """A ctl write: one command a line (a quoted newline is part of its word),
+    blank lines ignored.  A verb in raw takes the rest of its line as it is
+    (one argument, or none if empty)."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise errors.BAD_CTL(why="not UTF-8") from None
     commands = []
-    for line in text.split("\n"):
+    for line in split_lines(text, raw):
         verb, _, rest = line.lstrip(" \t\r").partition(" ")
         if verb.rstrip("\r") in raw:
             rest = rest.rstrip("\r")
