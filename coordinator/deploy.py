@@ -21,19 +21,22 @@ from typing import Any, AsyncIterator, Callable
 
 import trio
 
-from styxfs import client, dial, wire
+from styxfs import client, dial, tls, wire
 from styxfs.auth import SecretAuthenticator, read_secret, secret_authenticator
 from styxfs.server import Server
+from styxfs.llama.settings import HEALTH_TIMEOUT, RESTART_LOG_LINES
 from styxfs.trioutil import unwrapped
 
-from .config import DeploymentConfig, NodeConfig
-from .launch import NodeProcess, deployment_of, node_command, port_holder
+from .config import ConfigError, DeploymentConfig, NodeConfig
+from .discovery import for_deployment
+from .launch import NodeProcess, deployment_of, node_command, port_holder, wait_exit
 from .pool import NodeHandle, Pool
+from .supervise import Supervisor
 from .union import make_union
 
 log = logging.getLogger("coordinator.deploy")
 
-EVENTS = ("deployed", "error", "node-up", "node-down", "scaled", "shutdown")
+EVENTS = ("deployed", "error", "node-up", "node-down", "node-restarted", "node-failed", "scaled", "shutdown")
 
 
 class DeploymentManager:
@@ -49,9 +52,17 @@ class DeploymentManager:
         secret = read_secret(config.authSecretFile) if config.authSecretFile else None
         self.secret = secret
         self.authenticate = secret_authenticator(secret) if secret else None
-        self.pool = Pool(strategy=net.loadBalancing, health_interval=interval,
-                         health_timeout=health_timeout or min(10.0, max(2.0, interval)), seed=seed,
-                         notify=self._node_event, authenticate=self.authenticate)
+        try:  # the CA our nodes' certificates chain to, and our own certificate
+            tls_context = tls.client_context(net.tls.ca, net.tls.cert, net.tls.key) if net.tls else None
+        except tls.TLSError as e:
+            raise ConfigError(f"network.tls: {e}") from None
+        if not health_timeout:  # the config's, else the check interval within settings' bounds
+            low, high = HEALTH_TIMEOUT
+            health_timeout = net.healthTimeout / 1000 if net.healthTimeout else min(high, max(low, interval))
+        self.pool = Pool(strategy=net.loadBalancing, health_interval=interval, health_timeout=health_timeout,
+                         connect_timeout=net.connectTimeout / 1000, seed=seed,
+                         notify=self._node_event, authenticate=self.authenticate, tls_context=tls_context)
+        self.discovery = for_deployment(self)  # nodes found by DNS, with srv or dns entries
         self.sessions, self.root, self.tree = make_union(self.pool, name=config.name, failover=net.enableFailover,
                                              request_timeout=net.requestTimeout / 1000, scaler=self.scale,
                                              owner=config.owner or getpass.getuser(),
@@ -70,6 +81,7 @@ class DeploymentManager:
         self.nursery: trio.Nursery | None = None
         self.deployed = False
         self.changed = trio.Event()  # a node came up or went down, or a process of ours ended
+        self.supervisor = Supervisor(self, net.restart)  # restarts our node processes that crash
 
     # -- events --------------------------------------------------------------------
 
@@ -86,6 +98,7 @@ class DeploymentManager:
                 log.exception("%s handler failed", event)
 
     def _node_event(self, event: str, node: NodeHandle) -> None:
+        self.supervisor.node_event(event, node)
         self._changed()
         self.emit(event, node.id)
 
@@ -107,9 +120,13 @@ class DeploymentManager:
                 self.nursery = nursery
                 self.cancel_scope = nursery.cancel_scope
                 net = self.config.network
+                await self._model_paths()
                 for node in self.config.nodes:
-                    await self._start_node(node)
+                    if not node.record:  # a record's nodes are found, never started (discovery.py)
+                        await self._start_node(node)
                 await nursery.start(self.pool.run)
+                if self.discovery:
+                    await nursery.start(self.discovery.run)
                 await nursery.start(self.tree.run)
                 await self._wait_healthy(timeout)
                 self.listeners = await nursery.start(self.server.serve, self.address)
@@ -132,6 +149,19 @@ class DeploymentManager:
             with trio.CancelScope(shield=True):
                 await self._stop_processes()
 
+    async def _model_paths(self) -> None:
+        """The pool's map from a model's file to its name: the file a node's ctl reports names its pool."""
+        from styxfs.llama.models import ModelNotFound, model_path
+
+        self.pool.configured = self.config.model_names()
+        for name in self.pool.configured:
+            try:
+                path = await trio.to_thread.run_sync(model_path, self.config.model_path(name))
+            except (ModelNotFound, ImportError, OSError) as e:
+                log.warning("model %s: %s", name, e)  # its nodes fail to load it, and say why
+                continue
+            self.pool.paths[os.path.realpath(path)] = name
+
     async def _start_node(self, node: NodeConfig) -> NodeHandle:
         """Spawn `llamafs serve` for a local node not yet listening (behind an
         isolate with isolation "dis"); connect to it.  A local node already
@@ -146,37 +176,72 @@ class DeploymentManager:
                                    f"deployment of pid {owner}: stop that one first, or give this one other ports")
             log.info("node %s: taking the node already listening on port %d (pid %s)", node.id, node.port, holder)
         elif node.is_local:
-            isolated = self.config.isolation == "dis"
-            listen = f"tcp!127.0.0.1!{dial.free_port()}" if isolated else node.dial
-            process = await NodeProcess.start(self.nursery, node.id, node_command(self.config, node, listen),
-                                              self.node_log_dir, on_exit=self._changed)
-            self.processes[node.id] = process
-            if isolated:
-                await self._isolate(node, listen, process)
-        handle = self.pool.add(node.id, node.dial, node.weight)
+            await self.launch(node)
+        address = node.dial
+        if self.pool.tls_context and node.id not in self.processes and node.id not in self.isolates:
+            address = "tls!" + address.split("!", 1)[1]  # ours on loopback stay plain: TLS is for the network
+        handle = self.pool.add(node.id, address, node.weight)
         handle.process = self.processes.get(node.id)
         if node.id in self.isolates:
             handle.authenticate = None  # the isolate authenticates to the node; its export is local
         return handle
 
-    async def _isolate(self, node: NodeConfig, node_dial: str, process: NodeProcess) -> None:
-        """An Inferno emu in front of the node, serving on the node's port."""
+    async def launch(self, node: NodeConfig) -> NodeProcess:
+        """The node's process, and its isolate with isolation "dis"; what is
+        left of earlier ones (a restart's) stopped first."""
+        isolate = self.isolates.pop(node.id, None)
+        if isolate is not None:
+            await trio.to_thread.run_sync(isolate.stop)
+        if (old := self.processes.get(node.id)) is not None:
+            await old.stop()
+        isolated = self.config.isolation == "dis"
+        # Port 0 (a node's with isolation "dis", or the config's): the OS's choice, told back.
+        process = await self._spawn(node, "tcp!127.0.0.1!0" if isolated else node.dial)
+        if isolated or node.port == 0:
+            served = await self._served(node, process)
+            if isolated:
+                await self._isolate(node, served)
+            else:
+                node.port = dial.parse(served).port  # and its restarts' port
+        return process
+
+    async def _spawn(self, node: NodeConfig, listen: str) -> NodeProcess:
+        """A process for the node, listening on listen, supervised."""
+        def exited() -> None:
+            self._changed()
+            if self.processes.get(node.id) is process and not process.stopping:  # a crash, not a stop
+                self.supervisor.exited(node.id, process.returncode, f"exited (status {process.returncode})"
+                                       f"{process.log_tail(RESTART_LOG_LINES)}")
+
+        process = await NodeProcess.start(self.nursery, node.id, node_command(self.config, node, listen),
+                                          self.node_log_dir, on_exit=exited)
+        self.processes[node.id] = process
+        return process
+
+    async def _served(self, node: NodeConfig, process: NodeProcess, timeout: float = 180) -> str:
+        """Where the node process serves, once it says so."""
+        with trio.move_on_after(timeout):
+            served = await process.ready()
+            if served is None:
+                await wait_exit(process.process)
+                raise RuntimeError(f"node {node.id} exited (status {process.returncode}) before listening"
+                                   f"{process.log_tail()}")
+            return served
+        raise RuntimeError(f"node {node.id} not serving after {timeout:.0f} s{process.log_tail()}")
+
+    async def _isolate(self, node: NodeConfig, node_dial: str) -> None:
+        """An Inferno emu in front of the node, serving on the node's port (0: one the OS chooses)."""
         from styxfs.llama.models import model_path
 
         from .isolation import Isolate
 
-        port = int(node_dial.rsplit("!", 1)[1])
-        with trio.fail_after(180):
-            while not dial.port_open("127.0.0.1", port):
-                if process.returncode is not None:
-                    raise RuntimeError(f"node {node.id} exited before listening{process.log_tail()}")
-                await trio.sleep(0.05)
-        model = str(await trio.to_thread.run_sync(model_path, self.config.modelPath))
+        model = str(await trio.to_thread.run_sync(model_path, self.config.model_path(self.config.node_model(node))))
         log_path = os.path.join(self.node_log_dir, f"{node.id}-isolate.log") if self.node_log_dir else None
         isolate = Isolate(node.id, log_path=log_path)
         await isolate.start_async(node_dial, os.path.abspath(model), self.config.node_value(node, "contextSize"),
                                   self.config.node_value(node, "gpuLayers"), node.port,
                                   auth_secret_file=self.config.authSecretFile)
+        node.port = isolate.port  # the same, or the OS's choice for port 0
         self.isolates[node.id] = isolate
         self.nursery.start_soon(self._watch_isolate, node.id, isolate)
 
@@ -185,10 +250,7 @@ class DeploymentManager:
         if self.isolates.get(node_id) is isolate:  # not stopped by us
             log.error("the isolate of node %s died: %s", node_id, reason)
             self.emit("error", RuntimeError(f"the isolate of node {node_id} died: {reason}"))
-            try:
-                self.pool.get(node_id).failed(f"isolate died: {reason}")
-            except KeyError:
-                pass
+            self.supervisor.exited(node_id, 1, f"isolate died: {reason}")
 
     async def _stop_processes(self, ids: list[str] | None = None) -> None:
         ids = list(set(self.processes) | set(self.isolates)) if ids is None else ids
@@ -222,17 +284,21 @@ class DeploymentManager:
             await self._stop_processes()
         self.emit("shutdown")
 
-    async def scale(self, n: int) -> None:
-        """n nodes: spawn local ones on the next free ports from basePort, or
-        drain and stop the last ones (what is in flight finishes first)."""
+    async def scale(self, n: int, model: str | None = None) -> None:
+        """n nodes of the model (None: the default): spawn local ones on the
+        next free ports from basePort, or drain and stop the last ones (what
+        is in flight finishes first)."""
         if n < 0:
             raise ValueError("scale: a negative number of nodes")
-        while len(self.pool.nodes) < n:
-            node = self._next_node()
+        model = model or self.config.default_model
+        if model not in self.config.model_names():
+            raise ValueError(f"scale: no such model {model!r}: the models are {', '.join(self.config.model_names())}")
+        while len(self._nodes_of(model)) < n:
+            node = self._next_node(model)
             self.config.nodes.append(node)
             await self._start_node(node)
-        if len(self.pool.nodes) > n:
-            extra = self.pool.nodes[n:]
+        if len(self._nodes_of(model)) > n:
+            extra = self._nodes_of(model)[n:]
             async with trio.open_nursery() as nursery:
                 for node in extra:
                     nursery.start_soon(self.drain, node.id)
@@ -243,6 +309,13 @@ class DeploymentManager:
         await self._wait_healthy(180)
         self.emit("scaled", n)
 
+    def _nodes_of(self, model: str) -> list[NodeHandle]:
+        """The model's nodes, as the config says (a node added by ctl: as it says)."""
+        if len(self.config.model_names()) <= 1:
+            return list(self.pool.nodes)
+        configured = {c.id: self.config.node_model(c) for c in self.config.nodes}
+        return [h for h in self.pool.nodes if configured.get(h.id, model if h.serves(model) else None) == model]
+
     async def _wait_healthy(self, timeout: float) -> None:
         """Until every node is up; a node process of ours that exits first is
         an error at once, not a wait for the timeout."""
@@ -250,7 +323,8 @@ class DeploymentManager:
             while len(self.pool.healthy()) < len(self.pool.nodes):
                 changed = self.changed
                 for node in self.pool.nodes:
-                    if node.process is not None and node.process.returncode is not None:
+                    if (node.process is not None and node.process.returncode is not None
+                            and node.id not in self.supervisor.seen_up):  # else the supervisor's to restart
                         raise RuntimeError(f"node {node.id} exited (status {node.process.returncode}) before it was"
                                            f" up{node.process.log_tail()}")
                 await changed.wait()
@@ -258,7 +332,7 @@ class DeploymentManager:
         down = ", ".join(f"{n.id} ({n.error})" for n in self.pool.nodes if n.state != "up")
         raise RuntimeError(f"nodes not healthy after {timeout:.0f} s: {down}")
 
-    def _next_node(self) -> NodeConfig:
+    def _next_node(self, model: str | None = None) -> NodeConfig:
         taken_ids = {n.id for n in self.config.nodes}
         taken_ports = {n.port for n in self.config.nodes}
         port = self.config.network.basePort
@@ -267,7 +341,8 @@ class DeploymentManager:
         i = len(self.config.nodes)
         while f"node-{i}" in taken_ids:
             i += 1
-        return NodeConfig(id=f"node-{i}", address="localhost", port=port)
+        several = len(self.config.model_names()) > 1
+        return NodeConfig(id=f"node-{i}", address="localhost", port=port, model=model if several else None)
 
     # -- use ---------------------------------------------------------------------------
 
@@ -315,9 +390,14 @@ class DeploymentManager:
             "address": self.address,
             "strategy": self.pool.strategy.name,
             "sessions": len(self.tree.table.sessions),
-            "nodes": [{"id": n.id, "address": n.address, "state": n.state, "draining": n.draining,
+            "models": [{"name": m, "state": "up" if self.pool.healthy(m) else "down",
+                        "nodes": f"{len(self.pool.healthy(m))}/{len(self.pool.nodes_of(m))}"}
+                       for m in self.pool.model_names()],
+            "nodes": [{"id": n.id, "address": n.address, "state": n.condition, "draining": n.draining,
+                       "model": ",".join(sorted(n.models)),
                        "weight": n.weight, "sessions": len(n.sessions), "inflight": len(n.inflight),
-                       "latency": n.latency, "failures": n.failures, "error": n.error,
+                       "latency": n.latency, "failures": n.failures, "restarts": n.restarts,
+                       "error": n.crashed or n.error,
                        "pid": n.process.pid if n.process else None} for n in self.pool.nodes],
         }
 

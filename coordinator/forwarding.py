@@ -20,6 +20,7 @@ import logging
 import trio
 
 from styxfs import client, wire
+from styxfs.errors import StyxError
 from styxfs.llama import errors
 from styxfs.llama.chat import Message, format_records
 from styxfs.llama.metrics import ReplyFigures
@@ -89,9 +90,22 @@ class ForwardingSessions(SessionBackend):
     def attach_session(self, session: Session) -> None:
         self.remotes[session.number] = Remote(session)
 
+    def model_of(self, session: Session) -> str | None:
+        """The session's model: the one it chose, else the default."""
+        return session.model or self.pool.default_model
+
+    async def choose_model(self, session: Session, model: str) -> None:
+        """ctl `model`, before the first turn: a node session made ahead goes."""
+        remote = self.remotes[session.number]
+        if remote.messages or (remote.reply is not None):
+            raise errors.MODEL_CHOSEN()
+        session.model = model
+        await self.node_sessions.unbind(remote, close=True)
+
     async def submit(self, session: Session, text: bytes) -> Reply:
-        if not self.pool.healthy():
-            raise errors.NO_HEALTHY_NODE()
+        model = self.model_of(session)
+        if not self.pool.healthy(model):
+            raise errors.MODEL_DOWN(model=model) if len(self.pool.model_names()) > 1 else errors.NO_HEALTHY_NODE()
         remote = self.remotes[session.number]
         reply = ForwardedReply()
         remote.reply = reply
@@ -160,9 +174,10 @@ class ForwardingSessions(SessionBackend):
                         return  # a new node must first be given the conversation: the turn does that
                     if not prompt and self.pool.strategy.name == "prefix-affinity":
                         return  # the node is chosen by the prompt: at its first write
-                    node = self.pool.choose(prompt=affinity_key(session, prompt))
+                    model = self.model_of(session)
+                    node = self.pool.choose(prompt=affinity_key(session, prompt), model=model)
                     with node.request() as c:
-                        await self.node_sessions.bind(remote, c, node)
+                        await self.node_sessions.bind(remote, c, node, model)
                 b = remote.binding
                 if b.data is None or b.ahead is None or len(prompt) > b.data.iounit:
                     prompt = b""  # the turn sends it
@@ -173,6 +188,39 @@ class ForwardingSessions(SessionBackend):
             except Exception:  # a bug here must not fail the client's write
                 log.exception("session %d: sending ahead", session.number)
 
+    async def check_files(self, session: Session, sampling) -> None:
+        """A grammar or schema is checked by the node (the session is bound to
+        one now if it is not yet): the node's refusal is ours."""
+        remote = self.remotes.get(session.number)
+        if remote is None or remote.messages and remote.binding is None:
+            return  # the turn that gives a node the conversation sends them
+        try:
+            if remote.binding is None:
+                model = self.model_of(session)
+                node = self.pool.choose(prompt=affinity_key(session, b""), model=model)
+                with node.request() as c:
+                    await self.node_sessions.bind(remote, c, node, model)
+            b = remote.binding
+            with b.node.request() as c:
+                await self._write_files(c, b, sampling)
+        except client.ServerError as e:
+            raise StyxError(e.ename) from None
+        except (NodeDown, NodeFull, client.Error) as e:
+            log.info("session %d: no node checked its grammar: %s", session.number, e)  # its turn will
+
+    @staticmethod
+    async def _write_files(c: client.Client, b: Binding, sampling) -> None:
+        """The session's text settings (system prompt, grammar, schema) that
+        the node's session lacks, each to its file; what failed is unknown."""
+        known = dict(b.files)
+        try:
+            for name, value in sampling.file_writes(known):
+                await c.write_file(f"{b.number}/{name}", value)
+        except BaseException:
+            b.files = dict.fromkeys(known, None)  # written again, empty ones too, next time
+            raise
+        b.files = known
+
     @staticmethod
     def _first_words(remote: Remote, text: bytes) -> bytes:
         """The conversation's first message, else this turn's text."""
@@ -182,12 +230,13 @@ class ForwardingSessions(SessionBackend):
         """Run one turn on a node, failing over as the config says."""
         tried: set[NodeHandle] = set()
         full: NodeFull | None = None
+        model = self.model_of(session)
         with trio.move_on_after(self.request_timeout) as timer:
             while not reply.ended:
-                healthy = self.pool.healthy()
+                healthy = self.pool.healthy(model)
                 try:
                     node = (remote.node if remote.node in healthy
-                            else self.pool.choose(tried, affinity_key(session, self._first_words(remote, text))))
+                            else self.pool.choose(tried, affinity_key(session, self._first_words(remote, text)), model))
                 except NodeDown as e:
                     reply.set_state(ReplyState.ERROR, str(full or e))  # every node full says so
                     break
@@ -260,7 +309,7 @@ class ForwardingSessions(SessionBackend):
         if remote.node is node:
             return text
         await self.node_sessions.unbind(remote, close=True)
-        b = await self.node_sessions.bind(remote, c, node)
+        b = await self.node_sessions.bind(remote, c, node, self.model_of(remote.session))
         messages = [Message(m.role, m.text) for m in remote.messages]
         if reply.text:  # taken over mid-reply: the node goes on with the assistant's message
             said = bytes(reply.text).decode(errors="replace")
@@ -281,10 +330,7 @@ class ForwardingSessions(SessionBackend):
         """The settings and what was not sent ahead of the prompt, written to
         the binding's data file, which is returned (None: cancelled)."""
         b = remote.binding
-        for name, value in session.sampling.raw_settings().items():  # a system prompt of many lines
-            if b.files.get(name) != value:
-                await c.write_file(f"{b.number}/{name}", value)
-                b.files[name] = value
+        await self._write_files(c, b, session.sampling)
         if b.data is None:
             b.data = (await c.open(f"{b.number}/data", wire.ORDWR)).fid
         # The node takes a turn's settings when the turn is submitted, at the

@@ -46,8 +46,8 @@ class Binding:
         self.released = False
 
     @classmethod
-    async def make(cls, node: NodeHandle, c: client.Client) -> "Binding":
-        ctl = await c.open("clone", wire.ORDWR)
+    async def make(cls, node: NodeHandle, c: client.Client, clone: str = "clone") -> "Binding":
+        ctl = await c.open(clone, wire.ORDWR)
         opened: dict[str, client.File] = {}
 
         async def open_file(name: str, mode: int) -> None:
@@ -134,16 +134,25 @@ class NodeSessions:
             self.nursery = nursery
             await self.keep_spares()
 
-    async def bind(self, bound: Bound, c: client.Client, node: NodeHandle) -> Binding:
-        """A session on this node for bound: a spare one made ahead, or a new one.
-        A node at its cap with nothing of ours to let go raises NodeFull."""
-        spares = self.spares.get(node, [])
+    def clone_path(self, node: NodeHandle, model: str | None) -> str:
+        """Where a session of the model is made on the node: a coordinator
+        node of several models makes it in models/NAME/, a node has one."""
+        if node.role == "coordinator" and model is not None and len(self.pool.model_names()) > 1:
+            return f"models/{model}/clone"
+        return "clone"
+
+    async def bind(self, bound: Bound, c: client.Client, node: NodeHandle, model: str | None = None) -> Binding:
+        """A session on this node for bound (of the model): a spare one made
+        ahead, or a new one.  A node at its cap with nothing of ours to let go
+        raises NodeFull."""
+        clone = self.clone_path(node, model)
+        spares = self.spares.get(node, []) if clone == "clone" else []
         if spares:
             binding = spares.pop()
         else:
             node.arriving += 1  # the strategies count it at once: sessions bound together spread out
             try:
-                binding = await self._make(node, c, room=True)
+                binding = await self._make(node, c, room=True, clone=clone)
             finally:
                 node.arriving -= 1
         bound.binding = binding
@@ -156,7 +165,7 @@ class NodeSessions:
             binding.node.sessions.discard(bound)
             await binding.release(close)
 
-    async def _make(self, node: NodeHandle, c: client.Client, room: bool) -> Binding:
+    async def _make(self, node: NodeHandle, c: client.Client, room: bool, clone: str = "clone") -> Binding:
         """A new session on the node, counted as held while it is made (so
         that makes at once cannot pass the node's cap together); with room,
         an idle one of ours is let go first if the node is at its cap."""
@@ -165,7 +174,7 @@ class NodeSessions:
             if room:
                 await self._make_room(node)
             try:
-                return await Binding.make(node, c)
+                return await Binding.make(node, c, clone)
             except client.ServerError as e:
                 if e.ename.startswith(errors.TOO_MANY_SESSIONS.prefix):
                     raise NodeFull(e.ename) from None
@@ -204,6 +213,8 @@ class NodeSessions:
                     for binding in self.spares.pop(node):
                         self.nursery.start_soon(binding.release, True)
             for node in self.pool.healthy():
+                if self.clone_path(node, self.pool.default_model) != "clone":
+                    continue  # a coordinator of several models: its sessions are made per model
                 spares = self.spares.setdefault(node, [])
                 while (len(spares) < SPARES and node.usable and (c := node.client) is not None
                        and not (node.max_sessions and self.held(node) >= node.max_sessions)):

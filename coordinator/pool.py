@@ -5,6 +5,12 @@ A node is `up` while its health check (a read of its root ctl, with a
 timeout of its own) passes and says a model is loaded; `down` otherwise;
 `draining` when told to take no new sessions.  A node going down cancels
 the requests in flight on it, so that they fail over at once.
+
+A deployment of several models has a pool per model, within this one: a
+node is in the pool of the model whose path its ctl reports (a coordinator
+node: of each model its models/ lists), learnt again at each health check,
+so a node that `load`s another model moves.  The strategies pick among the
+healthy nodes of one model, each model with its own strategy state.
 """
 
 from __future__ import annotations
@@ -13,13 +19,16 @@ import contextlib
 import getpass
 import logging
 import math
+import os
 import time
+from pathlib import Path
 from typing import Callable
 
 import trio
 
 from styxfs import client
 from styxfs.llama import errors
+from styxfs.llama.settings import CONNECT_TIMEOUT
 
 from .balance import make_strategy, pick
 
@@ -47,7 +56,12 @@ class NodeHandle:
         self.max_sessions = 0  # the node's cap, from its ctl (0: not yet known)
         self.scope = trio.CancelScope()
         self.process = None  # a local node process we started (deploy.py)
+        self.restarts = 0  # times the supervisor started that process again (supervise.py)
+        self.crashed = ""  # why, while the supervisor finds it crashing again and again
         self.authenticate = pool.authenticate  # None for an isolate: its export is on loopback, without Tauth
+        self.tls_name = None  # the name a tls! node's certificate must match, if not its address's host
+        self.role = "node"  # or "coordinator", as its ctl says
+        self.models: frozenset[str] = frozenset()  # the models it serves, as its last health check said
 
     @property
     def session_count(self) -> int:
@@ -58,14 +72,19 @@ class NodeHandle:
     def usable(self) -> bool:
         return self.state == "up" and not self.draining and self.client is not None
 
+    @property
+    def condition(self) -> str:
+        """The state shown: failed (crashing again and again) while down."""
+        return "failed" if self.crashed and self.state != "up" else self.state
+
     def health_text(self) -> str:
-        state = "draining" if self.draining and self.state == "up" else self.state
-        lines = [("state", state), ("address", self.address), ("weight", self.weight),
+        state = "draining" if self.draining and self.state == "up" else self.condition
+        lines = [("state", state), ("address", self.address), ("model", self.model_label), ("weight", self.weight),
                  ("sessions", len(self.sessions)), ("inflight", len(self.inflight)),
                  ("lastcheck", f"{self.last_check:.3f}"), ("latency", f"{self.latency:.6f}"),
-                 ("failures", self.failures)]
-        if self.state != "up" and self.error:
-            lines.append(("error", self.error))
+                 ("failures", self.failures), ("restarts", self.restarts)]
+        if self.state != "up" and (self.crashed or self.error):
+            lines.append(("error", self.crashed or self.error))
         return "".join(f"{k} {v}\n" for k, v in lines)
 
     async def run(self) -> None:
@@ -79,9 +98,10 @@ class NodeHandle:
                 await trio.sleep(min(self.pool.health_interval, 1.0))
 
     async def _connection(self) -> None:
-        with trio.move_on_after(self.pool.health_timeout) as connecting:
+        with trio.move_on_after(self.pool.connect_timeout) as connecting:
             async with client.connect(self.address, uname=self.pool.uname, flush_timeout=0.5,
-                                      authenticate=self.authenticate) as c:
+                                      authenticate=self.authenticate, tls_context=self.pool.tls_context,
+                                      tls_name=self.tls_name) as c:
                 connecting.deadline = math.inf  # connected: no deadline but the checks' own
                 self.client = c
                 try:
@@ -110,16 +130,40 @@ class NodeHandle:
         fields = dict(line.split(" ", 1) for line in text.splitlines() if " " in line)
         if fields.get("maxsessions", "").isdigit():
             self.max_sessions = int(fields["maxsessions"])
+        await self._learn_models(c, fields)
         if fields.get("state") != "loaded":
             self._mark_down("model not loaded" + (f": {fields['error']}" if "error" in fields else ""),
                             cancel_inflight=False)
         else:
             self._mark_up()
 
+    async def _learn_models(self, c: client.Client, fields: dict[str, str]) -> None:
+        self.role = fields.get("role", "node")
+        models = self.models  # as it was, if the listing times out
+        if self.role == "coordinator":
+            try:
+                with trio.move_on_after(self.pool.health_timeout):
+                    models = frozenset(d.name for d in await c.listdir("models"))
+            except client.Error:
+                models = frozenset()  # a coordinator without models/: its one model is the default
+        elif fields.get("state") == "loaded":  # else it has no model to speak of (ctl says `model none`)
+            models = frozenset([self.pool.model_of(fields.get("model", ""))])
+        if models != self.models and self.models:
+            log.info("node %s now serves %s (was %s)", self.id, ",".join(sorted(models)), self.model_label)
+        self.models = models
+
+    @property
+    def model_label(self) -> str:
+        """The models it serves, for people: `tiny`, `chat,tiny`, `-` before its first check."""
+        return ",".join(sorted(self.models)) or "-"
+
+    def serves(self, model: str) -> bool:
+        return model in self.models or (not self.models and model == self.pool.default_model)
+
     def _mark_up(self) -> None:
         self.failures = 0
         if self.state != "up":
-            log.info("node %s is up", self.id)
+            log.info("node %s (model %s) is up", self.id, self.model_label)
             self.state, self.error = "up", ""
             self.pool.notify("node-up", self)
 
@@ -130,7 +174,7 @@ class NodeHandle:
             for scope in list(self.inflight):
                 scope.cancel()  # what runs there fails over now
         if self.state != "down":
-            log.warning("node %s is down: %s", self.id, why)
+            log.warning("node %s (model %s) is down: %s", self.id, self.model_label, why)
             self.state = "down"
             self.pool.notify("node-down", self)
 
@@ -157,17 +201,43 @@ class NodeHandle:
 
 class Pool:
     def __init__(self, *, strategy: str = "round-robin", health_interval: float = 30.0,
-                 health_timeout: float = 5.0, seed: int | None = None,
-                 notify: Callable[[str, NodeHandle], None] | None = None, authenticate=None):
+                 health_timeout: float = 5.0, connect_timeout: float = CONNECT_TIMEOUT, seed: int | None = None,
+                 notify: Callable[[str, NodeHandle], None] | None = None, authenticate=None, tls_context=None):
         self.nodes: list[NodeHandle] = []
         self.strategy = make_strategy(strategy, seed)
         self.seed = seed
         self.health_interval = health_interval
         self.health_timeout = health_timeout
+        self.connect_timeout = connect_timeout
         self.uname = getpass.getuser()
         self.authenticate = authenticate  # styxfs.auth.secret_authenticator(...) or None
+        self.tls_context = tls_context  # what tls! nodes are checked by (styxfs.tls.client_context)
         self.nursery: trio.Nursery | None = None
         self.listeners: list[Callable[[str, NodeHandle], None]] = [notify] if notify else []
+        self.configured: list[str] = []  # the deployment's models, the default first
+        self.paths: dict[str, str] = {}  # a model's file (real path) -> its name
+        self.strategies: dict[str, object] = {}  # a model's own strategy, beside the default's
+
+    @property
+    def default_model(self) -> str | None:
+        return self.configured[0] if self.configured else None
+
+    def model_of(self, path: str) -> str:
+        """The name of the model at path: the deployment's, else the file's stem."""
+        return self.paths.get(os.path.realpath(path) if path else "") or Path(path).stem or "none"
+
+    def model_names(self) -> list[str]:
+        """The models served: the deployment's, the default first, then any its nodes were found to have."""
+        if len(self.configured) <= 1:
+            return list(self.configured) or sorted({m for n in self.nodes for m in n.models})[:1]
+        seen = {m for n in self.nodes for m in n.models}
+        return self.configured + sorted(seen - set(self.configured))
+
+    def nodes_of(self, model: str | None) -> list[NodeHandle]:
+        """The nodes of a model's pool; with one model, or None, every node."""
+        if model is None or len(self.model_names()) <= 1:
+            return list(self.nodes)
+        return [n for n in self.nodes if n.serves(model)]
 
     def notify(self, event: str, node: NodeHandle) -> None:
         for listener in self.listeners:
@@ -209,15 +279,21 @@ class Pool:
 
     def set_strategy(self, name: str) -> None:
         self.strategy = make_strategy(name, self.seed)
+        self.strategies = {}
 
-    def healthy(self) -> list[NodeHandle]:
-        return [n for n in self.nodes if n.usable]
+    def healthy(self, model: str | None = None) -> list[NodeHandle]:
+        return [n for n in self.nodes_of(model) if n.usable]
 
-    def choose(self, exclude=(), prompt: bytes = b"") -> NodeHandle:
-        """A healthy node, by the strategy; prompt: the beginning of the
-        session's conversation, for prefix-affinity."""
-        candidates = [n for n in self.healthy() if n not in exclude]
+    def choose(self, exclude=(), prompt: bytes = b"", model: str | None = None) -> NodeHandle:
+        """A healthy node of the model's pool, by the strategy; prompt: the
+        beginning of the session's conversation, for prefix-affinity."""
+        nodes = self.nodes_of(model)
+        candidates = [n for n in nodes if n.usable and n not in exclude]
+        strategy = self.strategy
+        if model is not None and model != self.default_model:
+            strategy = self.strategies.setdefault(model, make_strategy(self.strategy.name, self.seed))
         try:
-            return pick(self.strategy, self.nodes, candidates, prompt)
+            return pick(strategy, nodes, candidates, prompt)
         except LookupError:
-            raise NodeDown(str(errors.NO_HEALTHY_NODE)) from None
+            several = model is not None and len(self.model_names()) > 1
+            raise NodeDown(str(errors.MODEL_DOWN.format(model=model) if several else errors.NO_HEALTHY_NODE)) from None

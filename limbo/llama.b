@@ -2,12 +2,13 @@ implement Llama;
 
 #
 # llama [-m mountpoint] [-a tcp!host!port [-k secretfile] [-M modulepath]]
-#	[-t temperature] [-n maxtokens] [-s system] [-r] [prompt ...]
+#	[-c model] [-t temperature] [-n maxtokens] [-s system] [-g grammarfile] [-r] [prompt ...]
 #
 # Ask a llamafs node or coordinator: a session of its own (clone), the
 # settings written to its ctl, the prompt (the arguments, or else standard
 # input) written to its data file, and the reply copied to standard output
-# as it arrives.  -s gives a chat its system prompt; -r asks for raw
+# as it arrives.  -c chooses one of a deployment's models (ctl `model`).  -s gives a chat its system prompt; -g a GBNF grammar
+# (a file, copied to N/grammar) the reply follows; -r asks for raw
 # completion where the model has a chat template.  A reply cut short
 # (maxtokens, or a full context) is said on standard error.  The session is
 # closed at the end.  With -a, -k
@@ -43,11 +44,12 @@ init(nil: ref Draw->Context, argv: list of string)
 	if(arg == nil)
 		fail(sys->sprint("can't load %s: %r", Arg->PATH));
 	arg->init(argv);
-	arg->setusage("llama [-m mountpoint] [-a tcp!host!port [-k secretfile] [-M modulepath]] [-t temperature] [-n maxtokens] [-s system] [-r] [prompt ...]");
+	arg->setusage("llama [-m mountpoint] [-a tcp!host!port [-k secretfile] [-M modulepath]] [-c model] [-t temperature] [-n maxtokens] [-s system] [-g grammarfile] [-r] [prompt ...]");
 	mnt := "";
 	addr := "";
 	secretfile := "";
 	modpath := "";
+	grammarfile := "";
 	argv0 := hd argv;
 	settings: list of string;
 	while((c := arg->opt()) != 0)
@@ -66,8 +68,12 @@ init(nil: ref Draw->Context, argv: list of string)
 			settings = "maxtokens " + number(arg->earg(), "maxtokens") :: settings;
 		's' =>
 			settings = "system " + arg->earg() :: settings;
+		'g' =>
+			grammarfile = arg->earg();
 		'r' =>
 			settings = "mode raw" :: settings;
+		'c' =>
+			settings = "model " + arg->earg() :: settings;
 		* =>
 			arg->usage();
 		}
@@ -125,6 +131,8 @@ init(nil: ref Draw->Context, argv: list of string)
 	for(settings = reverse(settings); settings != nil; settings = tl settings)
 		if(sys->fprint(ctl, "%s", hd settings) < 0)
 			fail(sys->sprint("%s: %r", hd settings));
+	if(grammarfile != nil)
+		putgrammar(grammarfile, session);
 
 	err := stream(session + "/data", prompt);
 	if(err == nil)
@@ -132,6 +140,24 @@ init(nil: ref Draw->Context, argv: list of string)
 	sys->fprint(ctl, "close");
 	if(err != nil)
 		fail(err);
+}
+
+# -g: the grammar, written whole to N/grammar.  Its clunk says whether the
+# server took it, but a clunk's error does not reach a Limbo program: reading
+# it back does.
+putgrammar(file: string, session: string)
+{
+	in := sys->open(file, Sys->OREAD);
+	if(in == nil)
+		fail(sys->sprint("can't open %s: %r", file));
+	text := readall(in);
+	out := sys->open(session + "/grammar", Sys->OWRITE|Sys->OTRUNC);
+	if(out == nil || sys->write(out, text, len text) != len text)
+		fail(sys->sprint("can't write %s/grammar: %r", session));
+	out = nil;
+	back := sys->open(session + "/grammar", Sys->OREAD);
+	if(back == nil || string readall(back) != string text)
+		fail("bad grammar: " + file + " refused (llamafs ask --grammar says why)");
 }
 
 # Say on standard error when the reply was cut short: N/status's reason.

@@ -101,7 +101,7 @@ ModelContext.evaluate(ctx: self ref ModelContext, input: string): string
 
 DisNode.init(id: string, addr: string, p: int): ref DisNode
 {
-	return ref DisNode(id, addr, p, nil, 0, 0, nil, nil, nil, chan[1] of int);
+	return ref DisNode(id, addr, p, nil, 0, 0, nil, nil, nil, nil, chan[1] of int);
 }
 
 dialstring(node: ref DisNode): string
@@ -138,7 +138,7 @@ connect(node: ref DisNode): string
 	if(node.connected)
 		return nil;
 	dest := dialstring(node);
-	reqc := chan of (string, chan of (string, string, int));
+	reqc := chan of (string, string, chan of (string, string, int));
 	quitc := chan of chan of int;
 	sync := chan of string;
 	spawn nodeproc(dest, node.secret, reqc, quitc, sync);
@@ -207,7 +207,7 @@ noderequest(node: ref DisNode, req: string): (string, string)
 	node.lock <-= 1;
 	connected := node.connected;
 	if(connected)
-		node.reqc <-= (req, rc);
+		node.reqc <-= (modeldir(node.model), req, rc);
 	<-node.lock;
 	if(!connected)
 		return (nil, "node " + node.id + " not connected");
@@ -228,7 +228,16 @@ noderequest(node: ref DisNode, req: string): (string, string)
 # The node's own process: a private namespace with the node mounted on
 # NODEMNT; each request is served by a process of its own, in the same
 # namespace.
-nodeproc(dest: string, secret: array of byte, reqc: chan of (string, chan of (string, string, int)),
+# Where a request of the model is sent, below the node's mount: its root
+# data (the default model's), or a new session of the model.
+modeldir(model: string): string
+{
+	if(model == nil)
+		return nil;
+	return "/models/" + model + "/new";
+}
+
+nodeproc(dest: string, secret: array of byte, reqc: chan of (string, string, chan of (string, string, int)),
 	quitc: chan of chan of int, sync: chan of string)
 {
 	c: Sys->Connection;
@@ -260,8 +269,8 @@ nodeproc(dest: string, secret: array of byte, reqc: chan of (string, chan of (st
 	}
 	sync <-= nil;
 	for(;;) alt {
-	(req, rc) := <-reqc =>
-		spawn worker(req, rc);
+	(dir, req, rc) := <-reqc =>
+		spawn worker(dir, req, rc);
 	done := <-quitc =>
 		sys->unmount(nil, NODEMNT);
 		hangup(c);
@@ -270,10 +279,10 @@ nodeproc(dest: string, secret: array of byte, reqc: chan of (string, chan of (st
 	}
 }
 
-worker(req: string, rc: chan of (string, string, int))
+worker(dir: string, req: string, rc: chan of (string, string, int))
 {
 	{
-		(reply, err) := talk(NODEMNT, req);
+		(reply, err) := talk(NODEMNT + dir, req);
 		if(err == nil){
 			rc <-= (reply, nil, 0);
 			return;

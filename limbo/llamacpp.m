@@ -40,7 +40,9 @@ Llamacpp: module
 	# its data file and returns the whole reply; disconnect unmounts and
 	# hangs up.  A node whose transport fails is marked failed (and
 	# disconnected) until it is connected again.  Set secret (readsecret)
-	# before connect to authenticate; nil: no authentication.
+	# before connect to authenticate; nil: no authentication.  Set model to
+	# name one of a deployment's models (its requests go through
+	# models/NAME/new/data); nil: the default model.
 	DisNode: adt {
 		id:	string;
 		addr:	string;
@@ -49,7 +51,8 @@ Llamacpp: module
 		connected:	int;
 		failed:	int;
 		err:	string;	# why it failed
-		reqc:	chan of (string, chan of (string, string, int));
+		model:	string;	# the model its requests name, or nil: the default
+		reqc:	chan of (string, string, chan of (string, string, int));
 		quitc:	chan of chan of int;
 		lock:	chan of int;	# buffered, one slot
 

@@ -72,6 +72,9 @@ init(nil: ref Draw->Context, argv: list of string)
 				sys->print("nil: %r\n");
 			else
 				sys->print("ok %d\n", len n.secret);
+		"model" =>	# model NODE NAME: its requests name the model
+			find(nodes, hd tl f).model = hd tl tl f;
+			sys->print("ok\n");
 		"state" =>
 			n := find(nodes, hd tl f);
 			sys->print("connected %d failed %d\n", n.connected, n.failed);

@@ -81,28 +81,18 @@ def start_fake_node(nursery, fake_model):
 
 
 def node_processes(model: str, fake: bool = False):
-    """Three node processes, started at once: [[id, process, address]]."""
-    from .support import spawn_node_process, stop_process, wait_for_port
+    """Three node processes, started at once, each on a port the OS chose
+    and told back: [[id, process, address]]."""
+    from .support import spawn_node_process, stop_processes
 
-    ports: list[int] = []
-    while len(ports) < 3:  # three, none yet listened on
-        if (port := dial.free_port()) not in ports:
-            ports.append(port)
-    started = []
+    spawned, started = [], []
     try:
-        for i, port in enumerate(ports):
-            process, _ = spawn_node_process(model, threads=1, slots=4, port=port, fake=fake)
-            started.append([f"node-{i}", process, f"tcp!127.0.0.1!{port}"])
-        for _, process, address in started:
-            wait_for_port(int(address.rsplit("!", 1)[1]), process=process)
-        yield started
+        for _ in range(3):
+            spawned.append(spawn_node_process(model, threads=1, slots=4, fake=fake))
+        started = [[f"node-{i}", process, served()] for i, (process, served) in enumerate(spawned)]
+        yield started  # a test may put a process of its own in place of one
     finally:
-        running = [process for _, process, _ in started if process.poll() is None]
-        for process in running:
-            os.kill(process.pid, signal.SIGCONT)
-            process.terminate()  # all at once; then each is waited for
-        for process in running:
-            stop_process(process)
+        stop_processes([p for p, _ in spawned] + [p for _, p, _ in started])  # at once; then each waited for
 
 
 @pytest.fixture

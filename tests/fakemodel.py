@@ -21,8 +21,9 @@ import threading
 
 import trio
 
+from styxfs.llama import errors
 from styxfs.llama.engine import Engine
-from styxfs.llama.model import ModelInfo, ModelSettings
+from styxfs.llama.model import EngineError, ModelInfo, ModelSettings
 from styxfs.llama.settings import NODE, Sampling
 
 EOG, BOS = 0, 1
@@ -152,8 +153,11 @@ class FakeModel:
     def tokenize(self, text: bytes, add_special: bool) -> list[int]:
         return tokens_of(text, add_special)
 
-    def piece(self, token: int) -> bytes:
+    def piece(self, token: int, special: bool = False) -> bytes:
         return bytes([token - 2]) if token >= 2 else b""
+
+    def detokenize(self, tokens: list[int]) -> bytes:
+        return b"".join(self.piece(token, True) for token in tokens)
 
     def is_eog(self, token: int) -> bool:
         return token == EOG
@@ -181,9 +185,14 @@ class FakeModel:
             if logits:
                 self.logits[index] = seq
 
-    def make_sampler(self, sampling: Sampling, history: list[int]) -> object:
+    def make_sampler(self, sampling: Sampling, history: list[int], said: bytes = b"") -> object:
         self.samplers += 1
-        return object()
+        return object()  # a constraint is not followed: the fake model's text is its own
+
+    def check_grammar(self, gbnf: str) -> None:
+        """A stand-in for llama.cpp's parser: a grammar needs a root rule."""
+        if "root" not in gbnf:
+            raise EngineError(errors.BAD_GRAMMAR.format(why="no root rule"))
 
     def free_sampler(self, sampler: object) -> None:
         self.samplers -= 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ import time
 import trio
 
 from styxfs import client, wire
-from styxfs.dial import free_port, port_open
+from styxfs.dial import port_open
 from styxfs.llama.engine import Engine
 from styxfs.llama.llamacpp import LlamaModel
 from styxfs.llama.reply import parse_status
@@ -129,22 +130,71 @@ def wait_for_port(port: int, timeout: float = 120.0, process: subprocess.Popen |
     raise TimeoutError(f"nothing listening on port {port} after {timeout} s")
 
 
-def start_node_process(model: str, threads: int = 2, slots: int = 4, port: int | None = None,
+def start_node_process(model: str, threads: int = 2, slots: int = 4, port: int = 0,
                        extra: list[str] | None = None, fake: bool = False) -> tuple[subprocess.Popen, str]:
     """A node (`python -m styxfs.llama`, or with fake `python -m tests.fakemodel`
-    on the fake model) as a process of its own, once it listens; (process, dial string)."""
-    process, port = spawn_node_process(model, threads, slots, port, extra, fake)
-    wait_for_port(port, process=process)
-    return process, f"tcp!127.0.0.1!{port}"
+    on the fake model) as a process of its own, once it serves; (process,
+    dial string).  Port 0: the one the OS chooses, told back."""
+    process, served = spawn_node_process(model, threads, slots, port, extra, fake)
+    return process, served()
 
 
-def spawn_node_process(model: str, threads: int = 2, slots: int = 4, port: int | None = None,
-                       extra: list[str] | None = None, fake: bool = False) -> tuple[subprocess.Popen, int]:
-    """The same, without waiting for it to listen: (process, port)."""
-    port = port or free_port()
+def spawn_node_process(model: str, threads: int = 2, slots: int = 4, port: int = 0,
+                       extra: list[str] | None = None, fake: bool = False):
+    """The same, without waiting for it: (process, served), served() waiting
+    for it to serve and giving its address."""
     cmd = (FAKE_NODE if fake else NODE) + ["--model", model, "--listen", f"tcp!127.0.0.1!{port}",
                                            "--threads", str(threads), "--slots", str(slots)] + (extra or [])
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), port
+    return spawn_ready(cmd)
+
+
+def spawn_ready(command: list[str], log=subprocess.DEVNULL, stderr=subprocess.STDOUT, **options):
+    """Start command (a node, or `llamafs deploy start`, listening on port 0
+    perhaps): (process, served), served() waiting till it says where it
+    serves (styxfs.llama.ready) and giving that address; an error if it
+    stops first."""
+    from styxfs.llama.ready import READY_FD
+
+    said, told = os.pipe()
+    try:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=stderr, pass_fds=(told,),
+                                   env={**os.environ, READY_FD: str(told)}, **options)
+    finally:
+        os.close(told)
+
+    def served() -> str:
+        with os.fdopen(said, "rb") as ready:
+            address = ready.readline().decode().strip()  # or nothing, at its end
+        if not address:
+            process.wait()
+            raise RuntimeError(f"{' '.join(command)} exited ({process.returncode}) before serving")
+        return address
+
+    return process, served
+
+
+def start_ready(command: list[str], log_path, **options) -> tuple[subprocess.Popen, str]:
+    """spawn_ready, its output in log_path, waited for: (process, its address)."""
+    with open(log_path, "wb") as log:
+        process, served = spawn_ready(command, log, **options)
+    try:
+        return process, served()
+    except RuntimeError as e:
+        raise RuntimeError(f"{e}:\n{open(log_path).read()}") from None
+
+
+def stop_processes(processes: list[subprocess.Popen], how: int = signal.SIGTERM, grace: float = 10) -> None:
+    """Stopped (and continued, if stopped), all at once; then each waited for."""
+    processes = [process for process in processes if process.poll() is None]
+    for process in processes:
+        os.kill(process.pid, signal.SIGCONT)
+        process.send_signal(how)
+    for process in processes:
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def stop_process(process: subprocess.Popen) -> None:
@@ -184,6 +234,40 @@ async def streaming_from(mgr, node_id: str, timeout: float = 20) -> None:
     await wait_until(lambda: any(r.reply and r.reply.node == node_id and r.reply.text and not r.reply.ended
                                  for r in mgr.sessions.remotes.values()),
                      f"a reply streaming from {node_id}", timeout, interval=0.001)
+
+
+async def lose_mid_reply(c: client.Client, mgr, lose) -> tuple[bytes, bytes, str, int]:
+    """A long greedy reply on node-0, then the same streaming from node-1 and
+    lose() called well into it (the deployment round-robin): (the first
+    reply, the second read to its end, its session's number, the bytes
+    read before the loss)."""
+    settings = ("temperature 0", "repeatpenalty 1", "maxtokens 1500")
+    whole, _ = await run_turn(c, await session(c, *settings), PROMPT)  # on node-0
+    n = await session(c, *settings)  # the next goes to node-1
+    async with await c.open(f"{n}/data", wire.ORDWR) as f:
+        await f.write(PROMPT)
+        got = b""
+        while len(got) < 200:  # well into the reply
+            got += await f.read()
+        assert status_fields(await c.read_file(f"{n}/status"))["node"] == "node-1"
+        before = len(got)
+        lose()
+        async for piece in f.stream():
+            got += piece
+    return whole, got, n, before
+
+
+def check_went_on(whole: bytes, got: bytes, before: int, status: dict) -> None:
+    """A reply lose_mid_reply failed over is one continuous reply: it went on
+    from where it stopped, and never restarted.  Where it ends is the
+    model's to say (the new node is given the text so far, which it
+    tokenises afresh, so the greedy text and its length after the switch may
+    differ): what is checked is that it ran on to an end of its own (its
+    stop, maxtokens, or a full context)."""
+    assert status["state"] == "done" and status["node"] != "node-1"
+    assert got[:200] == whole[:200] and got.count(whole[:60]) == 1
+    assert status["reason"] in ("stop", "length", "context")
+    assert len(got) > before or status["reason"] == "stop"
 
 
 async def until_changed(mgr, condition, what: str, timeout: float = 15) -> None:

@@ -10,13 +10,17 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import openai
 import pytest
 import trio
 
-from styxfs import client
+from styxfs import client, wire
 from styxfs.llama.chat import Message, format_records
+from styxfs.llama.models import NAMED
+from styxfs.llama.status import parse_keyed
+from styxfs.llama.tokens import parse_pieces
 from styxfs.llama.web import http_token
 
 from .support import SlowEngine, config_for, deploy, prompt_tokens, run_turn, session
@@ -120,6 +124,20 @@ async def test_models_and_health(serve, kind):
     assert await apost(t.base + "/health", b"", method="GET") == (200, {"status": "ok"})
 
 
+async def test_the_model_id_is_the_nodes_model_name_else_its_files_stem(nursery, start_node, tiny_model,
+                                                                        monkeypatch):
+    monkeypatch.setitem(NAMED, "little", lambda: Path(tiny_model))  # a name, as smollm2 is one
+    address, node = await start_node(model="little", http="tcp!127.0.0.1!0")
+    mgr = await deploy(nursery, config_for([("node-0", None, address)], http="tcp!127.0.0.1!0"))
+    for port in (node.http_port, mgr.http_port):
+        ai = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+        assert [m.id for m in (await trio.to_thread.run_sync(ai.models.list)).data] == ["little"]
+    async with client.connect(address) as c:
+        assert parse_keyed((await c.read_file("model")).decode())["name"] == "little"
+        await c.write_file("ctl", "load tiny.gguf")  # by its path: its name is the file's stem
+        assert parse_keyed((await c.read_file("model")).decode())["name"] == "tiny"
+
+
 async def test_health_is_503_in_the_error_shape_without_a_model(start_node):
     _, node = await start_node(no_model=True, http="tcp!127.0.0.1!0")
     code, body = await apost(f"http://127.0.0.1:{node.http_port}/health", b"", method="GET")
@@ -218,6 +236,23 @@ async def test_stop_and_max_tokens(serve, kind):
     assert whole.startswith(short.choices[0].message.content)
 
 
+@KINDS
+async def test_a_stop_string_may_hold_a_newline(serve, kind):
+    """The tiny model never writes a newline (its byte tokens are never
+    chosen): a stop list holding one travels to the node intact and the
+    other stop string in the list still cuts the reply."""
+    t = await serve(kind)
+    messages = [{"role": "user", "content": TURNS[1]}]
+    whole = (await t.chat(messages, **GREEDY)).choices[0].message.content
+    stop = whole.split()[2]
+    for stops in (["\n", stop], [f"{stop}\n", "\n\n", stop]):
+        cut = await t.chat(messages, stop=stops, **GREEDY)
+        assert cut.choices[0].message.content == whole[: whole.find(stop)] and "\n" not in whole
+        assert cut.choices[0].finish_reason == "stop"
+    alone = await t.chat(messages, stop="\n", **GREEDY)
+    assert alone.choices[0].message.content == whole and alone.choices[0].finish_reason == "length"
+
+
 async def test_with_no_cap_a_reply_runs_to_the_end_of_the_context_and_is_length(start_node, chat_model):  # noqa: F811
     _, node = await start_node(model=chat_model, ctx=96, http="tcp!127.0.0.1!0")
     ai = openai.OpenAI(base_url=f"http://127.0.0.1:{node.http_port}/v1", api_key="none", max_retries=0)
@@ -256,6 +291,38 @@ async def test_completions_equal_a_raw_session_through_9p(serve, kind):
                        max_tokens=10, stop=stop)
     assert cut.choices[0].text == reply.decode()[: reply.decode().find(stop)]
     assert cut.choices[0].finish_reason == "stop"
+
+
+# ---- tokens ----------------------------------------------------------------------------------
+
+
+@KINDS
+async def test_tokenize_and_detokenize_answer_as_the_trees_files(serve, kind):
+    t = await serve(kind)
+    text = "The king's café,\n日本 <|im_start|>"
+    async with client.connect(t.address) as c:
+        async with await c.open("tokenize", wire.ORDWR) as f:
+            await f.write(text)
+            want = parse_pieces(await f.read_all())
+    ids = [token for token, _ in want]
+    assert await apost(t.base + "/tokenize", {"content": text}) == (200, {"tokens": ids})
+    assert await apost(t.base + "/tokenize", {"content": text, "add_special": True}) == (200, {"tokens": [1] + ids})
+    code, body = await apost(t.base + "/tokenize", {"content": text, "with_pieces": True})
+    pieces = [p["piece"] for p in body["tokens"]]
+    assert code == 200 and [p["id"] for p in body["tokens"]] == ids and "<|im_start|>" in pieces
+    assert any(isinstance(p, list) for p in pieces)  # part of a character: its bytes, as llama-server shows it
+    assert b"".join(p.encode() if isinstance(p, str) else bytes(p) for p in pieces) == b" " + text.encode()
+    # The openai SDK has no tokenize, but its client posts to any path.
+    got = await t.call(t.ai.post, "/detokenize", body={"tokens": ids}, cast_to=object)
+    assert got == {"content": text}
+    assert await apost(t.base + "/detokenize", {"tokens": []}) == (200, {"content": ""})
+
+
+async def test_tokenize_without_a_model_is_503(start_node):
+    _, node = await start_node(no_model=True, http="tcp!127.0.0.1!0")
+    for path, body in (("/tokenize", {"content": "a"}), ("/detokenize", {"tokens": [1]})):
+        code, answer = await apost(f"http://127.0.0.1:{node.http_port}{path}", body)
+        assert code == 503 and "not loaded" in answer["error"]["message"], answer
 
 
 # ---- auth, errors --------------------------------------------------------------------------------
@@ -297,10 +364,14 @@ MALFORMED = [  # (path, body, words the message must hold)
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
                               "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
-                              "response_format": {"type": "json_object"}}, "response_format"),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "grammar": "root ::= x"}, "grammar"),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "json_schema": {}}, "json_schema"),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "stop": ["\n"]}, "stop"),
+                              "response_format": {"type": "json_schema"}}, "json_schema"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
+                              "response_format": {"type": "xml"}}, "response_format"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "grammar": "root ::= x"},
+     "bad grammar: "),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "json_schema": {"type": 5}},
+     "bad schema: "),
+    ("/v1/completions", {"prompt": "a", "grammar": 'root ::= "a"', "json_schema": {}}, "give one"),
     ("/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "stream": "sometimes"}, "stream"),
     ("/v1/completions", {}, "prompt"),
     ("/v1/completions", {"prompt": ["a", "b"]}, "prompt"),
@@ -308,6 +379,9 @@ MALFORMED = [  # (path, body, words the message must hold)
     ("/completions", {"prompt": "a", "seed": "x"}, "seed"),
     ("/tokenize", {"content": 5}, "content"),
     ("/detokenize", {"tokens": ["a"]}, "tokens.0"),
+    ("/tokenize", {"content": "a", "parse_special": False}, "parse_special"),
+    ("/detokenize", {"tokens": [1, 1 << 20]}, "invalid token: 1048576 is outside the vocabulary"),
+    ("/detokenize", {"tokens": [1 << 40]}, "invalid token: not a token id: 1099511627776"),
 ]
 
 
@@ -323,8 +397,6 @@ async def test_malformed_requests_are_400_in_openais_shape_and_it_serves_on(serv
         await t.chat([{"role": "user", "content": "hi"}], n=3)
     assert "n: " in raised.value.body["message"] and raised.value.body["param"] == "n"
     assert (await apost(t.base + "/v1/models", {}, method="PUT"))[0] == 405
-    code, answer = await apost(t.base + "/tokenize", {"content": "the king"})
-    assert code == 501 and "tokenize" in answer["error"]["message"]  # no file of the tree tokenizes (yet)
     assert (await t.chat([{"role": "user", "content": "hi"}], max_tokens=2)).choices[0].message.content
 
 

@@ -46,7 +46,7 @@ async def test_clone_open_becomes_session_ctl(start_fake_node):
         names = {d.name for d in await c.listdir("")}
         assert {"ctl", "data", "reply", "clone", "new", "model", "metrics", number} <= names
         assert {d.name for d in await c.listdir(number)} == {"ctl", "params", "data", "reply", "status", "system",
-                                                             "conversation"}
+                                                             "conversation", "grammar", "schema"}
         await ctl.close()
 
 
@@ -389,7 +389,7 @@ async def test_every_file_has_a_qid_path_of_its_own(start_fake_node):
     async with client.connect(address) as c:
         _, n = await new_session(c)
         paths = ["", "ctl", "data", "reply", "clone", "new", "model", "metrics",
-                 "new/ctl", "new/data", "new/reply", "new/status", n,
+                 "tokenize", "tokenizespecial", "detokenize", "new/ctl", "new/data", "new/reply", "new/status", n,
                  *(f"{n}/{name}" for name in ("ctl", "params", "data", "reply", "status"))]
         qids = {path: (await c.stat(path)).qid.path for path in paths}
     assert len(set(qids.values())) == len(qids), qids

@@ -16,7 +16,8 @@ from styxfs.tree import tokenize
 
 ODD = {"temperature": 0.25, "topk": 7, "topp": 0.5, "minp": 0.125, "seed": 42, "maxtokens": 9,
        "repeatpenalty": 1.5, "stop": ("it's", "two words", ""), "mode": "raw",
-       "system": b"You are 'terse'; answer  in\ta word.", "overflow": "refuse"}
+       "system": b"You are 'terse'; answer  in\ta word.", "overflow": "refuse",
+       "grammar": b'root ::= "it\'s" | "two words"\n', "schema": b""}  # one constraint at a time
 
 
 def test_every_session_setting_has_an_odd_value_here():
@@ -29,6 +30,8 @@ def test_what_a_coordinator_sends_gives_a_node_session_the_same_settings():
     for line in original.ctl_text().splitlines():
         verb, _, rest = line.partition(" ")
         copy.set(verb, [rest] if SESSION[verb].raw and rest else [] if SESSION[verb].raw else tokenize(rest))
+    for name, value in original.file_writes({}):  # texts go in the session's files, never as ctl lines
+        setattr(copy, name, value)
     assert copy == original
 
 

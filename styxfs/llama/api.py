@@ -22,16 +22,19 @@ from pathlib import Path
 
 import trio
 
-from styxfs import client
+from styxfs import client, wire
 from styxfs.local import LocalClient
 from styxfs.metrics import Histogram, exposition
 from styxfs.trioutil import unwrapped
 
 from . import api_models as models
+from . import errors
 from .api_session import TreeTurn
 from .api_shapes import ChatShape, CompletionShape, Shape, error
 from .chat import Message
+from .reply import parse_status
 from .status import parse_keyed
+from .tokens import parse_pieces
 
 log = logging.getLogger("styxfs.llama.api")
 
@@ -64,9 +67,9 @@ def route(path: str) -> str | None:
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
         super().__init__(message)
-        self.status, self.message, self.param = status, message, param
+        self.status, self.message, self.param, self.code = status, message, param, code
 
 
 def tree_error(e: client.Error) -> ApiError:
@@ -187,7 +190,7 @@ class Api:
             return  # nobody to tell, or nothing more may be said
         if response.status is None:
             headers = [(b"www-authenticate", b'Bearer realm="llamafs"')] if e.status == 401 else []
-            await response.json(e.status, error(e.status, e.message, e.param), headers)
+            await response.json(e.status, error(e.status, e.message, e.param, e.code), headers)
         else:  # mid-stream: an error event, as llama-server sends, then the end
             await response.event(error(e.status, e.message, e.param))
             await response.done()
@@ -226,10 +229,35 @@ class Api:
         return keys
 
     async def model_id(self) -> str:
-        path = (await self.model_keys()).get("path")
-        return Path(path).stem if path else "none"
+        """The model's name (a node's --model name, else its file's stem)."""
+        keys = await self.model_keys()
+        return keys.get("name") or (Path(keys["path"]).stem if keys.get("path") else "none")
+
+    async def model_names(self) -> list[str]:
+        """The tree's models/, the default first; [] on a tree without it."""
+        try:
+            return [d.name for d in await self.files().listdir("models")]
+        except client.Error:
+            return []
+
+    async def pick_model(self, asked: str | None) -> tuple[str, str]:
+        """A request's `model`: where its session is made, and the id its answer names.
+        With one model any name is it (as llama-server); with several an unknown one is 404."""
+        names = await self.model_names()
+        if len(names) <= 1:
+            return "clone", await self.model_id()
+        if asked is None or asked == names[0]:
+            return "clone", names[0]
+        if asked not in names:
+            raise ApiError(404, errors.NO_SUCH_MODEL.format(model=asked, models=", ".join(names)), "model",
+                           "model_not_found")
+        return f"models/{asked}/clone", asked
 
     async def models(self, body: bytes, response: Response) -> None:
+        names = await self.model_names()
+        if len(names) > 1:
+            await response.json(200, {"object": "list", "data": [await self.model_entry(n) for n in names]})
+            return
         keys = await self.model_keys()
         data = []
         if keys.get("path"):
@@ -239,6 +267,17 @@ class Api:
             data.append({"id": await self.model_id(), "object": "model", "created": int(time.time()),
                          "owned_by": "llamafs", "context_length": meta.get("n_ctx"), "meta": meta})
         await response.json(200, {"object": "list", "data": data})
+
+    async def model_entry(self, name: str) -> dict:
+        """One of several models, as models/NAME/status says it is."""
+        try:
+            _, fields = parse_status((await self.files().read_file(f"models/{name}/status")).decode())
+        except client.Error:
+            fields = {}
+        context = int(fields["context"]) if fields.get("context", "").isdigit() else None
+        return {"id": name, "object": "model", "created": int(time.time()), "owned_by": "llamafs",
+                "context_length": context, "meta": {"n_ctx": context, "mode": fields.get("mode"),
+                                                    "nodes": fields.get("nodes")}}
 
     async def health(self, body: bytes, response: Response) -> None:
         try:
@@ -260,20 +299,22 @@ class Api:
         rest = [Message(m.kind, m.text) for m in messages[lead:]]
         # The user's last message is the turn; an assistant's last is continued (an empty turn).
         history, prompt = (rest[:-1], rest[-1].text) if rest[-1].role == "user" else (rest, "")
-        await self.turn(request, ChatShape(await self.model_id()), {"mode": "chat", **request.settings()},
-                        prompt, history, system, response)
+        clone, model = await self.pick_model(request.model)
+        await self.turn(request, ChatShape(model), {"mode": "chat", **request.settings()},
+                        prompt, history, system, response, clone)
 
     async def completions(self, body: bytes, response: Response) -> None:
         request = parse(models.CompletionRequest, body)
-        await self.turn(request, CompletionShape(await self.model_id()), {"mode": "raw", **request.settings()},
-                        request.text, [], None, response)
+        clone, model = await self.pick_model(request.model)
+        await self.turn(request, CompletionShape(model), {"mode": "raw", **request.settings()},
+                        request.text, [], None, response, clone)
 
     async def turn(self, request: models.Request, shape: Shape, settings: dict, prompt: str,
-                   history: list[Message], system: str | None, response: Response) -> None:
+                   history: list[Message], system: str | None, response: Response, clone: str = "clone") -> None:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a piece may end mid-character
         try:
-            async with TreeTurn(self.files()) as turn:
-                await turn.start(settings, prompt.encode(), history, system)
+            async with TreeTurn(self.files(), clone) as turn:
+                await turn.start(settings, prompt.encode(), history, system, request.constraint())
                 pieces = turn.pieces()
                 first = await anext(pieces, b"")  # before the response starts: an error gets its status
                 if not request.stream:
@@ -299,10 +340,33 @@ class Api:
 
     # -- tokens ------------------------------------------------------------------
 
+    async def ask(self, name: str, text: bytes) -> bytes:
+        """Write text to the root file name and read its answer on the same fid (tokens.py)."""
+        try:
+            async with await self.files().open(name, wire.ORDWR) as f:
+                await f.write(text)
+                return await f.read_all()
+        except client.Error as e:
+            raise tree_error(e) from None
+
     async def tokenize(self, body: bytes, response: Response) -> None:
-        parse(models.TokenizeRequest, body)
-        raise ApiError(501, "not supported yet: the tree has no file that tokenizes")
+        request = parse(models.TokenizeRequest, body)
+        answer = await self.ask("tokenizespecial" if request.add_special else "tokenize", request.content.encode())
+        tokens = parse_pieces(answer)
+        if not request.with_pieces:
+            await response.json(200, {"tokens": [token for token, _ in tokens]})
+            return
+        await response.json(200, {"tokens": [{"id": token, "piece": shown_piece(piece)} for token, piece in tokens]})
 
     async def detokenize(self, body: bytes, response: Response) -> None:
-        parse(models.DetokenizeRequest, body)
-        raise ApiError(501, "not supported yet: the tree has no file that detokenizes")
+        request = parse(models.DetokenizeRequest, body)
+        text = await self.ask("detokenize", " ".join(map(str, request.tokens)).encode())
+        await response.json(200, {"content": text.decode(errors="replace")})
+
+
+def shown_piece(piece: bytes) -> str | list[int]:
+    """A piece as llama-server shows it: its text, or its bytes where they are not UTF-8."""
+    try:
+        return piece.decode()
+    except UnicodeDecodeError:
+        return list(piece)

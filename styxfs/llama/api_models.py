@@ -7,11 +7,13 @@ fields are ignored, as OpenAI-compatible servers do."""
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
-from .settings import SESSION
+from .settings import JSON_OBJECT, SESSION
 
 __all__ = ["ChatRequest", "CompletionRequest", "TokenizeRequest", "DetokenizeRequest", "ValidationError",
            "describe"]
@@ -38,9 +40,6 @@ class Request(BaseModel):
     # would give a wrong answer.  field -> (the values taken, why not others)
     REFUSED: ClassVar[dict[str, tuple[tuple, str]]] = {
         "n": ((1,), "only one choice (n=1) is supported"),
-        "grammar": ((None,), "constrained output is not supported yet"),
-        "json_schema": ((None,), "constrained output is not supported yet"),
-        "response_format": ((None, {"type": "text"}), 'only {"type": "text"} until constrained output lands'),
     }
 
     model: str | None = None
@@ -55,9 +54,9 @@ class Request(BaseModel):
     seed: ranged("seed", int) = DEFAULTS["seed"]
     stop: Stop | list[Stop] | None = None
     n: int = 1
-    grammar: Any = None
-    json_schema: Any = None
-    response_format: Any = None
+    grammar: str | None = None  # llama-server's: GBNF
+    json_schema: dict[str, Any] | None = None  # llama-server's
+    response_format: ResponseFormat | None = None  # OpenAI's
 
     @field_validator("*")
     @classmethod
@@ -66,14 +65,6 @@ class Request(BaseModel):
         if value not in taken:
             raise ValueError(why)
         return value
-
-    @field_validator("stop")
-    @classmethod
-    def one_line(cls, stop: str | list[str] | None) -> str | list[str] | None:
-        # N/ctl takes a command a line: a newline cannot travel in one (yet).
-        if any("\n" in s for s in ([stop] if isinstance(stop, str) else stop or [])):
-            raise ValueError("a stop string with a newline is not supported yet")
-        return stop
 
     @property
     def cap(self) -> int:
@@ -84,12 +75,53 @@ class Request(BaseModel):
         """A streamed reply ends with a usage chunk unless asked not to (as llama-server does)."""
         return self.stream_options is None or self.stream_options.include_usage is not False
 
+    @model_validator(mode="after")
+    def one_shape(self) -> "Request":
+        self.constraint()
+        return self
+
+    def constraint(self) -> tuple[str, bytes] | None:
+        """The session file (grammar or schema) and text this request's shape asks for."""
+        asked = [(name, text) for name, text in [
+            ("grammar", self.grammar.encode() if self.grammar else None),
+            ("schema", json.dumps(self.json_schema).encode() if self.json_schema is not None else None),
+            ("schema", self.response_format.schema_text() if self.response_format else None)] if text]
+        if len(asked) > 1:
+            raise ValueError("grammar, json_schema and response_format: give one of them")
+        return asked[0] if asked else None
+
     def settings(self) -> dict[str, Any]:
         """The session settings (SESSION's names) this request asks for."""
         stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
         return {"temperature": self.temperature, "topk": self.top_k, "topp": self.top_p, "minp": self.min_p,
                 "seed": self.seed, "maxtokens": self.cap, "repeatpenalty": self.repeat_penalty,
                 "stop": tuple(stop)}
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str | None = None
+    schema_: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's response_format: text, any JSON object (llama-server's optional
+    `schema` beside it), or a JSON schema."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text", "json_object", "json_schema"]
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    json_schema: JsonSchemaFormat | None = None
+
+    def schema_text(self) -> bytes | None:
+        if self.type == "json_object":
+            return json.dumps(self.schema_).encode() if self.schema_ is not None else JSON_OBJECT
+        if self.type == "json_schema":
+            if self.json_schema is None:
+                raise ValueError('response_format: type json_schema needs {"json_schema": {"schema": ...}}')
+            return json.dumps(self.json_schema.schema_).encode()
+        return None
 
 
 class StreamOptions(BaseModel):
@@ -162,7 +194,7 @@ class TokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     content: str
     add_special: bool = False
-    parse_special: bool = True
+    parse_special: Literal[True] = True  # special tokens written as text are read as such, always
     with_pieces: bool = False
 
 

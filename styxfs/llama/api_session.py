@@ -41,8 +41,8 @@ class TreeTurn:
     session is closed on the way out, whatever happened (a turn still
     running is cancelled by that)."""
 
-    def __init__(self, files):
-        self.files = files
+    def __init__(self, files, clone: str = "clone"):
+        self.files, self.clone = files, clone  # clone: the root's (the default model's), or models/NAME/clone
         self.ctl = None
         self.number = ""
         self.data = None
@@ -50,7 +50,7 @@ class TreeTurn:
         self.finished = False  # its reply was read to the end
 
     async def __aenter__(self) -> "TreeTurn":
-        self.ctl = await self.files.open("clone", wire.ORDWR)
+        self.ctl = await self.files.open(self.clone, wire.ORDWR)
         self.number = (await self.ctl.read()).decode().strip()
         return self
 
@@ -82,9 +82,9 @@ class TreeTurn:
             await f.close()
 
     async def start(self, settings: dict[str, Any], prompt: bytes, history: list[Message] = (),
-                    system: str | None = None) -> None:
-        """Give the session its earlier turns and system prompt, then its
-        settings, then write the turn.  In that order, so that a
+                    system: str | None = None, constraint: tuple[str, bytes] | None = None) -> None:
+        """Give the session its earlier turns, system prompt and constraint
+        (its grammar or schema file), then its settings, then write the turn.  In that order, so that a
         coordinator binds the session to a node once, when the turn comes."""
         if history:
             await self.write_file("conversation", format_records(list(history)))
@@ -92,6 +92,10 @@ class TreeTurn:
             await self.write_file("system", system.encode())
         else:
             settings = {**settings, "system": ()}  # a bare `system` clears the node's default one
+        if constraint:
+            await self.write_file(*constraint)  # an invalid one is refused at its clunk
+        else:
+            settings = {**settings, "grammar": ()}  # and a bare `grammar` its default constraint
         await self.ctl.write(ctl_lines(settings).encode())
         self.data = await self.files.open(f"{self.number}/data", wire.ORDWR)
         if prompt:

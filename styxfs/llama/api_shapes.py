@@ -16,10 +16,11 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "
                501: "not_supported_error", 503: "unavailable_error", 504: "timeout_error"}
 
 
-def error(status: int, message: str, param: str | None = None) -> dict:
-    """OpenAI's error shape; `code` is the HTTP status, as llama-server gives it."""
+def error(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+    """OpenAI's error shape; `code` is the HTTP status, as llama-server gives it, or OpenAI's word for it
+    (model_not_found)."""
     return {"error": {"message": message, "type": ERROR_TYPES.get(status, "server_error"), "param": param,
-                      "code": status}}
+                      "code": code or status}}
 
 
 def usage(status: dict[str, str]) -> dict:

@@ -20,10 +20,12 @@ from .chat import Message, Template
 from .engine import Conversation, Engine
 from .metrics import ReplyFigures, node_metrics
 from .model import EngineError, ModelSettings
+from .modeldirs import status_line
 from .namespace import LlamaTree, RootBackend, SessionBackend
 from .reply import Reply
 from .sessions import Session
-from .settings import NODE, Sampling
+from .tokens import engine_answer
+from .settings import NODE, Sampling, gbnf_of
 
 
 class Dialogue:
@@ -58,6 +60,7 @@ class EngineSessions(SessionBackend):
         self.engine = engine
         self.dialogues: dict[int, Dialogue] = {}
         self.figures = ReplyFigures()  # for metrics
+        self.grammars_ok: dict[str, None] = {}  # grammars that parsed lately: a ctl write checks again
 
     def attach_session(self, session: Session) -> None:
         self.dialogues[session.number] = Dialogue(session.owner)
@@ -72,6 +75,15 @@ class EngineSessions(SessionBackend):
         info = self.engine.info
         if sampling.mode == "chat" and info is not None and not info.chat_template:
             raise errors.NO_TEMPLATE()
+        gbnf = gbnf_of(sampling)
+        if gbnf is not None and info is not None and gbnf not in self.grammars_ok:
+            try:
+                self.engine.check_grammar(gbnf)
+            except EngineError as e:
+                raise StyxError(str(e)) from None
+            self.grammars_ok[gbnf] = None
+            while len(self.grammars_ok) > 16:
+                del self.grammars_ok[next(iter(self.grammars_ok))]
 
     async def submit(self, session: Session, text: bytes) -> Reply:
         if self.engine.info is None:
@@ -84,7 +96,8 @@ class EngineSessions(SessionBackend):
                 history = await self._chat_history(d, session.sampling, text)
             else:
                 history = self._raw_history(d, session.sampling, text)
-            reply = self.engine.submit(d.conversation, history, session.sampling, d.dropped)
+            said = d.messages[-1].text.encode() if d.continuing else b""  # a constraint goes on from it
+            reply = self.engine.submit(d.conversation, history, session.sampling, d.dropped, said)
         except (EngineError, StyxError) as e:
             # The turn never happened: the conversation stays as it was.
             count, d.dropped, marks = before
@@ -217,6 +230,16 @@ class NodeRoot(RootBackend):
         self.load_error = ""
         self.load_progress = load_progress
 
+    def model_names(self) -> list[str]:
+        """Its one model, named as serve's --model named it, else by the file's stem."""
+        info = self.engine.info
+        return [info.settings.model_name] if info else []
+
+    async def model_status(self, tree: LlamaTree, model: str) -> str:
+        info, up = self.engine.info, int(self.state == "loaded")
+        return status_line(up, 1, info.context if info else 0, bool(info.chat_template) if info else None,
+                           len(tree.table.sessions))
+
     async def load(self, settings: ModelSettings) -> None:
         previous = self.state
         self.state = "loading"
@@ -290,11 +313,14 @@ class NodeRoot(RootBackend):
         if info is None:
             return "state unloaded\n" + (f"error {self.load_error}\n" if self.load_error else "")
         return "".join(f"{k} {v}\n" for k, v in [
-            ("path", info.path), ("description", info.description), ("architecture", info.architecture),
+            ("name", info.settings.model_name), ("path", info.path), ("description", info.description), ("architecture", info.architecture),
             ("parameters", info.parameters), ("size", info.size), ("context", info.context),
             ("traincontext", info.train_context), ("quantisation", info.quantisation),
             ("vocabulary", info.vocabulary),
         ])
+
+    async def tokens(self, name: str, data: bytes) -> bytes:
+        return await engine_answer(self.engine, name, data)
 
     async def metrics_text(self, tree: LlamaTree) -> str:
         return node_metrics(self.engine, self.sessions.figures, tree)

@@ -12,8 +12,9 @@ import click
 import trio
 
 import styxfs
-from styxfs import dial
+from styxfs import dial, tls
 
+from . import ready
 from .node import Node, NodeOptions
 from .settings import DEFAULT_LISTEN, HTTP_PORT, NODE
 
@@ -40,6 +41,15 @@ def check_listen(listen: str, option: str = "--listen", default_port: int = dial
     if option == "--http" and address.network != "tcp":
         raise click.BadParameter(f"HTTP listens on tcp only: {listen}", param_hint=option)
     return address
+
+
+def check_tls(address: dial.Address, cert: str | None, key: str | None, client_ca: str | None) -> None:
+    """TLS options go with a tls! address, and the other way round."""
+    if address.network == "tls" and not (cert and key):
+        raise click.UsageError(f"--listen {address} needs --tls-cert and --tls-key")
+    if address.network != "tls" and (cert or key or client_ca):
+        raise click.UsageError(f"--tls-cert, --tls-key and --tls-client-ca go with --listen tls!HOST!PORT, "
+                               f"not {address}")
 
 
 def http_url(address: dial.Address, port: int) -> str:
@@ -92,27 +102,37 @@ def int_range(key: str) -> click.IntRange:
               help="reuse cached prompts across users too (by timing, one may learn how another's began)")
 @click.option("--http", help="also serve /metrics, /api/status and the dashboard over HTTP here "
               "(a dial string: tcp!127.0.0.1!9640)")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True),
+              help="with --listen tls!*!PORT: this node's certificate chain (PEM)")
+@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True), help="the certificate's key (PEM)")
+@click.option("--tls-client-ca", type=click.Path(dir_okay=False, exists=True),
+              help="mutual TLS: take only clients with a certificate this CA signed")
 @click.option("-v", "--verbose", count=True, help="log more (-vv: every message)")
 def serve(model, listen, models_dir, ctx, gpu_layers, threads, batch, slots, max_sessions, session_timeout,
           max_connections, owner, auth_secret_file, chat_template_file, no_model, prefix_cache, share_prefixes,
-          http, verbose):
+          http, tls_cert, tls_key, tls_client_ca, verbose):
     """Serve one model as a 9P file tree."""
     if verbose:
         setup_logging(verbose)
     address = check_listen(listen)
     http_address = check_listen(http, "--http", HTTP_PORT) if http else None
+    check_tls(address, tls_cert, tls_key, tls_client_ca)
     options = NodeOptions(model=model, listen=listen, models_dir=models_dir, ctx=ctx, gpu_layers=gpu_layers,
                           threads=threads, batch=batch, slots=slots, max_sessions=max_sessions,
                           session_timeout=session_timeout, max_connections=max_connections,
                           owner=owner or getpass.getuser(), auth_secret_file=auth_secret_file,
                           chat_template_file=chat_template_file, no_model=no_model, prefix_cache=prefix_cache,
-                          share_prefixes=share_prefixes, http=str(http_address) if http else None)
+                          share_prefixes=share_prefixes, http=str(http_address) if http else None,
+                          tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca)
     bar = click.progressbar(length=100, label="loading model", file=sys.stderr)
 
     def progress(fraction: float) -> None:
         bar.update(int(fraction * 100) - bar.pos)
 
-    node = Node(options, load_progress=progress)
+    try:
+        node = Node(options, load_progress=progress)
+    except tls.TLSError as e:
+        raise click.ClickException(str(e)) from None
 
     async def run():
         async with trio.open_nursery() as nursery:
@@ -129,10 +149,11 @@ def serve(model, listen, models_dir, ctx, gpu_layers, threads, batch, slots, max
                 click.echo("llamafs: no model yet: load one with ctl (load PATH)", err=True)
             else:  # a mistyped path at a shell: say so and stop, as llama-server does
                 raise click.ClickException(f"model not loaded: {node.root.load_error}")
-            port = dial.listening_port(node.listeners) if address.network == "tcp" else 0
+            port = dial.listening_port(node.listeners) if address.network in ("tcp", "tls") else 0
             shown = dial.Address(address.network, address.host, port, address.path)
             click.echo(f"llamafs: serving on {shown}", err=True)
-            if not dial.is_loopback(address) and not auth_secret_file:
+            ready.announce(shown)  # to a deployment that started us, with the port that was chosen
+            if not dial.is_loopback(address) and not (auth_secret_file or tls_client_ca):
                 click.echo("llamafs: warning: listening beyond loopback, without authentication", err=True)
             if http_address:
                 click.echo(f"llamafs: dashboard on {http_url(http_address, node.http_port)}", err=True)

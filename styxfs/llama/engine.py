@@ -21,7 +21,8 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -45,6 +46,7 @@ class Turn:
     history: list[int]  # every token the conversation holds before this turn's reply
     sampling: Sampling
     reply: Reply
+    said: bytes = b""  # the reply this turn continues: its grammar goes through it first
     # worker-thread state
     pending: list[int] = field(default_factory=list)  # still to prefill
     generated: int = 0
@@ -136,13 +138,27 @@ class Engine:
         self.info = None
 
     def tokenize(self, text: bytes, first: bool) -> list[int]:
+        with self.vocabulary() as model:
+            return model.tokenize(text, add_special=first)
+
+    @contextmanager
+    def vocabulary(self) -> Iterator[Model]:
+        """The model, for its vocabulary alone (tokenize, piece, detokenize),
+        held against load and unload; any thread."""
         with self._vocab_lock:
             if self._llama is None:
                 raise EngineError(errors.NOT_LOADED.format())
-            return self._llama.tokenize(text, add_special=first)
+            yield self._llama
+
+    def check_grammar(self, gbnf: str) -> None:
+        """EngineError unless the grammar parses against the loaded vocabulary."""
+        with self._vocab_lock:
+            if self._llama is None:
+                raise EngineError(errors.NOT_LOADED.format())
+            self._llama.check_grammar(gbnf)
 
     def submit(self, conversation: Conversation, history: list[int], sampling: Sampling,
-               dropped: int = 0) -> Reply:
+               dropped: int = 0, said: bytes = b"") -> Reply:
         """Queue a turn: the conversation is to hold history (what it held and
         the new prompt, or a re-rendered chat) and go on from there.  Only
         what its KV cache lacks is evaluated.  The reply is returned at once
@@ -154,7 +170,7 @@ class Engine:
             raise EngineError(errors.PROMPT_TOO_LONG.format(what=f"{len(history)} tokens > context {self.info.context}"))
         reply = Reply(len(history) - common_prefix(conversation.history, history))
         reply.tokens_dropped = dropped
-        turn = Turn(conversation, history, sampling.copy(), reply)
+        turn = Turn(conversation, history, sampling.copy(), reply, said)
         self.stats.requests += 1
         self.unfinished.add(reply)
         # Through the command queue, so that it is ordered after a reset.
@@ -315,7 +331,11 @@ class Engine:
             self.stats.evictions += placed.evicted
             self.stats.tokens_reused += placed.reused
             turn.pending = conv.history[placed.reused:]
-            turn.sampler = llama.make_sampler(turn.sampling, conv.history)
+            try:
+                turn.sampler = llama.make_sampler(turn.sampling, conv.history, turn.said)
+            except EngineError as e:  # its grammar: refused, or not one to go on from what was said
+                self._retire(turn, ReplyState.ERROR, error=str(e))
+                continue
             turn.decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
             self._report(_set_prefill, turn.reply, len(turn.pending), placed.reused)
 
@@ -368,7 +388,11 @@ class Engine:
         conv = turn.conversation
         if turn.generated == 0:
             self._report(turn.reply.set_state, ReplyState.GENERATING)
-        token = llama.sample(turn.sampler, batch_index)
+        try:
+            token = llama.sample(turn.sampler, batch_index)
+        except EngineError as e:  # a grammar that cannot go on: this turn ends, the others go on
+            self._retire(turn, ReplyState.ERROR, error=str(e))
+            return
         if llama.is_eog(token):
             self._retire(turn, ReplyState.DONE, "stop")
             return
@@ -387,10 +411,10 @@ class Engine:
         else:
             turn.next_token = token
 
-    def _retire(self, turn: Turn, state: str, reason: str | None = None) -> None:
+    def _retire(self, turn: Turn, state: str, reason: str | None = None, error: str | None = None) -> None:
         if turn in self.active:
             self.active.remove(turn)
-        self._finish(turn, state, reason=reason)
+        self._finish(turn, state, error, reason=reason)
 
 
 def _deliver(reports: list) -> None:

@@ -35,6 +35,13 @@ LOAD_REFUSED = Error("load not permitted: {why}", E.EPERM)
 NO_TEMPLATE = Error("invalid mode chat: the model has no chat template", E.EINVAL)
 BAD_TEMPLATE = Error("invalid chat template: {why}", E.EINVAL)
 BAD_CONVERSATION = Error("invalid conversation: {why}", E.EINVAL)
+BAD_GRAMMAR = Error("bad grammar: invalid GBNF: {why}", E.EINVAL)
+BAD_SCHEMA = Error("bad schema: invalid JSON schema: {why}", E.EINVAL)
+GRAMMAR_STUCK = Error("bad grammar: invalid reply: no token can continue the grammar", E.EINVAL)
+NOT_A_TOKEN = Error("invalid token: not a token id: {word}", E.EINVAL)
+TOKEN_OUT_OF_RANGE = Error("invalid token: {token} is outside the vocabulary (0 to {last})", E.EINVAL)
+TEXT_NOT_UTF8 = Error("invalid text: not UTF-8 (byte {at})", E.EINVAL)
+ALREADY_ANSWERED = Error("invalid write: already answered (open the file again for another)", E.EINVAL)
 NOTHING_TO_CONTINUE = Error("invalid read: no prompt, and no assistant message to continue", E.EINVAL)
 
 # ---- the coordinator --------------------------------------------------------------------------------
@@ -45,5 +52,8 @@ NO_NODE_ANSWERED = Error("i/o error: no node could answer", E.EIO)
 TIMED_OUT = Error("request timed out", E.ETIMEDOUT)
 SCALE_REFUSED = Error("scale not permitted: this coordinator starts no nodes (use deploy start)", E.EPERM)
 SCALE_FAILED = Error("i/o error: scale: {why}", E.EIO)
+NO_SUCH_MODEL = Error("no such model: {model} (there are: {models})", E.ENOENT)
+MODEL_DOWN = Error("temporarily unavailable: no healthy node for model {model}", E.EAGAIN)
+MODEL_CHOSEN = Error("invalid ctl request: model: a session's model is chosen before its first turn", E.EINVAL)
 
 ALL = {**GENERIC, **{name: value for name, value in list(globals().items()) if isinstance(value, Error)}}

@@ -5,6 +5,8 @@ on the entry it was opened from (`entry.tree`, `entry.session`)."""
 
 from __future__ import annotations
 
+import weakref
+
 import trio
 
 from styxfs.tree import Caller, Handle, read_slice
@@ -12,6 +14,7 @@ from styxfs.tree import Caller, Handle, read_slice
 from . import errors
 from .chat import Message, format_records, parse_records
 from .reply import Reply
+from .settings import constrain
 
 
 async def read_reply(reply: Reply | None, offset: int, count: int) -> bytes:
@@ -219,6 +222,66 @@ class SystemHandle(WholeWrite):
             raise errors.PROMPT_NOT_UTF8(at=e.start) from None
         self.session.sampling.system = data
         await self.tree.session_backend.prepare(self.session)
+
+
+class ConstraintHandle(WholeWrite):
+    """N/grammar and N/schema: the text, written whole, takes effect at
+    clunk, checked (an invalid one is the clunk's error, and the session
+    keeps what it had).  Unlike N/system, nothing written after a truncation
+    (OTRUNC, or a wstat of length 0) clears it."""
+
+    verb = "grammar"
+    opened: "weakref.WeakSet[ConstraintHandle]" = weakref.WeakSet()  # both files' open handles
+
+    def __init__(self, entry, caller: Caller, truncating: bool = False):
+        super().__init__(entry, caller)
+        self.truncating = truncating
+        ConstraintHandle.opened.add(self)
+
+    async def text(self) -> str:
+        return getattr(self.session.sampling, self.verb).decode(errors="replace")
+
+    async def clunk(self, aborted: bool) -> None:
+        ConstraintHandle.opened.discard(self)
+        if self.truncating and not self.written and not aborted and not self.session.closed:
+            try:
+                await self.take(b"")
+            finally:
+                await SessionHandle.clunk(self, aborted)
+            return
+        await super().clunk(aborted)
+
+    async def take(self, data: bytes) -> None:
+        await set_constraint(self.tree, self.session, self.verb, data)
+
+    @classmethod
+    async def truncate(cls, tree, session) -> None:
+        """A wstat of length 0.  With the file open (a Linux mount's `>`: open,
+        then this, then the writes), what the open's clunk finds decides, so
+        that a grammar refused there leaves the one before."""
+        pending = [h for h in cls.opened if h.session is session and h.verb == cls.verb]
+        for handle in pending:
+            handle.truncating = True
+        if not pending:
+            await set_constraint(tree, session, cls.verb, b"")
+
+
+class SchemaHandle(ConstraintHandle):
+    verb = "schema"
+
+
+async def set_constraint(tree, session, verb: str, data: bytes) -> None:
+    """The session's grammar or schema (empty: that one cleared), once the
+    backend has checked it (a coordinator: on the node)."""
+    changed = session.sampling.copy()
+    if data:
+        constrain(changed, verb, data)
+    else:
+        setattr(changed, verb, b"")
+    tree.session_backend.check_settings(changed)
+    await tree.session_backend.check_files(session, changed)
+    session.sampling = changed
+    await tree.session_backend.prepare(session)
 
 
 class ConversationHandle(WholeWrite):

@@ -1,8 +1,8 @@
 """The real model (`model.Model`): a thin layer over llama-cpp-python's
 low-level (ctypes) API — one model, one context with a sequence per slot, a
 batch, samplers.  Used only from the engine's worker thread, except
-`tokenize`, which reads the vocabulary alone (under the engine's lock
-against load and unload)."""
+`tokenize`, `piece`, `detokenize` and `check_grammar`, which read the vocabulary alone
+(under the engine's lock against load and unload)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ import llama_cpp as lc
 import numpy
 
 
-from . import errors
+from styxfs.errors import StyxError
+
+from . import errors, llamacpp_grammar
 from .model import EngineError, ModelInfo, ModelSettings
-from .settings import DEFAULT_SEED, NODE, REPEAT_WINDOW, Sampling
+from .settings import DEFAULT_SEED, NODE, REPEAT_WINDOW, Sampling, gbnf_of
 
 _backend_ready = False
 
@@ -103,6 +105,8 @@ class LlamaModel:
         self.seq_context = lc.llama_n_ctx(self.ctx) // slots
         self.memory = lc.llama_get_memory(self.ctx)
         self.batch = lc.llama_batch_init(self.batch_size, 0, 1)
+        self.candidates: llamacpp_grammar.Candidates | None = None  # made for the first grammar
+        self.byte_token: dict[int, int] | None = None  # a token of each byte, made when first needed
         self.info = ModelInfo(
             path=path,
             description=self._desc(),
@@ -157,13 +161,26 @@ class LlamaModel:
             n = lc.llama_tokenize(self.vocab, text, len(text), tokens, room, add_special, True)
         return list(tokens[:n])
 
-    def piece(self, token: int) -> bytes:
+    def piece(self, token: int, special: bool = False) -> bytes:
         buf = ctypes.create_string_buffer(64)
-        n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         if n < 0:
             buf = ctypes.create_string_buffer(-n)
-            n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+            n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         return buf.raw[:n]
+
+    def detokenize(self, tokens: list[int]) -> bytes:
+        """llama.cpp's inverse of tokenize: it drops the space a SentencePiece
+        vocabulary put before the first word, so that the text comes back."""
+        ids = (lc.llama_token * len(tokens))(*tokens)
+        room = 8 * len(tokens) + 64
+        for _ in range(2):
+            buf = ctypes.create_string_buffer(room)
+            n = lc.llama_detokenize(self.vocab, ids, len(tokens), buf, room, False, True)
+            if n >= 0:
+                return buf.raw[:n]
+            room = -n
+        raise EngineError(errors.ENGINE_FAILED.format())
 
     def is_eog(self, token: int) -> bool:
         return bool(lc.llama_vocab_is_eog(self.vocab, token))
@@ -195,8 +212,48 @@ class LlamaModel:
 
     # -- sampling ----------------------------------------------------------------
 
-    def make_sampler(self, s: Sampling, history: list[int]):
-        """A sampler chain; the repeat penalty sees the last REPEAT_WINDOW tokens of history."""
+    def check_grammar(self, gbnf: str) -> None:
+        lc.llama_sampler_free(llamacpp_grammar.parse(self.vocab, gbnf))
+
+    def make_sampler(self, s: Sampling, history: list[int], said: bytes = b""):
+        """A sampler chain; the repeat penalty sees the last REPEAT_WINDOW tokens
+        of history.  Under a constraint, with its grammar, which has gone
+        through `said` (the reply this turn continues)."""
+        try:
+            gbnf = gbnf_of(s)
+        except StyxError as e:  # a schema the converter refuses (checked when it was set)
+            raise EngineError(str(e)) from None
+        if gbnf is None:
+            return self._chain(s, history)
+        grammar = llamacpp_grammar.parse(self.vocab, gbnf)
+        chain = self._chain(s, history)
+        needed = 1 if chain is GREEDY or s.temperature <= 0 else s.topk  # the best allowed tokens it picks among
+        penalised = history[-REPEAT_WINDOW:] if s.repeatpenalty != 1.0 else None
+        sampler = llamacpp_grammar.Constrained(chain, grammar, GREEDY, needed, penalised)
+        try:
+            sampler.advance(self._byte_tokens(said))
+        except EngineError:
+            self.free_sampler(sampler)
+            raise
+        if self.candidates is None:
+            self.candidates = llamacpp_grammar.Candidates(self.vocab, self.n_vocab)
+        return sampler
+
+    def _byte_tokens(self, text: bytes) -> list[int]:
+        """text a byte a token, for a grammar to go through exactly (tokenize
+        may add a space before it, as SentencePiece does)."""
+        if text and self.byte_token is None:
+            self.byte_token = {}
+            for token in range(self.n_vocab):
+                piece = self.piece(token)
+                if len(piece) == 1 and not self.is_eog(token):
+                    self.byte_token.setdefault(piece[0], token)
+        try:
+            return [self.byte_token[b] for b in text]
+        except KeyError:
+            raise EngineError(errors.GRAMMAR_STUCK.format()) from None
+
+    def _chain(self, s: Sampling, history: list[int]):
         if s.temperature <= 0 and s.repeatpenalty == 1.0:
             return GREEDY
         chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
@@ -215,10 +272,16 @@ class LlamaModel:
         return chain
 
     def free_sampler(self, chain) -> None:
+        if isinstance(chain, llamacpp_grammar.Constrained):
+            chain.free()
+            chain = chain.chain
         if chain is not GREEDY:
             lc.llama_sampler_free(chain)
 
     def sample(self, chain, batch_index: int) -> int:
+        if isinstance(chain, llamacpp_grammar.Constrained):
+            logits = numpy.ctypeslib.as_array(lc.llama_get_logits_ith(self.ctx, batch_index), shape=(self.n_vocab,))
+            return llamacpp_grammar.sample(chain, logits, self.candidates, self.is_eog)
         if chain is GREEDY:
             # The first highest logit, as llama.cpp's greedy sampler picks it, without
             # the chain's copy of every logit (262,144 for Gemma: 0.7 ms against 0.07).

@@ -26,6 +26,11 @@ class ModelSettings:
     threads: int = NODE["threads"].default  # 0: all cores
     batch: int = NODE["batch"].default
     chat_template: str | None = None  # overrides the model's own (serve --chat-template-file)
+    name: str = ""  # what the node calls it (serve --model NAME); "": the file's stem
+
+    @property
+    def model_name(self) -> str:
+        return self.name or os.path.splitext(os.path.basename(self.path))[0]
 
     def resolved_threads(self) -> int:
         return self.threads or max(1, os.cpu_count() or 1)
@@ -50,7 +55,8 @@ class ModelInfo:
 
 class Model(Protocol):
     """One loaded model with a context of `slots` sequences.  Called only
-    from the engine's worker thread, except `tokenize`."""
+    from the engine's worker thread, except `tokenize`, `piece`, `detokenize`
+    and `check_grammar`."""
 
     info: ModelInfo
     batch_size: int  # tokens one decode may hold
@@ -60,7 +66,11 @@ class Model(Protocol):
 
     def tokenize(self, text: bytes, add_special: bool) -> list[int]: ...
 
-    def piece(self, token: int) -> bytes: ...
+    def piece(self, token: int, special: bool = False) -> bytes:
+        """A token's text; a control token's is empty unless special."""
+
+    def detokenize(self, tokens: list[int]) -> bytes:
+        """The text of tokens, as tokenize read it (control tokens shown)."""
 
     def is_eog(self, token: int) -> bool: ...
 
@@ -75,12 +85,20 @@ class Model(Protocol):
     def decode(self, entries: list[tuple[int, int, int, bool]]) -> None:
         """One step: (sequence, token, position, wants logits) entries."""
 
-    def make_sampler(self, sampling: Sampling, history: list[int]) -> object: ...
+    def make_sampler(self, sampling: Sampling, history: list[int], said: bytes = b"") -> object:
+        """The sampler of a turn (with the grammar of its constraint, which
+        has gone through `said`, the reply it continues); EngineError if the
+        grammar is refused."""
+
+    def check_grammar(self, gbnf: str) -> None:
+        """EngineError (`bad grammar: ...`) unless gbnf parses against the
+        vocabulary.  Called from any thread, as `tokenize`."""
 
     def free_sampler(self, sampler: object) -> None: ...
 
     def sample(self, sampler: object, batch_index: int) -> int:
-        """The next token from the logits of entry batch_index of the last decode."""
+        """The next token from the logits of entry batch_index of the last
+        decode; EngineError when the grammar allows none."""
 
 
 # open_model(settings, slots, progress) -> Model; raises EngineError.

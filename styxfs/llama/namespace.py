@@ -1,7 +1,8 @@
 """The /n/llama namespace, the same on a node and on a coordinator:
 
     ctl data reply clone new/{ctl,data,reply,status} model metrics sessions
-    N/{ctl,params,data,reply,status,system,conversation}
+    tokenize tokenizespecial detokenize
+    N/{ctl,params,data,reply,status,system,conversation,grammar,schema}
 
 `LlamaTree` is the namespace: sessions, their files, ownership, the cap and
 the idle reaper.  It is given two backends.  A `SessionBackend` answers the
@@ -26,17 +27,20 @@ from typing import Callable
 
 import trio
 
-from styxfs.tree import Caller, Commands, Entry, Handle
-from styxfs.wire import DMDIR
+from styxfs.tree import TRUNCATE, Caller, Commands, Entry, Handle
+from styxfs.wire import DMDIR, OTRUNC, Dir
 
 from . import errors
 from .chat import Message
-from .handles import (ConnReplyHandle, ConversationHandle, CtlHandle, DataHandle, InNewSession, ParamsHandle,
-                      ReplyHandle, RootCtl, RootMetrics, RootModel, RootSessions, StatusHandle, SystemHandle)
+from .modeldirs import ModelsDir, choose_model
+from .handles import (ConnReplyHandle, ConstraintHandle, ConversationHandle, CtlHandle, DataHandle, InNewSession,
+                      ParamsHandle, ReplyHandle, RootCtl, RootMetrics, RootModel, RootSessions, SchemaHandle,
+                      StatusHandle, SystemHandle)
 from .qids import qpath
 from .reply import Reply
 from .sessions import Session, SessionTable
-from .settings import MAX_PROMPT_BYTES, NODE, SESSION, Sampling
+from .tokens import TokenChannel
+from .settings import JSON_OBJECT, MAX_PROMPT_BYTES, NODE, SESSION, Sampling
 
 log = logging.getLogger("styxfs.llama.namespace")
 
@@ -68,6 +72,8 @@ SESSION_FILES = (
     File("status", 0x15, 0o400, StatusHandle, new=0x0C),
     File("system", 0x16, 0o600, SystemHandle),
     File("conversation", 0x17, 0o600, ConversationHandle),
+    File("grammar", 0x18, 0o600, ConstraintHandle),
+    File("schema", 0x19, 0o600, SchemaHandle),
 )
 SESSION_DIR = File("N", 0x10, DMDIR | 0o700, children=SESSION_FILES)  # named by its number, owned by its user
 NEW_FILES = tuple(File(f.name, f.new, everyone(f.perm), InNewSession(f.name)) for f in SESSION_FILES if f.new)
@@ -80,6 +86,10 @@ ROOT = File("/", 0x00, DMDIR | 0o555, children=(  # then a coordinator's nodes/,
     File("model", 0x06, 0o444, RootModel),
     File("metrics", 0x07, 0o444, RootMetrics),
     File("sessions", 0x0D, 0o444, RootSessions),
+    # private one-shot channels per open, as data: write text (or ids), read the answer (tokens.py)
+    File("tokenize", 0x20, 0o666, TokenChannel),
+    File("tokenizespecial", 0x21, 0o666, TokenChannel),
+    File("detokenize", 0x22, 0o666, TokenChannel),
 ))
 NODES = File("nodes", 0x08, DMDIR | 0o555)  # a coordinator's: coordinator/proxy.py makes it
 
@@ -105,6 +115,10 @@ class SessionBackend:
     def check_settings(self, sampling: Sampling) -> None:
         """Refuse settings this backend cannot honour (chat without a template)."""
 
+    async def check_files(self, session: Session, sampling: Sampling) -> None:
+        """A session's file settings (a grammar) are to change to these: a
+        coordinator has its node check them, whose refusal is its own."""
+
     def session_fields(self, session: Session) -> list[str]:
         """key=value figures of the session beyond its reply's, for the root `sessions`."""
         return []
@@ -112,6 +126,10 @@ class SessionBackend:
     def conversation(self, session: Session) -> list[Message]:
         """The conversation so far, the system prompt aside."""
         return []
+
+    async def choose_model(self, session: Session, model: str) -> None:
+        """The session's model (one of the root backend's), before its first turn."""
+        session.model = model
 
     async def give(self, session: Session, messages: list[Message]) -> None:
         """Take these messages (no system prompt among them) as the session's
@@ -145,8 +163,20 @@ class RootBackend:
     async def metrics_text(self, tree: "LlamaTree") -> str:
         return ""
 
+    async def tokens(self, name: str, data: bytes) -> bytes:
+        """What the root file `name` (tokens.FILES) answers to the text written."""
+        raise errors.NOT_LOADED()
+
     async def extra_entries(self, caller: Caller) -> list[Entry]:
         return []
+
+    def model_names(self) -> list[str]:
+        """The models of models/, the default first."""
+        return []
+
+    async def model_status(self, tree: "LlamaTree", model: str) -> str:
+        """models/NAME/status: modeldirs.status_line's."""
+        return ""
 
 
 class LlamaTree:
@@ -223,6 +253,10 @@ class LlamaTree:
                           raw=setting.raw)(
                 lambda caller, args, verb=setting.name: self.set_setting(session, verb, args))
 
+        @commands.verb("json")
+        def as_json(caller, args):  # replies are JSON objects (OpenAI's response_format json_object)
+            self.set_setting(session, "schema", [JSON_OBJECT.decode()])
+
         @commands.verb("reset")
         async def reset(caller, args):
             self.session_backend.cancel(session)
@@ -235,6 +269,10 @@ class LlamaTree:
         @commands.verb("close")
         async def close(caller, args):
             await self.close_session(session)
+
+        @commands.verb("model", "NAME", 1)
+        async def model(caller, args):
+            await choose_model(self, session, args[0])
 
         return commands
 
@@ -302,7 +340,16 @@ class TableEntry(Entry):
 
 class TableFile(TableEntry):
     async def open(self, mode: int, caller: Caller) -> Handle:
-        return await self.open_for(caller)
+        handle = await self.open_for(caller)
+        if mode & OTRUNC and hasattr(handle, "truncating"):
+            handle.truncating = True  # a file whose truncation means something (N/grammar)
+        return handle
+
+    async def wstat(self, new: Dir, caller: Caller) -> None:
+        await super().wstat(new, caller)
+        truncate = getattr(self.row.open, "truncate", None)
+        if new == TRUNCATE and truncate is not None and self.session is not None:
+            await truncate(self.tree, self.tree.table.get(self.session.number, caller.uname))
 
     async def open_for(self, caller: Caller) -> Handle:
         """A session's file checks the owner and counts its open files."""
@@ -325,7 +372,8 @@ class RootDir(TableDir):
 
     async def children(self, caller: Caller) -> list[Entry]:
         sessions = [SessionDir(self.tree, s) for s in self.tree.table.owned_by(caller.uname)]
-        return await super().children(caller) + await self.tree.root_backend.extra_entries(caller) + sessions
+        return (await super().children(caller) + [ModelsDir(self.tree, NEW_FILES)]
+                + await self.tree.root_backend.extra_entries(caller) + sessions)
 
     async def walk(self, name: str, caller: Caller) -> Entry:
         if name.isdigit():  # Unicode digits too: "²" and "٣" are no session's name

@@ -9,6 +9,7 @@ from functools import partial
 
 import trio
 
+from styxfs import tls
 from styxfs.auth import SecretAuthenticator, read_secret
 from styxfs.errors import StyxError
 from styxfs.server import Server
@@ -17,7 +18,7 @@ from .backend import EngineSessions, NodeRoot
 from .engine import Engine
 from .llamacpp import LlamaModel
 from .model import ModelSettings
-from .models import NAMED, ModelNotFound, model_path
+from .models import DEFAULT, NAMED, ModelNotFound, model_path
 from .namespace import LlamaTree
 from .settings import DEFAULT_LISTEN, NODE
 
@@ -44,6 +45,9 @@ class NodeOptions:
     prefix_cache: int = NODE["prefixcache"].default  # tokens of closed sessions' prefixes kept for reuse
     share_prefixes: bool = False  # reuse prefixes across users too (a timing side channel between them)
     http: str | None = None  # serve /metrics, /api/status and the dashboard here too
+    tls_cert: str | None = None  # for a tls! listen address: the certificate chain (PEM)
+    tls_key: str | None = None  # and its key
+    tls_client_ca: str | None = None  # mutual TLS: only clients with a certificate this CA signed
 
 
 class Node:
@@ -61,7 +65,11 @@ class Node:
         authenticator = None
         if options.auth_secret_file:
             authenticator = SecretAuthenticator(read_secret(options.auth_secret_file))
-        self.server = Server(self.tree, max_connections=options.max_connections, authenticator=authenticator)
+        tls_context = None
+        if options.tls_cert or options.tls_key:
+            tls_context = tls.server_context(options.tls_cert, options.tls_key, options.tls_client_ca)
+        self.server = Server(self.tree, max_connections=options.max_connections, authenticator=authenticator,
+                             tls_context=tls_context)
         self.tree.server = self.server
         self.listeners = []
         self.http_port = 0
@@ -82,7 +90,7 @@ class Node:
             with open(o.chat_template_file, encoding="utf-8") as f:
                 template = f.read()
         return ModelSettings(path=model, ctx=o.ctx, gpulayers=o.gpu_layers, threads=o.threads, batch=o.batch,
-                             chat_template=template)
+                             chat_template=template, name=(o.model or DEFAULT) if o.model in (None, *NAMED) else "")
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Load the model (a failure is reported in ctl, and the node serves

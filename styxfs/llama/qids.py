@@ -10,6 +10,7 @@ nodes/ (coordinator/proxy.py).  Every path stays below 2**32, so that
 
 FILE_BITS = 8
 MAX_SESSION = (1 << 23) - 1
+MODEL_FILES = 0x20  # models/NAME/…'s low bits start here (modeldirs.py); sessions' files stay below
 PROXIED = (1 << 31, 1 << 32)  # [low, high): the coordinator's paths for proxied files
 
 

@@ -21,6 +21,7 @@ class Session:
         self.open_files = 0
         self.last_active = time.monotonic()
         self.ephemeral = ephemeral  # root data's one-shot session: gone once used
+        self.model: str | None = None  # chosen by models/NAME/ or ctl `model`; None: the default
         self.closed = False
 
     def touch(self) -> None:

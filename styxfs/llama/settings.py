@@ -10,11 +10,16 @@ every one of them.
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from styxfs import dial
 from styxfs import errors
+
+from . import errors as llama_errors
 from styxfs.tree import parse_number, quote
 
 DEFAULT_LISTEN = dial.DEFAULT_ADDRESS  # tcp!127.0.0.1!5640
@@ -22,7 +27,18 @@ HTTP_PORT = 9640  # HTTP (metrics, status, dashboard), beside 9P's port
 
 # A coordinator's (the deployment config's network.requestTimeout overrides the first).
 REQUEST_TIMEOUT = 60.0  # seconds a forwarded turn or proxied request may take, failovers included
+# A machine that vanishes, or a link that drops, does not refuse: only timeouts tell (network.connectTimeout
+# and network.healthTimeout override these).
+CONNECT_TIMEOUT = 5.0  # seconds to connect to a node and attach
+HEALTH_TIMEOUT = (2.0, 10.0)  # a health check's limit, by default the check interval kept within these
 SPARES = 4  # sessions made ahead on each node: a new session's first turn need not wait to make one
+DNS_TIMEOUT = 2.0  # seconds a lookup of a node entry's DNS record may take (coordinator/discovery.py)
+# A node process the deployment started that exits unasked is started again (network.restart):
+RESTART_POLICIES = ("on-failure", "always", "never")  # the first is the default, as systemd's Restart=
+RESTART_FIRST = 1.0  # seconds before the first restart; doubled at each crash after it ...
+RESTART_CAP = 60.0  # ... up to this; a node crashing at the cap is `failed`, and retried at the cap
+RESTART_RESET = 60.0  # seconds up after which a crash counts as the first again
+RESTART_LOG_LINES = 5  # lines of a crashed node's log in its error
 
 
 @dataclass(frozen=True)
@@ -56,6 +72,10 @@ STREAM_INTERVAL = 0.05  # seconds between wake-ups of a reply's readers while it
 # A chat template (untrusted: it comes with the model file) may make this much text, in this long.
 MAX_RENDER_BYTES = 4 << 20
 MAX_RENDER_SECONDS = 2.0
+# A grammar or schema is untrusted input: llama.cpp's parser and sampler get at most this much.
+MAX_GRAMMAR_BYTES = 256 << 10
+MAX_GRAMMAR_RULES = 2000  # rules of the GBNF (a schema's after conversion)
+GRAMMAR_TOP = 256  # tokens of highest logit where a pick the grammar refused is looked for again first
 
 
 # ---- a session's settings -----------------------------------------------------------
@@ -101,7 +121,11 @@ SESSION = {s.name: s for s in (
     Setting("system", bytes, b""),  # the system prompt of a chat
     # a turn that would not fit: drop the oldest turns, or refuse it
     Setting("overflow", str, "drop", choices=("drop", "refuse")),
+    # The constraint on replies (below), one at a time: GBNF, or a JSON schema made into one.
+    Setting("grammar", bytes, b""),  # a bare `grammar` clears either
+    Setting("schema", bytes, b""),
 )}
+CONSTRAINTS = ("grammar", "schema")
 
 
 class Sampling:
@@ -134,7 +158,11 @@ class Sampling:
             setattr(self, verb, value + (" ".join(args),) if args else ())
             return
         if setting.raw:
-            setattr(self, verb, " ".join(args).encode())  # one raw argument, or (by defaults) words
+            value = " ".join(args).encode()  # one raw argument, or (by defaults) words
+            if verb in CONSTRAINTS:
+                constrain(self, verb, value)
+                return
+            setattr(self, verb, value)
             return
         if len(args) != 1:
             raise errors.BAD_CTL(why=f"usage: {verb} {setting.usage}")
@@ -152,6 +180,9 @@ class Sampling:
             value = getattr(self, name)
             if setting.kind is tuple:
                 out += [f"{name} {quote(v)}" for v in value]
+            elif name in CONSTRAINTS:
+                if name == "grammar":
+                    out.append(f"constraint {constraint_name(self)}")
             elif setting.raw:
                 if value:  # the first line: a longer one is in the session's own file
                     out.append(f"{name} {value.decode(errors='replace').splitlines()[0]}")
@@ -169,14 +200,103 @@ class Sampling:
                 out.append(name)
                 out += [f"{name} {quote(v)}" for v in value]
             elif setting.raw:
-                if b"\n" not in value:  # else the session's own file carries it (raw_settings)
-                    out.append(f"{name} {value.decode()}".rstrip())
+                # Text goes in the session's file of that name (raw_settings): a ctl line
+                # must fit one 9P message.  An empty one is cleared here (a bare verb),
+                # but for a bare `grammar` beside a schema, which would clear the schema.
+                if not value and not (name == "grammar" and self.schema):
+                    out.append(name)
             else:
                 out.append(f"{name} {value}")
         return "\n".join(out) + "\n"
 
     def raw_settings(self) -> dict[str, bytes]:
-        """The text settings that a ctl line cannot carry (more than a line):
-        what goes to a node through the session's file of that name."""
-        return {name: getattr(self, name) for name, s in SESSION.items()
-                if s.raw and b"\n" in getattr(self, name)}
+        """The text settings, which go to a node through the session's file
+        of that name (a ctl line clears them when empty)."""
+        return {name: getattr(self, name) for name, s in SESSION.items() if s.raw}
+
+    def file_writes(self, known: dict[str, bytes]) -> list[tuple[str, bytes]]:
+        """What to write to a session's files, which hold `known`, to give it
+        these texts; `known` is updated.  A constraint set goes first: it
+        clears the other one, as a node's file does."""
+        writes = []
+        texts = self.raw_settings()
+        for name in sorted(texts, key=lambda name: not (name in CONSTRAINTS and texts[name])):
+            value = texts[name]
+            if known.get(name, b"") != value:
+                writes.append((name, value))
+                known[name] = value
+                if value and name in CONSTRAINTS:
+                    known.update({other: b"" for other in CONSTRAINTS if other != name})
+        return writes
+
+
+# ---- a session's constraint on replies --------------------------------------------------
+# A GBNF grammar, or a JSON schema made into one (llama-cpp-python's converter,
+# as llama-server's): the text's checks here, the parse against a vocabulary
+# the model's (`Model.check_grammar`).
+
+JSON_OBJECT = b'{"type": "object"}'  # ctl `json`: any JSON object (response_format json_object)
+RULE = re.compile(r"^\s*[A-Za-z0-9_-]+\s*::=", re.MULTILINE)
+
+
+def constrain(sampling, verb: str, text: bytes) -> None:
+    """Give sampling the grammar or schema text, checked; either one clears
+    the other.  Empty: a bare `grammar` clears both, a bare `schema` the schema."""
+    if not text:
+        sampling.schema = b""
+        if verb == "grammar":
+            sampling.grammar = b""
+        return
+    if verb == "grammar":
+        check_gbnf(text, llama_errors.BAD_GRAMMAR)
+    else:
+        schema_gbnf(text)
+    sampling.grammar, sampling.schema = (text, b"") if verb == "grammar" else (b"", text)
+
+
+def check_gbnf(text: bytes, error) -> str:
+    if len(text) > MAX_GRAMMAR_BYTES:
+        raise error(why=f"too large: {len(text)} bytes > {MAX_GRAMMAR_BYTES}")
+    try:
+        gbnf = text.decode()
+    except UnicodeDecodeError as e:
+        raise error(why=f"not UTF-8 (byte {e.start})") from None
+    rules = len(RULE.findall(gbnf))
+    if rules > MAX_GRAMMAR_RULES:
+        raise error(why=f"too many rules: {rules} > {MAX_GRAMMAR_RULES}")
+    if "\0" in gbnf:
+        raise error(why="a NUL byte")
+    return gbnf
+
+
+@lru_cache(maxsize=64)
+def schema_gbnf(text: bytes) -> str:
+    """The GBNF of a JSON schema; any failure of the converter is `bad schema: ...`."""
+    if len(text) > MAX_GRAMMAR_BYTES:
+        raise llama_errors.BAD_SCHEMA(why=f"too large: {len(text)} bytes > {MAX_GRAMMAR_BYTES}")
+    from llama_cpp.llama_grammar import json_schema_to_gbnf  # noqa: PLC0415 - loads llama.cpp, once needed
+
+    try:
+        json.loads(text)
+        gbnf = json_schema_to_gbnf(text.decode())
+    except Exception as e:  # noqa: BLE001 - the converter raises anything at all
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise llama_errors.BAD_SCHEMA(why=why[:200]) from None
+    return check_gbnf(gbnf.encode(), llama_errors.BAD_SCHEMA)
+
+
+def gbnf_of(sampling) -> str | None:
+    """The grammar the sampler is to follow, or None (no constraint)."""
+    if sampling.grammar:
+        return sampling.grammar.decode()
+    if sampling.schema:
+        return schema_gbnf(sampling.schema)
+    return None
+
+
+def constraint_name(sampling) -> str:
+    if sampling.grammar:
+        return "grammar"
+    if sampling.schema:
+        return "json" if sampling.schema == JSON_OBJECT else "schema"
+    return "none"

@@ -71,11 +71,12 @@ class Watcher:
             ctl = parse_keyed(await self.read("ctl"))
             samples = metrics.parse(await self.read("metrics"))
             sessions = parse_sessions(await self.read("sessions"))
+            models = await self._models()
             role = ctl.get("role", "node")
             if role == "coordinator":
-                nodes = [await self._node(d.name, samples) for d in await self.client.listdir("nodes")]
+                nodes = [await self._node(d.name, samples, len(models) > 1) for d in await self.client.listdir("nodes")]
             else:
-                nodes = [self._itself(ctl, samples)]
+                nodes = [{**self._itself(ctl, samples), "model": ",".join(m["name"] for m in models)}]
         now = time.time()
         prefix = "llamafs_coordinator" if role == "coordinator" else "llamafs"
         ttft_sum = metrics.value(samples, f"{prefix}_time_to_first_token_seconds_sum")
@@ -110,22 +111,40 @@ class Watcher:
                 "requests_total": int(metrics.value(samples, f"{prefix}_requests_total")),
             },
             "nodes": nodes,
+            "models": models,
             "sessions": sessions,
             "history": list(self.history),
         }
         return self.last
 
-    async def _node(self, node_id: str, samples: dict) -> dict:
+    async def _models(self) -> list[dict]:
+        """models/NAME/status of each model: name, state, nodes (up/total), context, mode, sessions."""
+        try:
+            names = [d.name for d in await self.client.listdir("models")]
+        except client.ServerError:
+            return []  # a tree of before models/
+        out = []
+        for name in names:
+            try:
+                state, fields = parse_status(await self.read(f"models/{name}/status"))
+            except client.ServerError:
+                continue  # gone between the listing and the read
+            out.append({"name": name, "state": state, **{k: _number_or_text(v) for k, v in fields.items()}})
+        return out
+
+    async def _node(self, node_id: str, samples: dict, by_model: bool = False) -> dict:
         try:
             health = parse_keyed(await self.read(f"nodes/{node_id}/health"))
         except client.Error as e:  # removed between the listing and the read
             health = {"state": "gone", "error": str(e)}
-        labels = {"node": node_id}
+        labels = {"node": node_id, **({"model": health.get("model", "")} if by_model else {})}  # control.py's
         return {
             "id": node_id, "address": health.get("address", ""), "state": health.get("state", "?"),
+            "model": health.get("model", ""),
             "error": health.get("error", ""), "weight": _float(health.get("weight", "1")),
             "latency_ms": round(_float(health.get("latency", "0")) * 1000, 2),
             "failures": int(_float(health.get("failures", "0"))),
+            "restarts": int(_float(health.get("restarts", "0"))),
             "sessions": int(_float(health.get("sessions", "0"))),
             "inflight": int(_float(health.get("inflight", "0"))),
             "queue": int(metrics.value(samples, "llamafs_queue_length", labels)),
@@ -139,7 +158,7 @@ class Watcher:
         loaded = ctl.get("state") == "loaded"
         return {
             "id": ctl.get("name") or "node", "address": "", "state": "up" if loaded else ctl.get("state", "?"),
-            "error": ctl.get("error", ""), "weight": 1.0, "latency_ms": 0.0, "failures": 0,
+            "error": ctl.get("error", ""), "weight": 1.0, "latency_ms": 0.0, "failures": 0, "restarts": 0,
             "sessions": int(metrics.value(samples, "llamafs_sessions")),
             "inflight": int(metrics.value(samples, "llamafs_generating")),
             "queue": int(metrics.value(samples, "llamafs_queue_length")),

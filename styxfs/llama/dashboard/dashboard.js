@@ -19,14 +19,23 @@ function row(cells) {
   return cells.map(([v, cls]) => `<td class="${cls || ""}">${v}</td>`).join("");
 }
 
-function drawNodes(nodes) {
+function drawModels(models) {  // several models: a row each, and the nodes grouped by theirs
+  $("models-section").hidden = models.length < 2;
+  $("models").querySelector("tbody").innerHTML = models.map(m => `<tr data-model="${esc(m.name)}">` + row([
+    [esc(m.name)], [`<span class="pill ${esc(m.state)}">${esc(m.state)}</span>`], [esc(m.nodes), "n"],
+    [num(m.context), "n"], [esc(m.mode)], [num(m.sessions), "n"],
+  ]) + "</tr>").join("");
+}
+
+function drawNodes(nodes, byModel) {
   const body = $("nodes").querySelector("tbody");
+  if (byModel) nodes = [...nodes].sort((a, b) => String(a.model).localeCompare(String(b.model)));
   body.innerHTML = nodes.map(n => {
     const state = esc(n.state);
     return `<tr class="${state}" data-node="${esc(n.id)}" data-state="${state}">` + row([
-      [esc(n.id)], [`<span class="pill ${state}">${state}</span>`], [esc(n.address)],
+      [esc(n.id) + (byModel ? ` <small class="model">${esc(n.model)}</small>` : "")], [`<span class="pill ${state}">${state}</span>`], [esc(n.address)],
       [n.sessions, "n"], [n.inflight, "n"], [n.queue, "n"], [num(n.tokens_per_second, 1), "n"],
-      [num(n.latency_ms, 1) + " ms", "n"], [n.failures, "n"], [esc(n.error), "error"],
+      [num(n.latency_ms, 1) + " ms", "n"], [n.failures, "n"], [n.restarts || 0, "n"], [esc(n.error), "error"],
     ]) + "</tr>";
   }).join("");
 }
@@ -60,7 +69,9 @@ function draw(status) {
   const ttft = d.ttft_recent ?? (ttfts.length ? ttfts[ttfts.length - 1] : null);
   $("t-ttft").textContent = ttft === null ? "–" : num(ttft * 1000, 0) + " ms";
   $("t-requests").textContent = d.requests_total;
-  drawNodes(status.nodes);
+  const models = status.models || [];
+  drawModels(models);
+  drawNodes(status.nodes, models.length > 1);
   drawSessions(status.sessions);
   const h = status.history;
   drawChart($("c-rate"), h.map(p => p.tokens_per_second), $("v-rate"));
