@@ -27,6 +27,7 @@ from typing import Callable
 import trio
 
 from styxfs import client
+from styxfs.trioutil import unwrapped
 from styxfs.llama import errors
 from styxfs.llama.settings import CONNECT_TIMEOUT
 
@@ -115,15 +116,25 @@ class NodeHandle:
 
     async def check(self, c: client.Client) -> None:
         started = time.monotonic()
-        with trio.move_on_after(self.pool.health_timeout) as timer:
-            text = (await c.read_file("ctl")).decode(errors="replace")
-        self.last_check = time.time()
-        if timer.cancelled_caught:
+        timed_out = []
+
+        async def deadline(scope: trio.CancelScope) -> None:
+            # Marked down at the deadline itself: cancelling the read then
+            # waits for a silent node's Rflush, which may take much longer.
+            await trio.sleep(self.pool.health_timeout)
             # Once is a slow node under load; twice running, a hung one: what
             # runs there fails over, and the connection is dropped.
-            hung = self.failures >= 1
-            self._mark_down("health check timed out", cancel_inflight=hung)
-            if hung:
+            timed_out.append(self.failures >= 1)
+            self._mark_down("health check timed out", cancel_inflight=timed_out[0])
+            scope.cancel()
+
+        async with unwrapped(), trio.open_nursery() as nursery:
+            nursery.start_soon(deadline, nursery.cancel_scope)
+            text = (await c.read_file("ctl")).decode(errors="replace")
+            nursery.cancel_scope.cancel()
+        self.last_check = time.time()
+        if timed_out:
+            if timed_out[0]:
                 raise client.ConnectionLost("health check timed out")
             return
         self.latency = time.monotonic() - started
