@@ -48,7 +48,7 @@ class ModelsDir(Entry):
 
     def _index(self, name: str) -> int:
         """A model's number for its qid paths: stable while the tree lives."""
-        numbers = self.tree.__dict__.setdefault("model_numbers", {})
+        numbers = self.tree.model_numbers
         return numbers.setdefault(name, len(numbers) + 1)
 
     async def children(self, caller: Caller) -> list[Entry]:

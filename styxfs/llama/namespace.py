@@ -191,6 +191,7 @@ class LlamaTree:
         self.table = SessionTable(max_sessions, session_timeout)
         self.defaults = defaults or Sampling()
         self.max_prompt_bytes = max_prompt_bytes
+        self.model_numbers: dict[str, int] = {}  # models/NAME's number in its qid paths, stable while the tree lives
         self.root = RootDir(self)
         self.server = None  # the 9P server serving this tree, for its figures in metrics
 
