@@ -372,6 +372,8 @@ class ForwardingSessions(SessionBackend):
         reply.tokens_out += int(fields.get("tokens_out", 0))
         reply.tokens_dropped = int(fields.get("tokens_dropped", 0))
         reply.tokens_cached = int(fields.get("tokens_cached", 0))
+        reply.tokens_drafted += int(fields.get("tokens_drafted", 0))  # on every node the turn was on
+        reply.tokens_accepted += int(fields.get("tokens_accepted", 0))
         if state == ReplyState.ERROR:
             reply.set_state(ReplyState.ERROR, fields.get("error", str(errors.GENERATION_FAILED)))
         else:

@@ -21,3 +21,29 @@ async def unwrapped():
                                    for e in errors):
             raise errors[0] from None
         raise
+
+
+class Outbox:
+    """Calls that a worker thread has the trio side make, gathered and sent
+    together (`send`): one wake-up of the trio thread for many reports, not
+    one each (each wake-up takes a core from the worker's own threads)."""
+
+    def __init__(self) -> None:
+        self.token: trio.lowlevel.TrioToken | None = None  # the trio run to call into: set by its side
+        self.pending: list = []
+
+    def add(self, fn, *args) -> None:
+        self.pending.append((fn, args))
+
+    def send(self) -> None:
+        if self.pending:
+            batch, self.pending = self.pending, []
+            try:
+                self.token.run_sync_soon(_call_all, batch)
+            except trio.RunFinishedError:
+                pass
+
+
+def _call_all(calls: list) -> None:
+    for fn, args in calls:
+        fn(*args)

@@ -119,15 +119,16 @@ class FakeModel:
     """`FakeModel.opener(...)` is what the engine is given."""
 
     def __init__(self, settings: ModelSettings, slots: int, progress=None, *, eog_after: int | None = None,
-                 gate: StepGate | None = None):
+                 gate: StepGate | None = None, period: int | None = None):
         self.slots = slots
         self.gate = gate
         self.batch_size = settings.batch
         self.seq_context = settings.ctx
         self.eog_after = eog_after  # a sequence ends itself once it holds this many tokens
+        self.period = period  # the model says again what it holds this many tokens back (it copies)
         self.cache: dict[int, list[int]] = {seq: [] for seq in range(slots)}
         self.steps: list[list[tuple[int, int, int, bool]]] = []  # every decode's entries
-        self.logits: dict[int, int] = {}  # batch index -> sequence, for sample
+        self.logits: dict[int, tuple[int, int]] = {}  # batch index -> sequence and tokens held there, for sample
         self.samplers = 0  # made and not yet freed
         self.closed = False
         self.info = ModelInfo(path=settings.path, description="fake", architecture="fake", parameters=0, size=0,
@@ -183,7 +184,7 @@ class FakeModel:
             assert pos < self.seq_context, f"sequence {seq} past its context"
             self.cache[seq].append(token)
             if logits:
-                self.logits[index] = seq
+                self.logits[index] = seq, pos + 1
 
     def make_sampler(self, sampling: Sampling, history: list[int], said: bytes = b"") -> object:
         self.samplers += 1
@@ -198,9 +199,12 @@ class FakeModel:
         self.samplers -= 1
 
     def sample(self, sampler: object, batch_index: int) -> int:
-        cache = self.cache[self.logits[batch_index]]
+        seq, held = self.logits[batch_index]
+        cache = self.cache[seq][:held]
         if self.eog_after is not None and len(cache) >= self.eog_after:
             return EOG
+        if self.period is not None and len(cache) >= self.period:
+            return cache[-self.period]
         return next_token(cache)
 
 

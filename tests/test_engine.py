@@ -13,7 +13,7 @@ from styxfs.llama.settings import Sampling
 
 from .fakemodel import FakeModel, continuation, tokens_of
 
-GREEDY = dict(temperature=0, repeatpenalty=1)
+GREEDY = dict(temperature=0, repeatpenalty=1, speculate="off")  # the steps as scheduled: no drafts
 
 
 @pytest.fixture
@@ -271,7 +271,7 @@ async def test_the_trio_side_is_woken_once_or_twice_a_step_not_once_a_token(engi
             self.calls += 1
             self.token.run_sync_soon(fn, *args)
 
-    e.trio_token = counting = Counting(e.trio_token)
+    e.outbox.token = counting = Counting(e.outbox.token)
     steps = len(e.model.steps)
     prompts = [b"one", b"two", b"three", b"four"]
     replies = [submit(e, Conversation(), p, maxtokens=20) for p in prompts]

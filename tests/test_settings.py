@@ -17,7 +17,8 @@ from styxfs.tree import tokenize
 ODD = {"temperature": 0.25, "topk": 7, "topp": 0.5, "minp": 0.125, "seed": 42, "maxtokens": 9,
        "repeatpenalty": 1.5, "stop": ("it's", "two words", ""), "mode": "raw",
        "system": b"You are 'terse'; answer  in\ta word.", "overflow": "refuse",
-       "grammar": b'root ::= "it\'s" | "two words"\n', "schema": b""}  # one constraint at a time
+       "grammar": b'root ::= "it\'s" | "two words"\n', "schema": b"",  # one constraint at a time
+       "speculate": "5"}
 
 
 def test_every_session_setting_has_an_odd_value_here():
@@ -54,6 +55,17 @@ def test_each_numeric_setting_is_checked_against_its_range(name):
     assert getattr(s, name) == setting.high
     with pytest.raises(StyxError, match="out of range"):
         s.set(name, [str(setting.high * 2 + 1)])
+
+
+def test_speculate_is_auto_off_or_a_number_of_tokens():
+    s = Sampling()
+    for value in ("off", "3", "auto"):
+        s.set("speculate", [value])
+        assert s.speculate == value
+    for bad, why in (("0", "out of range"), ("65", "out of range"), ("some", "use auto or off or a number")):
+        with pytest.raises(StyxError, match=why):
+            s.set("speculate", [bad])
+    assert s.speculate == "auto"  # a refused value changes nothing
 
 
 def test_the_node_its_command_and_the_config_share_the_node_defaults():

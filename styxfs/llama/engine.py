@@ -3,7 +3,9 @@
 Every generating conversation has a sequence of its own in one shared
 context; each step is one decode holding one token per generating sequence
 plus chunks of prompts being prefilled (continuous batching), so sessions
-make progress together and a long prompt cannot stall the others.  Which
+make progress together and a long prompt cannot stall the others.  A
+generating sequence may add a draft of tokens after its own, taken from its
+n-grams (`speculate.py`): the step verifies them too.  Which
 sequence a turn runs in, and which cells there it keeps, copies from another
 or clears, the allocator (`allocator.Allocator`) decides; the worker applies
 its decisions to the model.
@@ -23,51 +25,24 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Callable
 
 import trio
 
+from styxfs.trioutil import Outbox
 
 from . import errors
 from .allocator import Allocator, Clear, Conversation, Copy, Op, Trim, common_prefix
 from .model import EngineError, Model, ModelInfo, ModelOpener, ModelSettings
 from .reply import Reply, ReplyState, reason_for
 from .settings import ENGINE_STOP_SECONDS, NODE, Sampling
+from .speculate import Drafter, mode_limit
+from .stops import apply_stops
+from .turn import Stats, Turn
 
 __all__ = ["Conversation", "Engine", "Stats", "Turn"]
 
 log = logging.getLogger("styxfs.llama.engine")
-
-
-@dataclass
-class Turn:
-    conversation: Conversation
-    history: list[int]  # every token the conversation holds before this turn's reply
-    sampling: Sampling
-    reply: Reply
-    said: bytes = b""  # the reply this turn continues: its grammar goes through it first
-    # worker-thread state
-    pending: list[int] = field(default_factory=list)  # still to prefill
-    generated: int = 0
-    sampler: object = None
-    decoder: object = None
-    held: bytes = b""  # text held back: it may be the start of a stop string
-    next_token: int | None = None
-
-
-@dataclass
-class Stats:
-    requests: int = 0
-    tokens_in: int = 0
-    tokens_out: int = 0
-    decode_seconds: float = 0.0
-    steps: int = 0
-    evictions: int = 0
-    tokens_reused: int = 0  # prompt tokens a turn found in the KV cache (its own, or shared)
-    schedule_seconds: float = 0.0  # a step's time before llama_decode: sequences, the batch
-    sample_seconds: float = 0.0  # and after it: sampling, text, stop strings, reports
-    reasons: dict[str, int] = field(default_factory=dict)  # how replies ended: stop, length, context...
 
 
 # ---- the engine ------------------------------------------------------------------
@@ -87,15 +62,16 @@ class Engine:
         self.commands: queue.Queue = queue.Queue()
         self.wakeup = threading.Event()
         self.thread: threading.Thread | None = None
-        self.trio_token = None
         self._llama: Model | None = None  # the worker's model while one is loaded
         self._vocab_lock = threading.Lock()  # tokenising against load/unload
-        self._outbox: list = []  # reports for the trio side, sent once a step (worker thread)
+        # Reports for the trio side, sent before and after llama_decode: a wake-up or
+        # two of the trio thread a step, not one a token of every session.
+        self.outbox = Outbox()
 
     # -- trio side ---------------------------------------------------------------
 
     def start(self) -> None:
-        self.trio_token = trio.lowlevel.current_trio_token()
+        self.outbox.token = trio.lowlevel.current_trio_token()
         self.thread = threading.Thread(target=self._run, name="llama-engine", daemon=True)
         self.thread.start()
 
@@ -199,35 +175,16 @@ class Engine:
 
     # -- worker thread --------------------------------------------------------------
 
-    def _report(self, fn, *args) -> None:
-        """Have fn(*args) run on the trio side.  Reports are gathered and sent
-        together, before and after llama_decode: a wake-up or two of the trio
-        thread a step, not one a token of every session (each wake-up takes
-        a core from llama.cpp's threads, which wait for each other)."""
-        self._outbox.append((fn, args))
-
-    def _report_now(self, fn, *args) -> None:
-        self._report(fn, *args)
-        self._send_reports()
-
-    def _send_reports(self) -> None:
-        if self._outbox:
-            batch, self._outbox = self._outbox, []
-            try:
-                self.trio_token.run_sync_soon(_deliver, batch)
-            except trio.RunFinishedError:
-                pass
-
     def _run(self) -> None:
         try:
             self._serve()
         finally:
-            self._send_reports()
+            self.outbox.send()
 
     def _serve(self) -> None:
         while True:
             if not self.active and not self.queued:
-                self._send_reports()
+                self.outbox.send()
                 self.wakeup.wait()
             self.wakeup.clear()
             while True:
@@ -243,20 +200,24 @@ class Engine:
                 except Exception as e:  # noqa: BLE001 - reported to the caller
                     outcome = (False, e)
                 if finish is not None:
-                    self._report(finish, outcome)
+                    self.outbox.add(finish, outcome)
             try:
                 self._step()
             except Exception:
                 log.exception("engine step failed")
                 self._fail_all(errors.ENGINE_FAILED.format())
-            self._send_reports()
+            self.outbox.send()
 
     def _load(self, settings: ModelSettings, progress) -> ModelInfo:
-        new = self.open_model(settings, self.slots, progress and (lambda f: self._report_now(progress, f)))
+        new = self.open_model(settings, self.slots, progress and (lambda f: self._progress(progress, f)))
         self._unload()
         with self._vocab_lock:
             self._llama = new
         return new.info
+
+    def _progress(self, progress, fraction: float) -> None:
+        self.outbox.add(progress, fraction)
+        self.outbox.send()
 
     def _unload(self) -> None:
         self._fail_all(errors.UNLOADED.format())
@@ -302,13 +263,13 @@ class Engine:
         why = reason_for(state, reason) or "stop"
         self.stats.reasons[why] = self.stats.reasons.get(why, 0) + 1
         if turn.held and state in (ReplyState.DONE, ReplyState.CANCELLED):
-            self._report(turn.reply.append, turn.held, 0)
+            self.outbox.add(turn.reply.append, turn.held, 0)
             turn.held = b""
         self.sequences.finished(turn.conversation)
         if turn.sampler is not None:
             self._llama.free_sampler(turn.sampler)
             turn.sampler = None
-        self._report(turn.reply.set_state, state, error, reason)
+        self.outbox.add(turn.reply.set_state, state, error, reason)
 
     def _assign_sequences(self) -> None:
         """Give queued turns a sequence, as the allocator decides."""
@@ -337,7 +298,10 @@ class Engine:
                 self._retire(turn, ReplyState.ERROR, error=str(e))
                 continue
             turn.decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
-            self._report(_set_prefill, turn.reply, len(turn.pending), placed.reused)
+            s = turn.sampling
+            most = mode_limit(s.speculate, s.temperature <= 0, bool(s.grammar or s.schema))
+            turn.drafter = Drafter(most) if most else None
+            self.outbox.add(_set_prefill, turn.reply, len(turn.pending), placed.reused)
 
     def _step(self) -> None:
         llama = self._llama
@@ -349,67 +313,125 @@ class Engine:
             self._retire(turn, ReplyState.CANCELLED)
         if not self.active:
             return
-        # One token per generating sequence first, then prompt chunks.
+        # One token per generating sequence (and its draft) first, then prompt chunks.
         entries: list[tuple[Turn, int, int, bool]] = []  # turn, token, position, wants logits
+        rows: list[tuple[Turn, int]] = []  # a turn, and the entry of its first logits
+        generating = [t for t in self.active if t.next_token is not None]
+        step_tokens = len(generating) + min(llama.batch_size, sum(len(t.pending) for t in self.active))
         budget = llama.batch_size
-        for turn in self.active:
-            if turn.next_token is not None:
-                conv = turn.conversation
-                entries.append((turn, turn.next_token, len(conv.cached), True))
-                conv.cached.append(turn.next_token)
-                conv.history.append(turn.next_token)
-                turn.next_token = None
-                budget -= 1
+        for turn in generating:
+            conv = turn.conversation
+            tokens = [turn.next_token] + self._draft(turn, step_tokens, budget - len(generating))
+            turn.draft, turn.next_token = tokens[1:], None
+            rows.append((turn, len(entries)))
+            start = len(conv.cached)
+            entries += [(turn, token, start + i, True) for i, token in enumerate(tokens)]
+            conv.cached += tokens
+            conv.history += tokens
+            budget -= len(tokens)
         for turn in self.active:
             if turn.pending and budget > 0:
                 chunk, turn.pending = turn.pending[:budget], turn.pending[budget:]
                 start = len(turn.conversation.cached)
                 for i, token in enumerate(chunk):
                     entries.append((turn, token, start + i, not turn.pending and i == len(chunk) - 1))
+                if not turn.pending:
+                    rows.append((turn, len(entries) - 1))
                 turn.conversation.cached += chunk
                 budget -= len(chunk)
                 self.stats.tokens_in += len(chunk)
         batch = [(turn.conversation.seq, token, pos, logits) for turn, token, pos, logits in entries]
-        self._send_reports()  # turns that began prefill say so now, not after the step
+        self.outbox.send()  # turns that began prefill say so now, not after the step
         started = time.perf_counter()
         llama.decode(batch)
         decoded = time.perf_counter()
-        for index, (turn, _, _, logits) in enumerate(entries):
-            if logits:
-                self._sample(turn, index)
+        for turn, row in rows:
+            self._sample(turn, row)
         stats = self.stats
         stats.schedule_seconds += started - scheduling
         stats.decode_seconds += decoded - started
         stats.sample_seconds += time.perf_counter() - decoded
         stats.steps += 1
 
-    def _sample(self, turn: Turn, batch_index: int) -> None:
+    def _draft(self, turn: Turn, batch_tokens: int, budget: int) -> list[int]:
+        """The tokens a generating turn drafts this step, if any pays: never
+        past its maxtokens or its context, nor past the step's budget."""
+        drafter = turn.drafter
+        if drafter is None:
+            return []
+        conv = turn.conversation
+        room = min(budget, turn.sampling.maxtokens - turn.generated - 1,
+                   self._llama.seq_context - 3 - len(conv.cached))
+        draft = drafter.propose(conv.history, turn.next_token, drafter.length(batch_tokens, room))
+        if not draft:
+            drafter.no_draft()
+        return draft
+
+    def _sample(self, turn: Turn, row: int) -> None:
+        """Sample the turn's next token from the logits at row; with a
+        draft, go on through the drafted positions while each sampled
+        token is the drafted one, then unwind the rest of the draft."""
         llama = self._llama
         conv = turn.conversation
+        draft, turn.draft = turn.draft, []
         if turn.generated == 0:
-            self._report(turn.reply.set_state, ReplyState.GENERATING)
-        try:
-            token = llama.sample(turn.sampler, batch_index)
-        except EngineError as e:  # a grammar that cannot go on: this turn ends, the others go on
-            self._retire(turn, ReplyState.ERROR, error=str(e))
-            return
-        if llama.is_eog(token):
-            self._retire(turn, ReplyState.DONE, "stop")
-            return
+            self.outbox.add(turn.reply.set_state, ReplyState.GENERATING)
+        for j in range(len(draft) + 1):
+            unverified = len(draft) - j  # drafted tokens after this row's
+            try:
+                token = llama.sample(turn.sampler, row + j)
+            except EngineError as e:  # a grammar that cannot go on: this turn ends, the others go on
+                self._unwind(turn, draft, j, unverified)
+                self._retire(turn, ReplyState.ERROR, error=str(e))
+                return
+            kept = j < len(draft) and token == draft[j]
+            if llama.is_eog(token):
+                self._unwind(turn, draft, j, unverified)
+                self._retire(turn, ReplyState.DONE, "stop")
+                return
+            reason = self._emit(turn, token, len(conv.cached) - unverified)
+            if reason is not None or not kept:
+                self._unwind(turn, draft, j + kept, unverified)
+            if reason is not None:
+                conv.history.append(token)  # in the conversation, not yet in the cache
+                self._retire(turn, ReplyState.DONE, reason)
+                return
+            if not kept:
+                turn.next_token = token
+                return
+
+    def _emit(self, turn: Turn, token: int, cached: int) -> str | None:
+        """A sampled token's text to the reply (cached: tokens the sequence
+        holds before it); why the turn ends with it, or None."""
+        llama = self._llama
         turn.generated += 1
         self.stats.tokens_out += 1
         text = turn.decoder.decode(llama.piece(token)).encode("utf-8")
         stopped = False
         if turn.sampling.stop:
-            text, stopped = _apply_stops(turn, turn.held + text)
-        self._report(turn.reply.append, text, 1)
-        full = len(conv.cached) + 1 >= llama.seq_context
-        if stopped or full or turn.generated >= turn.sampling.maxtokens:
-            conv.history.append(token)  # in the conversation, not yet in the cache
-            length = turn.generated >= turn.sampling.maxtokens
-            self._retire(turn, ReplyState.DONE, "stop" if stopped else "length" if length else "context")
-        else:
-            turn.next_token = token
+            text, turn.held, stopped = apply_stops(turn.sampling.stop, turn.held + text)
+        self.outbox.add(turn.reply.append, text, 1)
+        if stopped:
+            return "stop"
+        if turn.generated >= turn.sampling.maxtokens:
+            return "length"
+        if cached + 1 >= llama.seq_context:
+            return "context"
+        return None
+
+    def _unwind(self, turn: Turn, draft: list[int], kept: int, unverified: int) -> None:
+        """The draft's outcome: its first `kept` tokens were sampled; the
+        sequence forgets the last `unverified` tokens it holds."""
+        if draft:
+            turn.drafter.verified(len(draft), kept)
+            self.stats.tokens_drafted += len(draft)
+            self.stats.tokens_accepted += kept
+            self.outbox.add(_count_drafts, turn.reply, len(draft), kept)
+        if unverified:
+            conv = turn.conversation
+            del conv.cached[-unverified:]
+            del conv.history[-unverified:]
+            self._llama.trim_seq(conv.seq, len(conv.cached))
 
     def _retire(self, turn: Turn, state: str, reason: str | None = None, error: str | None = None) -> None:
         if turn in self.active:
@@ -417,30 +439,11 @@ class Engine:
         self._finish(turn, state, error, reason=reason)
 
 
-def _deliver(reports: list) -> None:
-    for fn, args in reports:
-        fn(*args)
-
-
 def _set_prefill(reply: Reply, tokens: int, cached: int = 0) -> None:
     reply.tokens_in, reply.tokens_cached = tokens, cached
     reply.set_state(ReplyState.PREFILL)
 
 
-def _apply_stops(turn: Turn, text: bytes) -> tuple[bytes, bool]:
-    """Cut text at the first stop string; hold back a tail that could begin
-    one.  Returns the text to emit now and whether a stop string was met."""
-    stops = [s.encode() for s in turn.sampling.stop if s]
-    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
-    if cut >= 0:
-        turn.held = b""
-        return text[:cut], True
-    hold = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), 0, -1):
-            if text.endswith(s[:k]):
-                hold = max(hold, k)
-                break
-    turn.held = text[len(text) - hold :] if hold else b""
-    return text[: len(text) - hold], False
-
+def _count_drafts(reply: Reply, drafted: int, accepted: int) -> None:
+    reply.tokens_drafted += drafted
+    reply.tokens_accepted += accepted

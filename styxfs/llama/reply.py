@@ -79,6 +79,8 @@ class Reply:
         self.tokens_out = 0
         self.tokens_dropped = 0  # of the conversation, to make this turn fit the context
         self.tokens_cached = 0  # of the prompt, found in the KV cache: not evaluated again
+        self.tokens_drafted = 0  # speculative decoding: tokens drafted, and of them the ones kept
+        self.tokens_accepted = 0
         self.reason: str | None = None
         self.submitted = time.monotonic()
         self.first_token: float | None = None
@@ -160,6 +162,8 @@ class Reply:
             fields.append(("tokens_cached", self.tokens_cached))
         if self.tokens_dropped:
             fields.append(("tokens_dropped", self.tokens_dropped))
+        if self.tokens_drafted:
+            fields += [("tokens_drafted", self.tokens_drafted), ("tokens_accepted", self.tokens_accepted)]
         if self.error:
             fields.append(("error", self.error))
         return format_status(self.state, fields)

@@ -75,6 +75,11 @@ MAX_RENDER_SECONDS = 2.0
 # A grammar or schema is untrusted input: llama.cpp's parser and sampler get at most this much.
 MAX_GRAMMAR_BYTES = 256 << 10
 MAX_GRAMMAR_RULES = 2000  # rules of the GBNF (a schema's after conversion)
+# Speculative decoding (speculate.py): drafts of a turn's own n-grams.
+SPECULATE_AUTO = 8  # tokens a greedy turn drafts at most under `speculate auto`
+SPECULATE_MOST = 64  # the largest N of `speculate N`
+SPECULATE_PRIOR = 0.5  # the rate of drafted tokens kept, assumed before a turn has tried any
+SPECULATE_TOKEN_COST = 0.25  # a token's share of a one-token step's time (bench/bench_decode.py)
 GRAMMAR_TOP = 256  # tokens of highest logit where a pick the grammar refused is looked for again first
 
 
@@ -98,7 +103,7 @@ class Setting:
     @property
     def usage(self) -> str:
         if self.choices:
-            return "|".join(self.choices)
+            return "|".join(self.choices + (("N",) if self.low is not None else ()))
         return {tuple: "[STRING]", bytes: "[TEXT]"}.get(self.kind, "VALUE")
 
     @property
@@ -124,6 +129,9 @@ SESSION = {s.name: s for s in (
     # The constraint on replies (below), one at a time: GBNF, or a JSON schema made into one.
     Setting("grammar", bytes, b""),  # a bare `grammar` clears either
     Setting("schema", bytes, b""),
+    # Drafts from the session's own n-grams (speculate.py): auto (greedy turns without a
+    # constraint), off, or N tokens at most for any turn.
+    Setting("speculate", str, "auto", 1, SPECULATE_MOST, choices=("auto", "off")),
 )}
 CONSTRAINTS = ("grammar", "schema")
 
@@ -167,8 +175,12 @@ class Sampling:
         if len(args) != 1:
             raise errors.BAD_CTL(why=f"usage: {verb} {setting.usage}")
         if setting.choices:
+            if args[0] not in setting.choices and setting.low is not None and args[0].lstrip("-").isdigit():
+                setattr(self, verb, str(parse_number(verb, args[0], int, setting.low, setting.high)))
+                return
             if args[0] not in setting.choices:
-                raise errors.BAD_CTL(why=f"{verb}: {args[0]!r}: use {' or '.join(setting.choices)}")
+                words = setting.choices + ((f"a number in [{setting.low}, {setting.high}]",) if setting.low else ())
+                raise errors.BAD_CTL(why=f"{verb}: {args[0]!r}: use {' or '.join(words)}")
             setattr(self, verb, args[0])
             return
         setattr(self, verb, parse_number(verb, args[0], setting.kind, setting.low, setting.high))

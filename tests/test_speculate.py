@@ -1,0 +1,253 @@
+"""Speculative decoding (styxfs/llama/speculate.py and the engine's drafts):
+the drafter's logic alone, then the engine on the fake model, where a reply
+with drafts must be the reply without them, token for token; and the tiny
+model through a node, where llama.cpp's own logits decide."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from styxfs import client
+from styxfs.llama.engine import Conversation, Engine
+from styxfs.llama.model import ModelSettings
+from styxfs.llama.settings import Sampling
+from styxfs.llama.speculate import Drafter, mode_limit, worth
+
+from .fakemodel import FakeModel, StepGate, tokens_of
+from .support import ask, greedy, new_session, status_fields
+
+GREEDY = dict(temperature=0, repeatpenalty=1)
+PASSAGE = b"the cat sat on the mat; a dog ran to the log. "
+
+
+# ---- the drafter alone -------------------------------------------------------------------
+
+
+def test_a_draft_is_what_followed_the_longest_ngram_that_ends_here():
+    d = Drafter(most=8)
+    history = [1, 2, 3, 4, 5, 6, 9, 9, 3, 4]
+    assert d.propose(history, 5, 3) == [6, 9, 9]  # 3 4 5 occurred: 6 9 9 followed
+    d = Drafter(most=8)
+    assert d.propose([7, 1, 2, 8, 3, 1, 2, 9], 1, 4) == []  # 9 1 never occurred: no 1-gram guesses
+    d = Drafter(most=8)
+    assert d.propose([1, 2, 8, 1, 2, 9], 7, 4) == []
+    assert d.propose([1, 2, 8, 1, 2, 9, 7, 1], 2, 4) == [9, 7, 1, 2]  # the latest 1 2, and it runs on
+
+
+def test_a_draft_follows_the_tokens_as_they_grow():
+    d = Drafter(most=8)
+    history = list(range(10, 20)) + [10]
+    assert d.propose(history, 11, 2) == [12, 13]
+    history += [11, 12]  # 11 was sampled, 12 kept from the draft
+    assert d.propose(history, 13, 3) == [14, 15, 16]
+
+
+def test_draft_length_follows_acceptance_and_the_batch():
+    d = Drafter(most=8)
+    assert d.length(1, room=100) >= 1  # a first try at one sequence
+    assert d.length(1, room=0) == 0
+    for _ in range(5):
+        d.verified(8, 8)
+    assert d.length(1, room=100) == 8  # every draft kept: the most
+    assert d.length(1, room=3) == 3
+    for _ in range(10):
+        d.verified(4, 2)  # half kept, or so
+    one, full = d.length(1, 100), d.length(64, 100)
+    assert 0 <= full < one < 8  # a full step makes its tokens cheaply without drafts
+    for _ in range(5):
+        d.verified(4, 0)
+    assert d.length(1, room=100) == 0  # drafts keep failing: none
+    for _ in range(200):
+        d.no_draft()
+    assert d.length(1, room=100) >= 1  # and later it tries again
+
+
+def test_worth_grows_with_the_batch():
+    assert 0 < worth(1) < worth(4) < worth(64) < 1
+
+
+def test_modes():
+    assert mode_limit("off", True, False) == 0
+    assert mode_limit("auto", True, False) > 0
+    assert mode_limit("auto", False, False) == 0  # sampled: the same reply whatever else the node does
+    assert mode_limit("auto", True, True) == 0  # under a grammar
+    assert mode_limit("5", False, True) == 5
+
+
+# ---- the engine on the fake model ----------------------------------------------------------
+
+
+@pytest.fixture
+async def engine():
+    engines = []
+
+    async def make(slots=4, ctx=2048, **options):
+        opener = FakeModel.opener(**options)
+        e = Engine(opener, slots=slots)
+        e.start()
+        engines.append(e)
+        await e.load(ModelSettings(path="fake.gguf", ctx=ctx, batch=512))
+        e.model = opener.made[-1]
+        return e
+
+    yield make
+    for e in engines:
+        await trio.to_thread.run_sync(e.stop)
+
+
+async def run_turn(e: Engine, conversation: Conversation, text: bytes, **settings):
+    history = conversation.history + tokens_of(text, first=not conversation.history)
+    reply = e.submit(conversation, history, Sampling(**{**GREEDY, **settings}))
+    with trio.fail_after(5):
+        await reply.wait()
+    return reply
+
+
+def drafts_in_steps(model: FakeModel, seq: int) -> list[tuple[int, list[int]]]:
+    """(position, drafted tokens) of every generation step of seq: the
+    entries after the first of a step's run of logits-wanting entries."""
+    found = []
+    for step in model.steps:
+        mine = [(pos, token) for s, token, pos, logits in step if s == seq and logits]
+        if len(mine) > 1:
+            found.append((mine[1][0], [token for _, token in mine[1:]]))
+    return found
+
+
+async def test_a_reply_that_copies_its_prompt_is_drafted_and_the_counts_are_right(engine):
+    e = await engine(period=len(PASSAGE) + 1)  # it says the passage again
+    conv = Conversation()
+    reply = await run_turn(e, conv, PASSAGE, maxtokens=len(PASSAGE))
+    off = await run_turn(await engine(period=len(PASSAGE) + 1), Conversation(), PASSAGE, maxtokens=len(PASSAGE),
+                         speculate="off")
+    assert bytes(reply.text) == bytes(off.text) and reply.tokens_out == off.tokens_out == len(PASSAGE)
+    # Counted from the steps themselves: a drafted token was kept if the reply has it there.
+    said = conv.history  # the prompt and the reply
+    drafted = accepted = 0
+    for position, tokens in drafts_in_steps(e.model, conv.seq):
+        drafted += len(tokens)
+        for i, token in enumerate(tokens):
+            if position + i >= len(said) or said[position + i] != token:
+                break
+            accepted += 1
+    assert reply.tokens_drafted == drafted and reply.tokens_accepted == accepted
+    assert accepted > len(PASSAGE) / 2  # most of the copy came from drafts
+    steps_on = sum(1 for step in e.model.steps if any(s == conv.seq for s, *_ in step))
+    assert steps_on < len(PASSAGE) / 2  # in far fewer steps than tokens
+    assert e.stats.tokens_drafted == drafted and e.stats.tokens_accepted == accepted
+
+
+@pytest.mark.parametrize("settings", [dict(maxtokens=23), dict(maxtokens=200, stop=("dog",)),
+                                      dict(maxtokens=200, stop=("t t", "log."))],
+                         ids=["maxtokens", "stop", "stop-across-drafts"])
+async def test_drafts_stop_where_the_reply_does(engine, settings):
+    on, off = await engine(period=len(PASSAGE) + 1), await engine(period=len(PASSAGE) + 1)
+    conv_on, conv_off = Conversation(), Conversation()
+    a = await run_turn(on, conv_on, PASSAGE * 2, **settings)
+    b = await run_turn(off, conv_off, PASSAGE * 2, speculate="off", **settings)
+    assert (bytes(a.text), a.tokens_out, a.reason) == (bytes(b.text), b.tokens_out, b.reason)
+    assert a.tokens_accepted > 0
+    assert conv_on.history == conv_off.history and conv_on.cached == conv_off.cached
+    assert on.model.cache[conv_on.seq] == conv_on.cached  # nothing drafted is left in the KV cache
+    # No draft ran past maxtokens.
+    last = max(pos + len(tokens) for pos, tokens in drafts_in_steps(on.model, conv_on.seq))
+    assert last <= len(tokens_of(PASSAGE * 2)) + settings["maxtokens"]
+    # The next turn goes on from the same place.
+    assert bytes((await run_turn(on, conv_on, b" more", maxtokens=30)).text) == \
+        bytes((await run_turn(off, conv_off, b" more", maxtokens=30, speculate="off")).text)
+
+
+async def test_a_reply_cut_by_the_context_is_the_same_with_drafts(engine):
+    on, off = await engine(ctx=120, period=len(PASSAGE) + 1), await engine(ctx=120, period=len(PASSAGE) + 1)
+    a = await run_turn(on, Conversation(), PASSAGE, maxtokens=500)
+    b = await run_turn(off, Conversation(), PASSAGE, maxtokens=500, speculate="off")
+    assert (bytes(a.text), a.reason) == (bytes(b.text), b.reason) and a.reason == "context"
+    assert a.tokens_drafted > 0
+
+
+async def test_replies_that_do_not_repeat_are_unchanged_and_batched_sessions_too(engine):
+    on, off = await engine(), await engine()
+    prompts = [b"one", b"two two", PASSAGE, b"four"]
+    got = {}
+    async with trio.open_nursery() as n:
+        for p in prompts:
+            async def run(p=p):
+                got[p] = bytes((await run_turn(on, Conversation(), p, maxtokens=60)).text)
+            n.start_soon(run)
+    for p in prompts:
+        assert got[p] == bytes((await run_turn(off, Conversation(), p, maxtokens=60, speculate="off")).text)
+
+
+async def test_sampled_turns_draft_only_when_asked_and_stay_the_same(engine):
+    e = await engine(period=len(PASSAGE) + 1)
+    sampled = dict(temperature=0.7, seed=5, maxtokens=40)
+    assert (await run_turn(e, Conversation(), PASSAGE, **sampled)).tokens_drafted == 0  # auto: greedy only
+    drafted = await run_turn(e, Conversation(), PASSAGE, speculate="6", **sampled)
+    assert drafted.tokens_drafted > 0
+    assert bytes(drafted.text) == bytes((await run_turn(e, Conversation(), PASSAGE, **sampled)).text)
+
+
+async def test_a_cancel_mid_draft_leaves_the_session_usable():
+    gate = StepGate()
+    opener = FakeModel.opener(gate=gate, period=len(PASSAGE) + 1)
+    e = Engine(opener, slots=2)
+    e.start()
+    try:
+        gate.open()
+        await e.load(ModelSettings(path="fake.gguf", ctx=2048, batch=512))
+        model = opener.made[-1]
+        gate.close()
+        conv = Conversation()
+        reply = e.submit(conv, tokens_of(PASSAGE), Sampling(**GREEDY, maxtokens=500))
+        while not drafts_in_steps(model, conv.seq):
+            gate.allow(1)
+            await gate.held()
+        e.cancel(reply)  # a step with a draft has run; the next sees the cancel
+        gate.open()
+        with trio.fail_after(5):
+            await reply.wait()
+        assert reply.state == "cancelled"
+        assert model.cache[conv.seq] == conv.cached  # the draft's unkept tokens are gone from the cache
+        history = conv.history + tokens_of(b" again", first=False)
+        after = e.submit(conv, history, Sampling(**GREEDY, maxtokens=20))
+        with trio.fail_after(5):
+            await after.wait()
+        want = e.submit(Conversation(), history, Sampling(**GREEDY, maxtokens=20, speculate="off"))
+        with trio.fail_after(5):
+            await want.wait()
+        assert bytes(after.text) == bytes(want.text) and after.state == "done"
+    finally:
+        await trio.to_thread.run_sync(e.stop)
+
+
+# ---- the tiny model, through a node ---------------------------------------------------------------
+
+
+async def test_greedy_replies_with_drafts_equal_those_without_on_llama_cpp(start_node):
+    address, node = await start_node()
+    prompt = "one two three four five six seven eight nine ten one two three four five six seven"
+    replies = {}
+    async with client.connect(address) as c:
+        for mode in ("off", "4", "auto"):
+            await greedy(c, maxtokens=48, speculate=mode)
+            ctl, number = await new_session(c)
+            replies[mode] = await ask(c, f"{number}/data", prompt)
+            replies[mode, "status"] = status_fields(await c.read_file(f"{number}/status"))
+            await ctl.close()
+        metrics = (await c.read_file("metrics")).decode()
+    assert replies["4"] == replies["off"] and replies["auto"] == replies["off"] and len(replies["off"]) > 20
+    assert int(replies["4", "status"]["tokens_drafted"]) > 0  # `speculate 4` drafts whatever the rate
+    assert "tokens_drafted" not in replies["off", "status"]
+    assert "llamafs_draft_tokens_total" in metrics and "llamafs_draft_tokens_accepted_total" in metrics
+
+
+async def test_a_seeded_sampled_reply_with_drafts_equals_it_without(start_node):
+    address, node = await start_node()
+    prompt = "red green blue red green blue red green blue red green"
+    async with client.connect(address) as c:
+        got = []
+        for mode in ("off", "6"):
+            await greedy(c, temperature=0.9, seed=11, maxtokens=40, speculate=mode)
+            got.append(await ask(c, "new/data", prompt))
+    assert got[0] == got[1] and got[0]
