@@ -210,7 +210,7 @@ class DeploymentConfig:
             requestTimeout=check.integer(net, "network.requestTimeout", NetworkConfig.requestTimeout, 1,
                                          86_400_000),
             enableFailover=check.boolean(net, "network.enableFailover", True),
-            basePort=check.integer(net, "network.basePort", 8000, 1, 65535),
+            basePort=check.integer(net, "network.basePort", 8000, 0, 65535),  # 0: every node the OS's choice
             listen=netconfig.listen(check, net),
             sessionTimeout=check.integer(net, "network.sessionTimeout", NetworkConfig.sessionTimeout,
                                          int(NODE["sessiontimeout"].low * 1000), int(NODE["sessiontimeout"].high * 1000)),
@@ -243,7 +243,7 @@ class DeploymentConfig:
             n = NodeConfig(
                 id=check.string(node, f"{key}.id", f"node-{i}"),
                 address=check.string(node, f"{key}.address", "localhost"),
-                port=check.integer(node, f"{key}.port", base + i, 0, 65535),  # 0: the OS's choice
+                port=check.integer(node, f"{key}.port", base + i if base else 0, 0, 65535),  # 0: the OS's choice
                 weight=check.number(node, f"{key}.weight", 1.0, 0.0, 1e9),
                 **{name: check.node_option(node, f"{key}.{name}", None, option) for name, option in NODE_KEYS.items()},
                 model=check.string(node, f"{key}.model", None),

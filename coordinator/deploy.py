@@ -336,7 +336,7 @@ class DeploymentManager:
         taken_ids = {n.id for n in self.config.nodes}
         taken_ports = {n.port for n in self.config.nodes}
         port = self.config.network.basePort
-        while port in taken_ports or not dial.port_bindable("127.0.0.1", port):
+        while port and (port in taken_ports or not dial.port_bindable("127.0.0.1", port)):  # 0: the OS's choice
             port += 1
         i = len(self.config.nodes)
         while f"node-{i}" in taken_ids:

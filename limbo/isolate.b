@@ -136,7 +136,9 @@ serve(dfd: ref Sys->FD, nodeaddr: string, sync: chan of int)
 		return;
 	}
 	sys->export(dfd, MNT, Sys->EXPWAIT);
-	sys->unmount(nil, MNT);
+	# No unmount: export's slaves may still be walking MNT (it does not
+	# wait for them), and an unmount then crashes emu's walk(); the
+	# namespace is ours and goes with the last of us.
 	if(ctl != nil)
 		sys->fprint(ctl, "hangup");
 }

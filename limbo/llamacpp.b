@@ -272,7 +272,11 @@ nodeproc(dest: string, secret: array of byte, reqc: chan of (string, string, cha
 	(dir, req, rc) := <-reqc =>
 		spawn worker(dir, req, rc);
 	done := <-quitc =>
-		sys->unmount(nil, NODEMNT);
+		# Hang up, but leave the mount: the namespace is this process's
+		# and its workers', and goes with the last of them.  Unmounting
+		# while a worker walks the mount crashes emu (port/chan.c walk()
+		# reads the union list unmount has freed), and the crash's handler
+		# takes the VM twice: the whole emu hangs.
 		hangup(c);
 		done <-= 0;
 		return;

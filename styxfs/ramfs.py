@@ -7,6 +7,7 @@ create, write at any offset, read, remove, mkdir, and rename through wstat.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import time
@@ -14,7 +15,7 @@ import time
 import click
 import trio
 
-from . import errors
+from . import dial, errors
 from .errors import StyxError
 from .server import Server, StaticTree
 from .tree import Caller, DirHandle, Entry, Handle, read_slice
@@ -192,8 +193,11 @@ def main(listen: str) -> None:
     async def run():
         server = make_server()
         async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve, listen)
-            print(f"ramfs: serving on {listen}", flush=True)
+            listeners = await nursery.start(server.serve, listen)
+            address = dial.parse(listen)
+            if address.network != "unix":  # with the port chosen, for port 0
+                address = dataclasses.replace(address, port=dial.listening_port(listeners))
+            print(f"ramfs: serving on {address}", flush=True)
 
     try:
         trio.run(run)

@@ -47,7 +47,9 @@ def fake_model(tmp_path_factory):
 async def serve_node(nursery: trio.Nursery, engine, options: dict):
     from styxfs.llama.node import Node, NodeOptions
 
-    options.setdefault("threads", 2)
+    # One llama.cpp thread: ggml's threads wait for each other at every op, so on a
+    # loaded machine (a suite's) two make a tiny model's reply take seconds, not ms.
+    options.setdefault("threads", 1)
     options.setdefault("listen", "tcp!127.0.0.1!0")
     node = Node(NodeOptions(**options), engine=engine)
     await nursery.start(node.run)

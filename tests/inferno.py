@@ -159,8 +159,12 @@ def _killpg(proc: subprocess.Popen) -> None:
 
 
 async def inferno(script: str, timeout: float = 25) -> InfernoResult:
-    """run_inferno from trio, in a worker thread."""
-    return await trio.to_thread.run_sync(run_inferno, script, timeout)
+    """run_inferno from trio, in a worker thread; running over timeout fails
+    the test, saying how far the script got."""
+    try:
+        return await trio.to_thread.run_sync(run_inferno, script, timeout)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"emu script ran over {timeout} s; its output so far:\n{e.output}\nstderr:\n{e.stderr}")
 
 
 def port(address: str) -> str:

@@ -130,7 +130,7 @@ def wait_for_port(port: int, timeout: float = 120.0, process: subprocess.Popen |
     raise TimeoutError(f"nothing listening on port {port} after {timeout} s")
 
 
-def start_node_process(model: str, threads: int = 2, slots: int = 4, port: int = 0,
+def start_node_process(model: str, threads: int = 1, slots: int = 4, port: int = 0,
                        extra: list[str] | None = None, fake: bool = False) -> tuple[subprocess.Popen, str]:
     """A node (`python -m styxfs.llama`, or with fake `python -m tests.fakemodel`
     on the fake model) as a process of its own, once it serves; (process,
@@ -139,7 +139,7 @@ def start_node_process(model: str, threads: int = 2, slots: int = 4, port: int =
     return process, served()
 
 
-def spawn_node_process(model: str, threads: int = 2, slots: int = 4, port: int = 0,
+def spawn_node_process(model: str, threads: int = 1, slots: int = 4, port: int = 0,
                        extra: list[str] | None = None, fake: bool = False):
     """The same, without waiting for it: (process, served), served() waiting
     for it to serve and giving its address."""
@@ -157,8 +157,9 @@ def spawn_ready(command: list[str], log=subprocess.DEVNULL, stderr=subprocess.ST
 
     said, told = os.pipe()
     try:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=stderr, pass_fds=(told,),
-                                   env={**os.environ, READY_FD: str(told)}, **options)
+        env = {**options.pop("env", os.environ), READY_FD: str(told)}
+        process = subprocess.Popen(command, cwd=options.pop("cwd", ROOT), stdout=log, stderr=stderr,
+                                   pass_fds=(told,), env=env, **options)
     finally:
         os.close(told)
 

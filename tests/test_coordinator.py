@@ -15,11 +15,12 @@ import trio
 
 from coordinator import ConfigError, DeploymentConfig, DeploymentManager, LimboDeploymentManager
 from styxfs import client, wire
-from styxfs.dial import free_port, port_bindable
+from styxfs.dial import port_bindable
 
+from .ports import reserved_ports
 from .support import (LLAMAFS, PROMPT, ROOT, ask, check_went_on, config_for, deploy, greedy, lose_mid_reply,
-                      node_state, prompt_tokens, run_turn, session, spawn_ready, start_node_process, status_fields,
-                      stop_process, until_changed, wait_for_port, wait_until)
+                      node_state, prompt_tokens, run_turn, session, spawn_ready, start_node_process, start_ready,
+                      status_fields, stop_process, until_changed, wait_until)
 
 async def test_round_robin_order_and_affinity(nursery, fake_nodes):
     mgr = await deploy(nursery, config_for(fake_nodes))
@@ -324,10 +325,9 @@ def test_config_original_and_partial():
 
 
 async def test_python_api_end_to_end_with_scaling(nursery, tiny_model, tmp_path):
-    base = free_port()
-    config = {"name": "api", "modelPath": tiny_model,
-              "network": {"basePort": base, "healthCheckInterval": 300, "listen": "tcp!127.0.0.1!0"},
-              "nodes": [{"id": "node-0", "address": "localhost", "port": base}],
+    config = {"name": "api", "modelPath": tiny_model,  # basePort 0: the node, and the one scaling adds, on ports
+              "network": {"basePort": 0, "healthCheckInterval": 300, "listen": "tcp!127.0.0.1!0"},  # the OS chose
+              "nodes": [{"id": "node-0", "address": "localhost"}],
               "model": {"threads": 1}}
     events = []
     mgr = DeploymentManager(config, node_log_dir=str(tmp_path))  # a node that fails to start says why
@@ -351,23 +351,21 @@ async def test_python_api_end_to_end_with_scaling(nursery, tiny_model, tmp_path)
 
 
 async def test_a_node_that_exits_at_start_is_a_clear_error_at_once(nursery, tmp_path):
-    base = free_port()
     config = {"name": "bad", "modelPath": str(tmp_path),  # a directory: the node stops at once
-              "network": {"basePort": base, "listen": "tcp!127.0.0.1!0"},
-              "nodes": [{"id": "node-0", "address": "localhost", "port": base}]}
+              "network": {"listen": "tcp!127.0.0.1!0"}, "nodes": [{"id": "node-0", "address": "localhost", "port": 0}]}
     mgr = DeploymentManager(config, node_log_dir=str(tmp_path))
     with trio.fail_after(30), pytest.raises(RuntimeError, match=r"node node-0 exited \(status 1\).*no such model file"):
         await mgr.deploy(nursery)
 
 
 async def test_a_second_deployment_of_a_running_one_is_refused_naming_the_pid(nursery, tiny_model, tmp_path):
-    base = free_port()
-    config = {"name": "twice", "modelPath": tiny_model,
-              "network": {"basePort": base, "listen": "tcp!127.0.0.1!0"},
-              "nodes": [{"id": "node-0", "address": "localhost", "port": base}], "model": {"threads": 1}}
+    config = {"name": "twice", "modelPath": tiny_model, "network": {"listen": "tcp!127.0.0.1!0"},
+              "nodes": [{"id": "node-0", "address": "localhost", "port": 0}], "model": {"threads": 1}}
     first = DeploymentManager(config)
     await first.deploy(nursery)
     [pid] = [n["pid"] for n in first.status()["nodes"]]
+    base = first.config.nodes[0].port  # the port the OS chose it, which the second is given
+    config["nodes"] = [{"id": "node-0", "address": "localhost", "port": base}]
     second = DeploymentManager(config)
     with trio.fail_after(30), pytest.raises(
             RuntimeError, match=rf"node node-0: port {base} is held by pid {pid}, a node of the deployment of pid "
@@ -399,13 +397,14 @@ def pid_alive(pid: int) -> bool:
 
 
 def test_cli_generate_config_deploy_start_ask_and_ctrl_c(tiny_model, tmp_path):
-    base = free_port()
     out = tmp_path / "deployment.json"
     subprocess.run(LLAMAFS + ["deploy", "generate-config", "--model", tiny_model, "--nodes", "2",
-                              "--output", str(out), "--base-port", str(base)], cwd=ROOT, check=True)
+                              "--output", str(out), "--base-port", "9100"], cwd=ROOT, check=True)
     data = json.loads(out.read_text())
-    assert [n["port"] for n in data["nodes"]] == [base, base + 1]
-    data["network"]["listen"] = "tcp!127.0.0.1!0"  # the OS's choice, told back
+    assert [n["port"] for n in data["nodes"]] == [9100, 9101]
+    data["network"]["listen"] = "tcp!127.0.0.1!0"  # every port the OS's choice, told back, not 9100 guessed free
+    for node in data["nodes"]:
+        node["port"] = 0
     data["model"]["threads"] = 1
     out.write_text(json.dumps(data))
     deployer, served = spawn_ready(LLAMAFS + ["deploy", "start", "--config", str(out)], subprocess.PIPE,
@@ -431,24 +430,27 @@ def test_cli_generate_config_deploy_start_ask_and_ctrl_c(tiny_model, tmp_path):
 async def test_nodes_end_with_a_deployment_killed_outright(tiny_model, tmp_path):
     """SIGKILL of `deploy start`: its nodes go too (PR_SET_PDEATHSIG), their
     ports are free, and the same config starts afresh."""
-    base, port = free_port(), free_port()
     config = tmp_path / "deployment.json"
-    config.write_text(json.dumps({"name": "doomed", "modelPath": tiny_model, "model": {"threads": 1},
-                                  "network": {"basePort": base, "listen": f"tcp!127.0.0.1!{port}"},
-                                  "nodes": [{"id": "node-0", "port": base}, {"id": "node-1", "port": base + 1}]}))
-    for attempt in range(2):
-        deployer = subprocess.Popen(LLAMAFS + ["deploy", "start", "--config", str(config)], cwd=ROOT,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        try:
-            wait_for_port(port, timeout=60, process=deployer)
-            node_pids = children_of(deployer.pid)
-            assert len(node_pids) == 2, attempt
-        finally:
-            deployer.kill()
-            deployer.wait()
-        await wait_until(lambda: not any(pid_alive(pid) for pid in node_pids), "the nodes to end", timeout=2)
-        assert not any(pid_alive(pid) for pid in node_pids), attempt
-        assert all(port_bindable("127.0.0.1", p) for p in (base, base + 1)), attempt
+    with reserved_ports(2) as [base, _]:  # fixed node ports, the same twice: none the OS might hand out between
+        config.write_text(json.dumps({"name": "doomed", "modelPath": tiny_model, "model": {"threads": 1},
+                                      "network": {"basePort": base, "listen": "tcp!127.0.0.1!0"},
+                                      "nodes": [{"id": "node-0", "port": base}, {"id": "node-1", "port": base + 1}]}))
+        for attempt in range(2):
+            await started_and_killed(config, base, attempt)
+
+
+async def started_and_killed(config, base: int, attempt: int) -> None:
+    """`deploy start` of config, serving, then SIGKILLed: its nodes end, their ports free."""
+    deployer, _ = start_ready(LLAMAFS + ["deploy", "start", "--config", str(config)],
+                              config.parent / f"deploy-{attempt}.log")
+    try:
+        node_pids = children_of(deployer.pid)
+        assert len(node_pids) == 2, attempt
+    finally:
+        deployer.kill()
+        deployer.wait()
+    await wait_until(lambda: not any(pid_alive(pid) for pid in node_pids), "the nodes to end", timeout=2)
+    assert all(port_bindable("127.0.0.1", p) for p in (base, base + 1)), attempt
 
 
 def children_of(pid: int) -> list[int]:

@@ -6,6 +6,8 @@ import pytest
 
 from styxfs import client, dial, ramfs, wire
 
+from .ports import reserved_ports
+
 
 @pytest.mark.parametrize("text, want", [
     ("tcp!127.0.0.1!5640", dial.Address("tcp", "127.0.0.1", 5640)),
@@ -52,4 +54,5 @@ def test_port_bindable():
         with socket.create_connection(("127.0.0.1", port)) as conn:
             # The connection's own end: a node told to listen there could not.
             assert not dial.port_bindable("127.0.0.1", conn.getsockname()[1])
-    assert dial.port_bindable("127.0.0.1", dial.free_port())
+    with reserved_ports(1) as [free]:  # one nothing else takes meanwhile
+        assert dial.port_bindable("127.0.0.1", free)

@@ -18,6 +18,7 @@ from coordinator.config import ConfigError, DeploymentConfig, NodeConfig
 from coordinator.discovery import Found, changes, lookup
 from styxfs import dial
 
+from .ports import reserved_ports
 from .support import PROMPT, deploy, until_changed
 
 SRV = "_9p._tcp.llamafs.test"
@@ -89,9 +90,9 @@ class Dnsmasq:
     """dnsmasq on 127.0.0.1:port answering with the SRV records of nodes
     {host name: port}, each host name 127.0.0.1; restarted to change them."""
 
-    def __init__(self, directory):
+    def __init__(self, directory, port: int):
         self.conf = directory / "dnsmasq.conf"
-        self.port = dial.free_port()
+        self.port = port  # reserved: dnsmasq cannot tell back a port the OS chose, and restarts on this one
         self.process: subprocess.Popen | None = None
 
     def serve(self, nodes: dict[str, int], names: dict[str, list[str]] = {}) -> None:
@@ -133,9 +134,10 @@ class Dnsmasq:
 def dnsmasq(tmp_path):
     if shutil.which("dnsmasq") is None:
         pytest.skip("dnsmasq is not installed (Debian: apt-get install dnsmasq): the DNS discovery tests need it")
-    server = Dnsmasq(tmp_path)
-    yield server
-    server.stop()
+    with reserved_ports(1) as [port]:
+        server = Dnsmasq(tmp_path, port)
+        yield server
+        server.stop()
 
 
 async def test_nodes_found_by_srv_join_and_leave(nursery, start_fake_node, dnsmasq):
@@ -206,9 +208,11 @@ async def test_found_nodes_over_tls_are_checked_for_their_names(nursery, start_f
 
 
 async def test_nodes_found_by_a_name_are_each_of_its_addresses(nursery, start_fake_node, dnsmasq):
-    port = dial.free_port()
-    for host in ("127.0.0.1", "127.0.0.2"):  # two nodes on one port, as two machines would be
-        await start_fake_node(listen=f"tcp!{host}!{port}")
+    # Two nodes on one port, as two machines would be: the OS's choice on 127.0.0.1, then on 127.0.0.2
+    # (which the OS hands out to nothing else now: it skips a port in use when it picks one).
+    _, node = await start_fake_node(listen="tcp!127.0.0.1!0")
+    port = dial.listening_port(node.listeners)
+    await start_fake_node(listen=f"tcp!127.0.0.2!{port}")
     dnsmasq.serve({}, {"nodes.llamafs.test": ["127.0.0.1", "127.0.0.2"]})
     config = {"name": "found", "network": {"listen": "tcp!127.0.0.1!0", "healthCheckInterval": 200,
                                            "dns": f"127.0.0.1:{dnsmasq.port}"},

@@ -24,10 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from styxfs.dial import free_port
-
 from .inferno import find_emu
-from .support import ROOT, wait_for_port
+from .support import ROOT, spawn_ready
 
 pytestmark = pytest.mark.slow
 
@@ -87,12 +85,14 @@ def deployed(venv: Path, config: dict, cwd: Path, **options):
     SIGINT at the end, which it must take cleanly."""
     path = cwd / "deployment.json"
     path.write_text(json.dumps(config))
-    listen = int(config["network"]["listen"].rsplit("!", 1)[1])
-    deployer = subprocess.Popen([str(venv / "bin" / "llamafs"), "deploy", "start", "--config", str(path)], cwd=cwd,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **options)
+    deployer, served = spawn_ready([str(venv / "bin" / "llamafs"), "deploy", "start", "--config", str(path)],
+                                   subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, **options)
     try:
-        wait_for_port(listen, timeout=120, process=deployer)
-        yield f"tcp!127.0.0.1!{listen}"
+        address = served()  # where it listens: the port the OS chose, told back
+    except RuntimeError as e:
+        raise RuntimeError(f"{e}:\n{deployer.communicate(timeout=60)[1]}") from None
+    try:
+        yield address
     finally:
         deployer.send_signal(signal.SIGINT)
         deployer.communicate(timeout=60)
@@ -111,21 +111,16 @@ def test_the_installed_package_serves_asks_and_deploys(venv, tiny_model, tmp_pat
     version = run(venv, "llamafs", "--version", cwd=tmp_path)
     assert version.returncode == 0 and "llamafs, version" in version.stdout
     # A node, by the package's own entry point.
-    port = free_port()
-    node = subprocess.Popen([str(venv / "bin" / "python"), "-m", "styxfs.llama", "--model", tiny_model,
-                             "--listen", f"tcp!127.0.0.1!{port}", "--threads", "1"], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    node, served = spawn_ready([str(venv / "bin" / "python"), "-m", "styxfs.llama", "--model", tiny_model,
+                                "--listen", "tcp!127.0.0.1!0", "--threads", "1"], cwd=tmp_path)
     try:
-        wait_for_port(port, timeout=60, process=node)
-        ask_through(venv, f"tcp!127.0.0.1!{port}", tmp_path)
+        ask_through(venv, served(), tmp_path)
     finally:
         node.send_signal(signal.SIGINT)
         node.wait(30)
     # A deployment of two nodes, started by the installed llamafs.
-    base = free_port()
-    config = {"name": "installed", "modelPath": tiny_model, "model": {"threads": 1},
-              "network": {"basePort": base, "listen": f"tcp!127.0.0.1!{free_port()}"},
-              "nodes": [{"id": "a", "port": base}, {"id": "b", "port": base + 1}]}
+    config = {"name": "installed", "modelPath": tiny_model, "model": {"threads": 1},  # every port the OS's choice
+              "network": {"basePort": 0, "listen": "tcp!127.0.0.1!0"}, "nodes": [{"id": "a"}, {"id": "b"}]}
     with deployed(venv, config, tmp_path) as address:
         status = run(venv, "llamafs", "status", "--addr", address, cwd=tmp_path)
         assert " up " in status.stdout and "a " in status.stdout and "b " in status.stdout, status
@@ -134,11 +129,9 @@ def test_the_installed_package_serves_asks_and_deploys(venv, tiny_model, tmp_pat
 
 @pytest.mark.skipif(find_emu() is None, reason="Inferno emu not found: set INFERNO_ROOT or put emu on PATH")
 def test_the_installed_package_puts_an_isolate_in_front_of_a_node(venv, tiny_model, tmp_path):
-    base = free_port()
     config = {"name": "isolated", "isolation": "dis", "modelPath": tiny_model,
               "model": {"threads": 1, "contextSize": 512},
-              "network": {"basePort": base, "listen": f"tcp!127.0.0.1!{free_port()}"},
-              "nodes": [{"id": "a", "port": base}]}
+              "network": {"basePort": 0, "listen": "tcp!127.0.0.1!0"}, "nodes": [{"id": "a"}]}
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))  # the .dis go here, not into the package
     with deployed(venv, config, tmp_path, env=env) as address:
         ask_through(venv, address, tmp_path)

@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 
 from styxfs import wire
-from styxfs.dial import free_port
 
-from .support import stop_process, wait_for_port
+from .support import stop_process
 
 py9p = pytest.importorskip("py9p")
 
@@ -25,22 +24,17 @@ DMDIR = 0x80000000
 
 
 def start_ramfs() -> tuple[subprocess.Popen, int]:
-    """`python -m styxfs.ramfs` on a free port, once it accepts connections."""
-    for _ in range(3):  # the port might be taken between free_port() and bind
-        port = free_port()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "styxfs.ramfs", "--listen", f"tcp!127.0.0.1!{port}"],
-            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
-        try:
-            wait_for_port(port, timeout=15, process=proc)
-            return proc, port
-        except (RuntimeError, TimeoutError):
-            pass
+    """`python -m styxfs.ramfs` on the port the OS chose, which it prints, once it serves."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "styxfs.ramfs", "--listen", "tcp!127.0.0.1!0"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    said = proc.stdout.readline()  # "ramfs: serving on tcp!127.0.0.1!PORT", or nothing at its end
+    if not said.startswith("ramfs: serving on "):
         proc.kill()
-        stderr = proc.communicate()[1].decode(errors="replace")
-    raise RuntimeError(f"ramfs did not start: {stderr[-2000:]}")
+        raise RuntimeError(f"ramfs did not start: {proc.communicate()[1][-2000:]}")
+    return proc, int(said.rsplit("!", 1)[1])
 
 
 @pytest.fixture(scope="module")

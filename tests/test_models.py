@@ -14,7 +14,6 @@ from rich.console import Console
 from coordinator import DeploymentManager
 from coordinator.cli import status_table
 from styxfs import client, metrics, wire
-from styxfs.dial import free_port
 from styxfs.llama.status import Watcher
 from styxfs.llama.top import render
 
@@ -36,15 +35,12 @@ def two_models(tmp_path_factory):
 
 def two_model_config(two_models, name="two", chat_nodes=1) -> dict:
     tiny, chat = two_models
-    ports = []
-    while len(ports) < 2 + chat_nodes:
-        if (port := free_port()) not in ports:
-            ports.append(port)
-    nodes = [{"id": "a", "port": ports[0]}, {"id": "b", "port": ports[1], "model": "tiny"}]
-    nodes += [{"id": "c" if i == 0 else f"c{i}", "port": ports[2 + i], "model": "chat"} for i in range(chat_nodes)]
+    # basePort 0: every node, and each one scaling adds, on a port the OS chooses, told back
+    nodes = [{"id": "a"}, {"id": "b", "model": "tiny"}]
+    nodes += [{"id": "c" if i == 0 else f"c{i}", "model": "chat"} for i in range(chat_nodes)]
     return {"name": name, "models": {"tiny": {"path": tiny}, "chat": {"path": chat}},
             "model": {"threads": 1, "contextSize": 512},
-            "network": {"healthCheckInterval": 200, "listen": "tcp!127.0.0.1!0", "basePort": free_port()},
+            "network": {"healthCheckInterval": 200, "listen": "tcp!127.0.0.1!0", "basePort": 0},
             "nodes": nodes}
 
 

@@ -57,8 +57,10 @@ def test_port_0_is_for_a_node_started_here():
     assert [n.port for n in config.nodes] == [0, 0]
     with pytest.raises(ConfigError, match=r"nodes\[0\].port: port 0 \(a port the OS chooses\) is for a node"):
         DeploymentConfig.from_dict({"nodes": [{"id": "a", "address": "10.0.0.1", "port": 0}]})
-    with pytest.raises(ConfigError, match=r"network.basePort: 0 is below 1"):
-        DeploymentConfig.from_dict({"network": {"basePort": 0}})
+    every = DeploymentConfig.from_dict({"network": {"basePort": 0}, "nodes": [{"id": "a"}, {"id": "b"}]})
+    assert [n.port for n in every.nodes] == [0, 0]  # basePort 0: the OS's choice for each
+    with pytest.raises(ConfigError, match=r"network.basePort: -1 is negative"):
+        DeploymentConfig.from_dict({"network": {"basePort": -1}})
 
 
 def test_network_restart_in_the_config():
