@@ -303,6 +303,20 @@ async def test_coordinator_checks_on_a_node_and_failover_mid_reply_keeps_the_con
     assert len(got) > 400 and status["reason"] in ("length", "context"), (status, got)
 
 
+async def test_a_coordinators_ctl_grammar_refused_by_the_node_is_the_turns_clear_error(nursery, nodes):
+    """A one-line `grammar TEXT` in a coordinator session's ctl is checked only by the node (the
+    coordinator has no vocabulary): its refusal reaches the client as the turn's error."""
+    mgr = await deploy(nursery, config_for(nodes))
+    async with client.connect(mgr.address) as c:
+        n = await session(c, "maxtokens 8")
+        await c.write_file(f"{n}/ctl", b"grammar root ::= nowhere\n")
+        with pytest.raises(ServerError, match="bad grammar: invalid GBNF: .*nowhere"):
+            await ask(c, f"{n}/data", PROMPTS[0])
+        await c.write_file(f"{n}/ctl", b"grammar\n")
+        text, status = await run_turn(c, n, PROMPTS[0])
+        assert status["state"] == "done" and text, status
+
+
 # ---- llamafs ask ---------------------------------------------------------------------------
 
 
@@ -363,8 +377,14 @@ echo ---end
 
 @pytest.mark.parametrize("settings", [{"temperature": 0, "repeatpenalty": 1.0}, {"temperature": 0},
                                       {"temperature": 0.9, "repeatpenalty": 1.0, "seed": 5, "topk": 8},
-                                      {"temperature": 0.9, "seed": 5}])
-def test_a_refused_pick_found_among_the_best_tokens_is_the_one_all_tokens_give(tiny_model, settings):
+                                      {"temperature": 0.9, "seed": 5}, {"temperature": 0.9, "seed": 5, "topk": 0}])
+@pytest.mark.parametrize("grammar, shape", [(b'root ::= ([a-m] | " ")+\n', rb"[a-m ]*"),
+                                            (b'root ::= "{" ("yes" | "no" | [0-9]+) "}"\n',
+                                             rb"(\{(y|ye|yes|n|no|[0-9]+)?)?|\{(yes|no|[0-9]+)\}")])
+def test_a_refused_pick_found_by_shortcuts_is_the_one_all_tokens_give(tiny_model, settings, grammar, shape,
+                                                                     monkeypatch):
+    """The first-byte filter (Candidates.open_to) and the tiers of best logits (_tiers) against
+    the grammar's apply on every token; made-up logits, so that the chain's pick is often refused."""
     import numpy
 
     from styxfs.llama import llamacpp_grammar
@@ -373,19 +393,28 @@ def test_a_refused_pick_found_among_the_best_tokens_is_the_one_all_tokens_give(t
 
     model = LlamaModel(ModelSettings(path=tiny_model, ctx=256, threads=1), 1)
     try:
-        s = Sampling(grammar=b'root ::= ([a-m] | " ")+\n', **settings)
+        s = Sampling(grammar=grammar, **settings)
         rng = numpy.random.default_rng(1)
-        shortcut, whole = model.make_sampler(s, [5, 6, 7]), model.make_sampler(s, [5, 6, 7])
-        whole.needed = 0  # every refused pick through the grammar's apply on the whole vocabulary
-        for _ in range(60):
-            logits = rng.normal(size=model.n_vocab).astype("float32") * 4
-            picks = [llamacpp_grammar.sample(x, logits, model.candidates, model.is_eog) for x in (shortcut, whole)]
-            assert picks[0] == picks[1], picks
-            assert model.is_eog(picks[0]) or re.fullmatch(rb"[a-m ]+", model.piece(picks[0])), picks
-        assert model.n_vocab > llamacpp_grammar.TOP
+        refused = 0
+        for _ in range(4):
+            shortcut, whole = model.make_sampler(s, [5, 6, 7]), model.make_sampler(s, [5, 6, 7])
+            candidates, reply = model.candidates, b""
+            for _ in range(30):
+                logits = rng.normal(size=model.n_vocab).astype("float32")
+                refused += not shortcut.allows(int(logits.argmax()))
+                pick = llamacpp_grammar.sample(shortcut, logits, candidates, model.is_eog)
+                with monkeypatch.context() as m:
+                    m.setattr(candidates, "open_to", lambda grammar: candidates.all[~candidates.hidden])
+                    m.setattr(llamacpp_grammar, "_tiers", lambda s, logits, ids: [ids])
+                    assert pick == llamacpp_grammar.sample(whole, logits, candidates, model.is_eog)
+                if model.is_eog(pick):
+                    break
+                reply += model.piece(pick)
+                assert re.fullmatch(shape, reply), reply
+            model.free_sampler(shortcut)
+            model.free_sampler(whole)
+        assert refused >= 20 and model.n_vocab > 4 * llamacpp_grammar.GRAMMAR_TIERS[0], (refused, model.n_vocab)
     finally:
-        model.free_sampler(shortcut)
-        model.free_sampler(whole)
         model.close()
 
 

@@ -80,7 +80,8 @@ SPECULATE_AUTO = 8  # tokens a greedy turn drafts at most under `speculate auto`
 SPECULATE_MOST = 64  # the largest N of `speculate N`
 SPECULATE_PRIOR = 0.5  # the rate of drafted tokens kept, assumed before a turn has tried any
 SPECULATE_TOKEN_COST = 0.25  # a token's share of a one-token step's time (bench/bench_decode.py)
-GRAMMAR_TOP = 256  # tokens of highest logit where a pick the grammar refused is looked for again first
+# About how many tokens of highest logit a pick the grammar refused is looked for among again, in turn.
+GRAMMAR_TIERS = (64, 2048)
 
 
 # ---- a session's settings -----------------------------------------------------------
