@@ -17,7 +17,10 @@ and llamafs's against llama-server's, alternate by round).  llamafs has no
 ignore-EOS, so neither server is asked to ignore it: the prompts are stories
 that run past --tokens, and the tokens generated are shown.  Aggregate tok/s
 is completion tokens / the level's wall time; TTFT is the time from a
-client's start (its connection included) to its first content.
+client's start (its connection included) to its first content.  Each HTTP
+client is made before the clock starts, as an application holds its SDK's
+client: making one (httpx's TLS context) costs 20-40 ms of CPU in the client
+program, which on a small machine is taken from the servers measured.
 
 prefix: a 5-turn chat about a 1,000-token document, sent statelessly (each
 request the whole conversation so far), on a node and on a coordinator over
@@ -116,29 +119,36 @@ WARM_UP_BODY = chat_body([{"role": "user", "content": "Say hello."}], 8)  # none
 # ---- clients: each returns {tokens, ttft, cached, prompt, text} -------------------------------
 
 
-async def over_http(base: str, body: dict) -> dict:
-    """One streaming chat request; its figures from the usage chunk."""
+def http_client() -> httpx.AsyncClient:
+    return httpx.AsyncClient(timeout=600)
+
+
+async def over_http(base: str, body: dict, http: httpx.AsyncClient | None = None) -> dict:
+    """One streaming chat request, on a new connection of http (made here if
+    not given); its figures from the usage chunk."""
+    if http is None:
+        async with http_client() as http:
+            return await over_http(base, body, http)
     start, first, text, usage = time.perf_counter(), None, [], {}
-    async with httpx.AsyncClient(timeout=600) as http:
-        async with http.stream("POST", f"{base}/v1/chat/completions", json=body) as response:
-            if response.status_code != 200:
-                raise RuntimeError(f"{base}: {response.status_code} {(await response.aread()).decode()[:300]}")
-            async for line in response.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                chunk = json.loads(line[6:])
-                usage = chunk.get("usage") or usage
-                for choice in chunk.get("choices") or ():
-                    if content := (choice.get("delta") or {}).get("content"):
-                        first = first or time.perf_counter() - start
-                        text.append(content)
+    async with http.stream("POST", f"{base}/v1/chat/completions", json=body) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"{base}: {response.status_code} {(await response.aread()).decode()[:300]}")
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            usage = chunk.get("usage") or usage
+            for choice in chunk.get("choices") or ():
+                if content := (choice.get("delta") or {}).get("content"):
+                    first = first or time.perf_counter() - start
+                    text.append(content)
     return {"tokens": usage.get("completion_tokens", 0), "ttft": first or time.perf_counter() - start,
             "prompt": usage.get("prompt_tokens", 0),
             "cached": (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0), "text": "".join(text)}
 
 
-async def over_9p(address: str, body: dict) -> dict:
-    """The same chat as a session of the tree, set as the API sets it."""
+async def over_9p(address: str, body: dict, http=None) -> dict:
+    """The same chat as a session of the tree, set as the API sets it (http: unused)."""
     request = api_models.ChatRequest.model_validate(body)
     start, first = time.perf_counter(), None
     async with client.connect(address) as c, TreeTurn(c) as turn:
@@ -153,15 +163,19 @@ async def over_9p(address: str, body: dict) -> dict:
 async def level_run(send, target: str, bodies: list[dict]) -> dict:
     """The bodies sent at once; aggregate tok/s over the wall time, TTFTs, tokens a client."""
     results: list[dict] = []
+    clients = [http_client() for _ in bodies] if send is over_http else [None] * len(bodies)  # before the clock
 
-    async def one(body):
-        results.append(await send(target, body))
+    async def one(body, http):
+        results.append(await send(target, body, http))
 
     start = time.perf_counter()
     async with trio.open_nursery() as nursery:
-        for body in bodies:
-            nursery.start_soon(one, body)
+        for body, http in zip(bodies, clients):
+            nursery.start_soon(one, body, http)
     wall = time.perf_counter() - start
+    for http in clients:
+        if http is not None:
+            await http.aclose()
     tokens = [r["tokens"] for r in results]
     return {"tps": sum(tokens) / wall, "ttfts": [r["ttft"] for r in results], "tokens": tokens}
 
@@ -264,11 +278,11 @@ async def conversation(base: str, document: str, turns: int, tokens: int) -> lis
     """One chat, each request the whole conversation so far, with the reply added after it."""
     messages: list[dict] = []
     out = []
-    for i in range(turns):
-        messages.append({"role": "user", "content": (document if i == 0 else "") + QUESTIONS[i]})
-        got = await over_http(base, chat_body(messages, tokens))
-        messages.append({"role": "assistant", "content": got["text"]})
-        out.append(got)
+    async with http_client() as http:  # one, as a chat application holds it
+        for i in range(turns):
+            messages.append({"role": "user", "content": (document if i == 0 else "") + QUESTIONS[i]})
+            out.append(await over_http(base, chat_body(messages, tokens), http))
+            messages.append({"role": "assistant", "content": out[-1]["text"]})
     return out
 
 
