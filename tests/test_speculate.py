@@ -12,7 +12,7 @@ from styxfs import client
 from styxfs.llama.engine import Conversation, Engine
 from styxfs.llama.model import ModelSettings
 from styxfs.llama.settings import Sampling
-from styxfs.llama.speculate import Drafter, mode_limit, worth
+from styxfs.llama.speculate import AUTO_MATCH, Drafter, StepCosts, mode_limit, prior_cost
 
 from .fakemodel import FakeModel, StepGate, tokens_of
 from .support import ask, greedy, new_session, status_fields
@@ -24,55 +24,91 @@ PASSAGE = b"the cat sat on the mat; a dog ran to the log. "
 # ---- the drafter alone -------------------------------------------------------------------
 
 
+class PriorCosts(StepCosts):
+    """Step costs that stay the prior's: the fake model's steps take no time
+    worth measuring, and these tests are about the drafts, not their price."""
+
+    def record(self, tokens: int, seconds: float) -> None:
+        pass
+
+
 def test_a_draft_is_what_followed_the_longest_ngram_that_ends_here():
-    d = Drafter(most=8)
+    d = Drafter(most=8, adaptive=False)
     history = [1, 2, 3, 4, 5, 6, 9, 9, 3, 4]
     assert d.propose(history, 5, 3) == [6, 9, 9]  # 3 4 5 occurred: 6 9 9 followed
-    d = Drafter(most=8)
+    d = Drafter(most=8, adaptive=False)
     assert d.propose([7, 1, 2, 8, 3, 1, 2, 9], 1, 4) == []  # 9 1 never occurred: no 1-gram guesses
-    d = Drafter(most=8)
+    d = Drafter(most=8, adaptive=False)
     assert d.propose([1, 2, 8, 1, 2, 9], 7, 4) == []
     assert d.propose([1, 2, 8, 1, 2, 9, 7, 1], 2, 4) == [9, 7, 1, 2]  # the latest 1 2, and it runs on
 
 
+def test_auto_drafts_only_after_a_long_match():
+    short = [1, 2, 3, 7, 7, 1, 2]  # then 3: a 3-gram match, 7 7 followed it
+    assert Drafter(most=8, adaptive=False).propose(short, 3, 2) == [7, 7]
+    assert Drafter(most=8, adaptive=True).propose(short, 3, 2) == []
+    run = list(range(10, 10 + AUTO_MATCH))
+    long = run + [7, 7] + run[:-1]  # then the run's last: a match of AUTO_MATCH tokens
+    assert Drafter(most=8, adaptive=True).propose(long, run[-1], 2) == [7, 7]
+
+
 def test_a_draft_follows_the_tokens_as_they_grow():
     d = Drafter(most=8)
-    history = list(range(10, 20)) + [10]
-    assert d.propose(history, 11, 2) == [12, 13]
-    history += [11, 12]  # 11 was sampled, 12 kept from the draft
-    assert d.propose(history, 13, 3) == [14, 15, 16]
+    history = list(range(10, 20)) + [10, 11, 12, 13]
+    assert d.propose(history, 14, 2) == [15, 16]
+    history += [14, 15]  # 14 was sampled, 15 kept from the draft
+    assert d.propose(history, 16, 3) == [17, 18, 19]
 
 
 def test_draft_length_follows_acceptance_and_the_batch():
+    costs = StepCosts()  # nothing measured: the prior curve
     d = Drafter(most=8)
-    assert d.length(1, room=100) >= 1  # a first try at one sequence
-    assert d.length(1, room=0) == 0
+    assert d.length(costs, 1, 1.0, room=100) >= 1  # a first try at one sequence
+    assert d.length(costs, 1, 1.0, room=0) == 0
     for _ in range(5):
         d.verified(8, 8)
-    assert d.length(1, room=100) == 8  # every draft kept: the most
-    assert d.length(1, room=3) == 3
-    for _ in range(10):
-        d.verified(4, 2)  # half kept, or so
-    one, full = d.length(1, 100), d.length(64, 100)
-    assert 0 <= full < one < 8  # a full step makes its tokens cheaply without drafts
+    assert d.length(costs, 1, 1.0, room=100) == 8  # every draft kept: the most
+    assert d.length(costs, 1, 1.0, room=3) == 3
+    one, full = d.length(costs, 1, 1.0, 100), d.length(costs, 64, 64.0, 100)
+    assert 0 <= full < one  # a full step makes its tokens cheaply without drafts
     for _ in range(5):
         d.verified(4, 0)
-    assert d.length(1, room=100) == 0  # drafts keep failing: none
+    assert d.length(costs, 1, 1.0, room=100) == 0  # drafts keep failing: none
     for _ in range(200):
         d.no_draft()
-    assert d.length(1, room=100) >= 1  # and later it tries again
+    assert d.length(costs, 1, 1.0, room=100) >= 1  # and later it tries again
+    assert Drafter(most=5, adaptive=False).length(costs, 64, 64.0, room=100) == 5  # `speculate N`: N
 
 
-def test_worth_grows_with_the_batch():
-    assert 0 < worth(1) < worth(4) < worth(64) < 1
+def test_draft_length_follows_what_steps_were_measured_to_cost():
+    d = Drafter(most=8)
+    cheap, dear = StepCosts(), StepCosts()
+    for n in range(1, 10):
+        cheap.record(n, 0.010 + 0.001 * (n - 1))  # a token more adds a tenth of a step
+        dear.record(n, 0.010 * n)  # a token more costs a step: drafts never pay
+    assert d.length(cheap, 1, 1.0, room=100) == 8
+    assert d.length(dear, 1, 1.0, room=100) == 0
+
+
+def test_step_costs_are_averaged_and_estimated_from_the_nearest_size():
+    costs = StepCosts()
+    assert costs.seconds(4) == prior_cost(4)
+    costs.record(1, 0.010)
+    costs.record(8, 0.050)
+    costs.record(8, 0.060)  # averaged in, not replacing
+    assert 0.050 < costs.seconds(8) < 0.055
+    assert costs.seconds(2) == pytest.approx(0.010 * prior_cost(2))  # scaled from 1
+    assert costs.seconds(10) == pytest.approx(costs.seconds(8) * prior_cost(10) / prior_cost(8))
+    costs.forget()  # another model
+    assert costs.seconds(8) == prior_cost(8)
 
 
 def test_modes():
-    assert mode_limit("off", True, False) == 0
-    assert mode_limit("auto", True, False) > 0
-    assert mode_limit("auto", False, False) == 0  # sampled: the same reply whatever else the node does
-    assert mode_limit("auto", True, True) == 0  # under a grammar
-    assert mode_limit("5", False, True) == 5
+    assert mode_limit("off", True, False) == (0, False)
+    assert mode_limit("auto", True, False)[0] > 0 and mode_limit("auto", True, False)[1]
+    assert mode_limit("auto", False, False)[0] == 0  # sampled: the same reply whatever else the node does
+    assert mode_limit("auto", True, True)[0] == 0  # under a grammar
+    assert mode_limit("5", False, True) == (5, False)
 
 
 # ---- the engine on the fake model ----------------------------------------------------------
@@ -84,7 +120,7 @@ async def engine():
 
     async def make(slots=4, ctx=2048, **options):
         opener = FakeModel.opener(**options)
-        e = Engine(opener, slots=slots)
+        e = Engine(opener, slots=slots, costs=PriorCosts())
         e.start()
         engines.append(e)
         await e.load(ModelSettings(path="fake.gguf", ctx=ctx, batch=512))
@@ -191,7 +227,7 @@ async def test_sampled_turns_draft_only_when_asked_and_stay_the_same(engine):
 async def test_a_cancel_mid_draft_leaves_the_session_usable():
     gate = StepGate()
     opener = FakeModel.opener(gate=gate, period=len(PASSAGE) + 1)
-    e = Engine(opener, slots=2)
+    e = Engine(opener, slots=2, costs=PriorCosts())
     e.start()
     try:
         gate.open()

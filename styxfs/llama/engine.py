@@ -36,7 +36,7 @@ from .allocator import Allocator, Clear, Conversation, Copy, Op, Trim, common_pr
 from .model import EngineError, Model, ModelInfo, ModelOpener, ModelSettings
 from .reply import Reply, ReplyState, reason_for
 from .settings import ENGINE_STOP_SECONDS, NODE, Sampling
-from .speculate import Drafter, mode_limit
+from .speculate import Drafter, StepCosts, mode_limit
 from .stops import apply_stops
 from .turn import Stats, Turn
 
@@ -50,12 +50,14 @@ log = logging.getLogger("styxfs.llama.engine")
 
 class Engine:
     def __init__(self, open_model: ModelOpener, slots: int = NODE["slots"].default,
-                 prefix_cache: int = NODE["prefixcache"].default, share_prefixes: bool = False):
+                 prefix_cache: int = NODE["prefixcache"].default, share_prefixes: bool = False,
+                 costs: StepCosts | None = None):
         self.open_model = open_model
         self.slots = slots
         self.sequences = Allocator(slots, prefix_cache, share_prefixes)  # worker thread only
         self.info: ModelInfo | None = None
         self.stats = Stats()
+        self.costs = costs or StepCosts()  # what a step of so many tokens takes: how far drafts pay
         self.queued: list[Turn] = []  # worker thread only
         self.active: list[Turn] = []
         self.unfinished: set[Reply] = set()  # trio side: for the queue's figures
@@ -213,6 +215,7 @@ class Engine:
         self._unload()
         with self._vocab_lock:
             self._llama = new
+        self.costs.forget()  # another model's steps take other times
         return new.info
 
     def _progress(self, progress, fraction: float) -> None:
@@ -299,8 +302,8 @@ class Engine:
                 continue
             turn.decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
             s = turn.sampling
-            most = mode_limit(s.speculate, s.temperature <= 0, bool(s.grammar or s.schema))
-            turn.drafter = Drafter(most) if most else None
+            most, adaptive = mode_limit(s.speculate, s.temperature <= 0, bool(s.grammar or s.schema))
+            turn.drafter = Drafter(most, adaptive) if most else None
             self.outbox.add(_set_prefill, turn.reply, len(turn.pending), placed.reused)
 
     def _step(self) -> None:
@@ -318,11 +321,16 @@ class Engine:
         rows: list[tuple[Turn, int]] = []  # a turn, and the entry of its first logits
         generating = [t for t in self.active if t.next_token is not None]
         step_tokens = len(generating) + min(llama.batch_size, sum(len(t.pending) for t in self.active))
+        expected = float(len(generating))  # reply tokens the step is expected to make
         budget = llama.batch_size
         for turn in generating:
             conv = turn.conversation
-            tokens = [turn.next_token] + self._draft(turn, step_tokens, budget - len(generating))
-            turn.draft, turn.next_token = tokens[1:], None
+            draft = self._draft(turn, step_tokens, expected, budget - len(generating))
+            if draft:
+                step_tokens += len(draft)
+                expected += turn.drafter.expected(len(draft)) - 1
+            tokens = [turn.next_token] + draft
+            turn.draft, turn.next_token = draft, None
             rows.append((turn, len(entries)))
             start = len(conv.cached)
             entries += [(turn, token, start + i, True) for i, token in enumerate(tokens)]
@@ -350,19 +358,22 @@ class Engine:
         stats = self.stats
         stats.schedule_seconds += started - scheduling
         stats.decode_seconds += decoded - started
+        self.costs.record(len(batch), decoded - started)
         stats.sample_seconds += time.perf_counter() - decoded
         stats.steps += 1
 
-    def _draft(self, turn: Turn, batch_tokens: int, budget: int) -> list[int]:
-        """The tokens a generating turn drafts this step, if any pays: never
-        past its maxtokens or its context, nor past the step's budget."""
+    def _draft(self, turn: Turn, step_tokens: int, expected: float, budget: int) -> list[int]:
+        """The tokens a generating turn drafts in a step of step_tokens so far
+        (expected to make `expected` reply tokens), if any pay: never past
+        its maxtokens or its context, nor past the step's budget."""
         drafter = turn.drafter
         if drafter is None:
             return []
         conv = turn.conversation
         room = min(budget, turn.sampling.maxtokens - turn.generated - 1,
                    self._llama.seq_context - 3 - len(conv.cached))
-        draft = drafter.propose(conv.history, turn.next_token, drafter.length(batch_tokens, room))
+        length = drafter.length(self.costs, step_tokens, expected, room)
+        draft = drafter.propose(conv.history, turn.next_token, length)
         if not draft:
             drafter.no_draft()
         return draft

@@ -78,8 +78,10 @@ MAX_GRAMMAR_RULES = 2000  # rules of the GBNF (a schema's after conversion)
 # Speculative decoding (speculate.py): drafts of a turn's own n-grams.
 SPECULATE_AUTO = 8  # tokens a greedy turn drafts at most under `speculate auto`
 SPECULATE_MOST = 64  # the largest N of `speculate N`
-SPECULATE_PRIOR = 0.5  # the rate of drafted tokens kept, assumed before a turn has tried any
-SPECULATE_TOKEN_COST = 0.25  # a token's share of a one-token step's time (bench/bench_decode.py)
+SPECULATE_PRIOR = 0.9  # the rate of drafted tokens kept, assumed before a turn has tried any (long matches)
+# What each token more adds to a step, in one-token steps, until the node has measured it
+# (SmolLM2 135M, 2 threads: 0.5-0.6; Gemma 3 270M, whose output matrix is most of a step: 0.2).
+SPECULATE_TOKEN_COST = 0.6
 # About how many tokens of highest logit a pick the grammar refused is looked for among again, in turn.
 GRAMMAR_TIERS = (64, 2048)
 

@@ -12,70 +12,120 @@ greedy one and a sampled reply has the distribution it had (a draft token
 d is kept with probability p(d); when not, the token is drawn from p
 without d: the standard acceptance rule for a draft that is one token).
 
-Drafting costs a step more tokens, so a sequence drafts only as far as it
-pays: a step of n tokens costs about 1 + TOKEN_COST * n of a one-token step
-(`bench/bench_decode.py`), and the j-th token of a draft is kept with
-probability p^j, p the sequence's recent acceptance rate.  A draft token is
-worth its place when p^j is above what a token costs compared to the
-tokens the step makes without drafts; so a full batch drafts little, and a
-sequence whose drafts keep failing stops drafting (p recovers slowly
-towards PRIOR, so that it tries again later).
+Drafting costs a step more tokens, and on a CPU a few more tokens cost
+nearly as much again each (SmolLM2 135M, 2 threads: a step of 4 tokens
+takes 2.8 times one of 1), so a draft pays only where it is mostly kept.
+Under `speculate auto` a turn drafts only what follows a long n-gram match
+(AUTO_MATCH tokens), and only as far as pays: the j-th drafted token is
+kept with probability p^j, p the turn's recent rate, and the draft's
+length is the one that makes the step's expected tokens per second
+highest, a step's seconds by its number of tokens as this node measured
+them (StepCosts).  A full batch hence drafts little, and a turn whose
+drafts keep failing stops drafting (p recovers slowly towards PRIOR, so
+that it tries again later).  `speculate N` drafts up to N tokens wherever
+any n-gram matches: what the user asked for, whatever it costs.
 """
 
 from __future__ import annotations
 
-import math
+import bisect
 
 from .settings import SPECULATE_AUTO, SPECULATE_PRIOR, SPECULATE_TOKEN_COST
 
-NGRAMS = (4, 3, 2)  # n-gram sizes looked up, longest first: a longer match predicts better
+NGRAMS = (8, 6, 5, 4, 3, 2)  # n-gram sizes looked up, longest first: a longer match predicts better
+# The shortest match `auto` drafts from: on the benchmark's replies (bench_speculate.py),
+# drafts after a 2- or 3-gram were kept about half the time, after 5 or more about 0.9.
+AUTO_MATCH = 5
 PRIOR = SPECULATE_PRIOR  # acceptance rate assumed before any draft was tried
-RATE_WEIGHT = 0.2  # of each drafted token's outcome in the rate (an exponential average)
+RATE_WEIGHT = 0.1  # of each drafted token's outcome in the rate (an exponential average)
 RECOVER = 1 / 32  # of the way back to PRIOR for each token sampled without a draft
-TOKEN_COST = SPECULATE_TOKEN_COST  # a step's cost per token, against a one-token step's fixed part
+COST_WEIGHT = 0.1  # of each measured step in its size's average
 
 
-def mode_limit(mode: str, greedy: bool, constrained: bool) -> int:
-    """The most tokens a turn may draft: `speculate off`, `auto` (greedy
-    turns without a constraint: a sampled reply stays the same whatever
-    else the node decodes), or N."""
+def mode_limit(mode: str, greedy: bool, constrained: bool) -> tuple[int, bool]:
+    """The most tokens a turn may draft, and whether it drafts only as far
+    as pays: `speculate off`, `auto` (greedy turns without a constraint:
+    a sampled reply stays the same whatever else the node decodes), or N."""
     if mode == "off":
-        return 0
+        return 0, False
     if mode == "auto":
-        return SPECULATE_AUTO if greedy and not constrained else 0
-    return int(mode)
+        return (SPECULATE_AUTO if greedy and not constrained else 0), True
+    return int(mode), False
 
 
-def worth(batch_tokens: int) -> float:
-    """The chance of being kept above which a drafted token pays, in a step
-    of batch_tokens without drafts: its cost against what a token of such a
-    step costs."""
-    return TOKEN_COST * batch_tokens / (1 + TOKEN_COST * batch_tokens)
+def prior_cost(tokens: int) -> float:
+    """A step's time by its tokens, in one-token steps, until measured."""
+    return 1 + SPECULATE_TOKEN_COST * (tokens - 1)
+
+
+class StepCosts:
+    """Seconds a decode step takes by its number of tokens, as this node
+    measured them: an average per size.  A size not yet measured is
+    estimated from the nearest measured one by the prior curve."""
+
+    def __init__(self):
+        self.measured: dict[int, float] = {}
+        self.sizes: list[int] = []  # the measured sizes, sorted
+
+    def record(self, tokens: int, seconds: float) -> None:
+        old = self.measured.get(tokens)
+        if old is None:
+            bisect.insort(self.sizes, tokens)
+            self.measured[tokens] = seconds
+        else:
+            self.measured[tokens] = old + (seconds - old) * COST_WEIGHT
+
+    def forget(self) -> None:
+        self.measured.clear()
+        self.sizes.clear()
+
+    def seconds(self, tokens: int) -> float:
+        got = self.measured.get(tokens)
+        if got is not None:
+            return got
+        sizes = self.sizes
+        if not sizes:
+            return prior_cost(tokens)
+        i = bisect.bisect(sizes, tokens)
+        near = min(sizes[max(0, i - 1):i + 1], key=lambda n: abs(n - tokens))
+        return self.measured[near] * prior_cost(tokens) / prior_cost(near)
 
 
 class Drafter:
     """One turn's drafts: an index of where each n-gram of its tokens last
     occurred, and the rate at which its drafts were kept."""
 
-    def __init__(self, most: int):
+    def __init__(self, most: int, adaptive: bool = True):
         self.most = most
+        self.adaptive = adaptive  # `auto`: long matches only, as far as pays
+        self.shortest = AUTO_MATCH if adaptive else NGRAMS[-1]
         self.rate = PRIOR
         self.tokens: list[int] = []  # the turn's tokens so far, all sampled or given
         self.where: dict[tuple[int, ...], int] = {}  # n-gram -> where the token after its last occurrence is
         self.drafted = 0
         self.accepted = 0
 
-    def length(self, batch_tokens: int, room: int) -> int:
-        """How many tokens to draft in a step of batch_tokens without drafts,
-        at most room."""
+    def length(self, costs: StepCosts, tokens: int, expected: float, room: int) -> int:
+        """How many tokens to draft, at most room, in a step of `tokens`
+        tokens so far that makes `expected` tokens of replies: the length
+        that makes the most tokens a second."""
         limit = min(self.most, room)
-        if limit <= 0:
-            return 0
-        if self.rate >= 1.0:
-            return limit
-        if self.rate <= 0.0:
-            return 0
-        return max(0, min(limit, int(math.log(worth(batch_tokens)) / math.log(self.rate))))
+        if limit <= 0 or not self.adaptive:
+            return max(0, limit)
+        best, best_length = expected / costs.seconds(tokens), 0
+        kept = gain = 1.0
+        for k in range(1, limit + 1):
+            kept *= self.rate
+            gain += kept
+            value = (expected - 1 + gain) / costs.seconds(tokens + k)
+            if value > best:
+                best, best_length = value, k
+        return best_length
+
+    def expected(self, drafted: int) -> float:
+        """Tokens a turn is expected to make in a step where it drafts `drafted`."""
+        p = self.rate
+        return sum(p ** j for j in range(drafted + 1))
 
     def propose(self, history: list[int], last: int, count: int) -> list[int]:
         """Up to count tokens to follow history and then last (the token just
@@ -94,6 +144,8 @@ class Drafter:
         if count <= 0:
             return []
         for n in NGRAMS:
+            if n < self.shortest:
+                break
             found = where.get(tuple(tokens[-n:]))
             if found is not None:
                 return tokens[found:found + count]
