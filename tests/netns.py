@@ -17,6 +17,9 @@ import os
 import secrets
 import shutil
 import subprocess
+import threading
+
+import trio
 
 CLONE_NEWNET = 0x40000000
 
@@ -90,7 +93,31 @@ class Network:
     def close(self) -> None:
         if self.home is not None:
             _setns(self.home)
+            _bring_workers_home(self.home)
             os.close(self.home)
             self.home = None
         for name in [*self.machines, self.hub]:
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def _bring_workers_home(home: int) -> None:
+    """Trio's cached worker threads made while the main thread was in the hub
+    are in the hub's namespace too, and later tests would meet it (a process
+    started from one, a connection made in one: refused).  Give every cached
+    thread a job at once (a barrier holds them all) that puts it back home."""
+    count = threading.active_count() + 1  # more jobs than idle threads: each of them gets one
+    barrier = threading.Barrier(count + 1)
+    failed: list[OSError] = []
+
+    def job():
+        try:
+            _setns(home)
+        except OSError as e:
+            failed.append(e)
+        barrier.wait(timeout=10)
+
+    for _ in range(count):
+        trio.lowlevel.start_thread_soon(job, lambda outcome: None)  # outcome: the barrier's, nothing to do
+    barrier.wait(timeout=10)
+    if failed:
+        raise failed[0]
