@@ -131,8 +131,7 @@ class DeploymentManager:
                 await self._wait_healthy(timeout)
                 self.listeners = await nursery.start(self.server.serve, self.address)
                 if self.listeners and dial.parse(self.address).network == "tcp":
-                    a = dial.parse(self.address)
-                    self.address = str(dial.Address("tcp", a.host, dial.listening_port(self.listeners)))
+                    self.address = str(dial.served(dial.parse(self.address), self.listeners))
                 if net.http:
                     from styxfs.llama.web import serve_http  # hypercorn: only where HTTP is served
 

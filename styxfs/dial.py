@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import trio
 
@@ -137,3 +137,10 @@ def listening_port(listeners: list[trio.SocketListener]) -> int:
     listener = listeners[0]
     listener = getattr(listener, "transport_listener", listener)  # under TLS
     return listener.socket.getsockname()[1]
+
+
+def served(address: Address, listeners: list[trio.SocketListener]) -> Address:
+    """address as its listeners serve it: with the port bound (port 0: the OS's choice)."""
+    if address.network not in ("tcp", "tls"):
+        return address
+    return replace(address, port=listening_port(listeners))

@@ -7,7 +7,6 @@ create, write at any offset, read, remove, mkdir, and rename through wstat.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 import time
@@ -194,10 +193,7 @@ def main(listen: str) -> None:
         server = make_server()
         async with trio.open_nursery() as nursery:
             listeners = await nursery.start(server.serve, listen)
-            address = dial.parse(listen)
-            if address.network != "unix":  # with the port chosen, for port 0
-                address = dataclasses.replace(address, port=dial.listening_port(listeners))
-            print(f"ramfs: serving on {address}", flush=True)
+            print(f"ramfs: serving on {dial.served(dial.parse(listen), listeners)}", flush=True)
 
     try:
         trio.run(run)

@@ -149,8 +149,7 @@ def serve(model, listen, models_dir, ctx, gpu_layers, threads, batch, slots, max
                 click.echo("llamafs: no model yet: load one with ctl (load PATH)", err=True)
             else:  # a mistyped path at a shell: say so and stop, as llama-server does
                 raise click.ClickException(f"model not loaded: {node.root.load_error}")
-            port = dial.listening_port(node.listeners) if address.network in ("tcp", "tls") else 0
-            shown = dial.Address(address.network, address.host, port, address.path)
+            shown = dial.served(address, node.listeners)
             click.echo(f"llamafs: serving on {shown}", err=True)
             ready.announce(shown)  # to a deployment that started us, with the port that was chosen
             if not dial.is_loopback(address) and not (auth_secret_file or tls_client_ca):
