@@ -1,14 +1,16 @@
 """Speculative decoding: one session on the default model, llamafs against
 llama-server at its default and with each of its n-gram drafts.
 
-    .venv/bin/python bench/bench_speculate.py [--rounds 5] [--tokens 200] [--spec-types ...]
+    .venv/bin/python bench/bench_speculate.py [--rounds 5] [--tokens 200] [--workloads repeat,plain]
+                                              [--spec-types ...]
 
 Two workloads, each a few chats of one user message, greedy, `--tokens`
 tokens at most, sent one after the other through POST /v1/chat/completions
 (not streamed: each request is timed whole, as a user waits for it):
   repeat  replies that repeat their input: copy a ~900-token passage, quote
           its sentences about one thing, rewrite it with a word changed;
-  plain   plain questions: a story, an explanation, a list.
+  plain   plain questions: stories, explanations, lists (eight of them, as
+          their speed differs by the reply and the machine is noisy).
 Servers, each fresh for each round (the order turns round by round):
   llamafs                      a node at its defaults (`speculate auto`), through its API
   llama-server                 at its defaults (no drafts)
@@ -68,7 +70,12 @@ TASKS = {
                "Rewrite the passage above exactly, but write 'stream' wherever it says 'river'."],
     "plain": ["Write a short story about a fox who keeps a diary.",
               "Explain how a refrigerator keeps food cold.",
-              "List ten fruits, each with its colour and the country it grows in."],
+              "List ten fruits, each with its colour and the country it grows in.",
+              "Write a letter to a friend about a walk by the sea.",
+              "Explain why the sky is blue, for a child.",
+              "Give five tips for learning to play the piano.",
+              "Describe a busy market in the morning.",
+              "Explain what a database index is and when to use one."],
 }
 
 
@@ -78,23 +85,29 @@ def bodies(workload: str, tokens: int) -> list[dict]:
             for task in TASKS[workload]]
 
 
-def ask(base: str, body: dict) -> tuple[int, float]:
+def ask(client: httpx.Client, body: dict) -> tuple[int, float]:
     """One chat request timed whole: (completion tokens, seconds)."""
     start = time.perf_counter()
-    response = httpx.post(f"{base}/v1/chat/completions", json=body, timeout=600)
+    response = client.post("/v1/chat/completions", json=body)
     elapsed = time.perf_counter() - start
     if response.status_code != 200:
-        raise RuntimeError(f"{base}: {response.status_code} {response.text[:300]}")
+        raise RuntimeError(f"{client.base_url}: {response.status_code} {response.text[:300]}")
     return response.json()["usage"]["completion_tokens"], elapsed
 
 
-def workloads(base: str, tokens: int, counts=None) -> dict[str, float]:
-    """{workload: tokens/s}; with counts(), also {workload counts: what it gave after minus before}."""
-    ask(base, {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8, "temperature": 0})
+def workloads(base: str, tokens: int, chosen: list[str], counts=None) -> dict[str, float]:
+    """{workload: tokens/s}; with counts(), also {workload counts: what it gave after minus before}.
+    One client for all requests, made before any is timed (a new one costs tens of ms of CPU)."""
+    with httpx.Client(base_url=base, timeout=600) as client:
+        return timed(client, tokens, chosen, counts)
+
+
+def timed(client: httpx.Client, tokens: int, chosen: list[str], counts) -> dict[str, float]:
+    ask(client, {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8, "temperature": 0})
     out = {}
-    for workload in TASKS:
+    for workload in chosen:
         before = counts() if counts else {}
-        done = [ask(base, body) for body in bodies(workload, tokens)]
+        done = [ask(client, body) for body in bodies(workload, tokens)]
         out[workload] = sum(t for t, _ in done) / sum(s for _, s in done)
         if counts:
             after = counts()
@@ -111,18 +124,19 @@ def draft_counts(base: str) -> dict[str, float]:
             "steps": metrics.value(samples, "llamafs_decode_steps_total")}
 
 
-def run_llamafs(model: str, threads: int, tokens: int) -> dict:
+def run_llamafs(model: str, threads: int, tokens: int, chosen: list[str]) -> dict:
     process, _, base = start_api_node(model, threads, 1, [])
     try:
-        return workloads(base, tokens, lambda: draft_counts(base))
+        return workloads(base, tokens, chosen, lambda: draft_counts(base))
     finally:
         stop_process(process)
 
 
-def run_llama_server(binary: str, model: str, threads: int, tokens: int, spec: str | None) -> dict:
+def run_llama_server(binary: str, model: str, threads: int, tokens: int, chosen: list[str],
+                     spec: str | None) -> dict:
     process, port = start_llama_server(binary, model, threads, 1, ["--spec-type", spec] if spec else [])
     try:
-        return workloads(f"http://127.0.0.1:{port}", tokens)
+        return workloads(f"http://127.0.0.1:{port}", tokens, chosen)
     finally:
         stop_process(process)
 
@@ -132,11 +146,17 @@ def run_llama_server(binary: str, model: str, threads: int, tokens: int, spec: s
 @click.option("--tokens", default=200, show_default=True)
 @click.option("--model", default=None, help="a .gguf (default: the default model)")
 @click.option("--threads", default=2, show_default=True)
+@click.option("--workloads", "chosen", default=",".join(TASKS), show_default=True)
 @click.option("--spec-types", default=",".join(SPEC_TYPES), show_default=True)
 @click.option("--json", "json_path", default=None, help="write the figures here too")
-def main(rounds, tokens, model, threads, spec_types, json_path):
+def main(rounds, tokens, model, threads, chosen, spec_types, json_path):
     from styxfs.llama.models import model_path
 
+    chosen = [w for w in chosen.split(",") if w]
+    unknown = [w for w in chosen if w not in TASKS]
+    if unknown or not chosen:
+        raise click.BadParameter(f"{','.join(unknown) or 'none'}: the workloads are {', '.join(TASKS)}",
+                                 param_hint="--workloads")
     model = str(model_path(model))
     binary = find_or_build()
     servers = ["llamafs", "llama-server"] + [f"llama-server {s}" for s in spec_types.split(",") if s]
@@ -146,26 +166,26 @@ def main(rounds, tokens, model, threads, spec_types, json_path):
     for r in range(rounds):
         for server in servers if r % 2 == 0 else servers[::-1]:
             if server == "llamafs":
-                got = run_llamafs(model, threads, tokens)
+                got = run_llamafs(model, threads, tokens, chosen)
             else:
-                got = run_llama_server(binary, model, threads, tokens, server.partition(" ")[2] or None)
+                got = run_llama_server(binary, model, threads, tokens, chosen, server.partition(" ")[2] or None)
             runs[server].append(got)
-            print(f"round {r + 1} {server:27s} " + "  ".join(f"{w} {got[w]:6.1f} tok/s" for w in TASKS), flush=True)
-    report(runs, servers)
+            print(f"round {r + 1} {server:27s} " + "  ".join(f"{w} {got[w]:6.1f} tok/s" for w in chosen), flush=True)
+    report(runs, servers, chosen)
     if json_path:
         with open(json_path, "w") as f:
             json.dump({"tokens": tokens, "rounds": rounds, "runs": runs}, f, indent=1)
 
 
-def report(runs: dict, servers: list[str]) -> None:
-    median = {s: {w: statistics.median(r[w] for r in runs[s]) for w in TASKS} for s in servers}
-    print(f"\n{'':27s}" + "".join(f"{w:>10s} {'llamafs/':>9s}" for w in TASKS))
+def report(runs: dict, servers: list[str], chosen: list[str]) -> None:
+    median = {s: {w: statistics.median(r[w] for r in runs[s]) for w in chosen} for s in servers}
+    print(f"\n{'':27s}" + "".join(f"{w:>10s} {'llamafs/':>9s}" for w in chosen))
     for s in servers:
-        print(f"{s:27s}" + "".join(f"{median[s][w]:10.1f} {median['llamafs'][w] / median[s][w]:9.2f}" for w in TASKS))
-    for w in TASKS:
+        print(f"{s:27s}" + "".join(f"{median[s][w]:10.1f} {median['llamafs'][w] / median[s][w]:9.2f}" for w in chosen))
+    for w in chosen:
         best = max((s for s in servers if s != "llamafs"), key=lambda s: median[s][w])
         print(f"{w}: llamafs / llama-server's best ({best}): {median['llamafs'][w] / median[best][w]:.2f}")
-    for w in TASKS:
+    for w in chosen:
         total = {k: sum(r[f"{w} counts"][k] for r in runs["llamafs"]) for k in ("drafted", "accepted", "out", "steps")}
         if total["drafted"]:
             print(f"llamafs drafts, {w}: {total['drafted']:.0f} tokens drafted, {total['accepted'] / total['drafted']:.0%} "
