@@ -174,6 +174,29 @@ async def test_a_reply_that_copies_its_prompt_is_drafted_and_the_counts_are_righ
     assert e.stats.tokens_drafted == drafted and e.stats.tokens_accepted == accepted
 
 
+class Recorded(PriorCosts):
+    def __init__(self):
+        super().__init__()
+        self.sizes: list[int] = []
+
+    def record(self, tokens: int, seconds: float) -> None:
+        self.sizes.append(tokens)
+
+
+async def test_only_steps_of_reply_tokens_alone_are_measured():
+    # A prompt's tokens need no logits: a step with them would make large steps look cheap.
+    costs = Recorded()
+    e = Engine(FakeModel.opener(), slots=4, costs=costs)
+    e.start()
+    try:
+        await e.load(ModelSettings(path="fake.gguf", ctx=2048, batch=512))
+        await run_turn(e, Conversation(), PASSAGE, maxtokens=10, speculate="off")
+    finally:
+        await trio.to_thread.run_sync(e.stop)
+    # The prompt's step makes the first token; each of the other nine, a step of one token.
+    assert costs.sizes == [1] * 9
+
+
 @pytest.mark.parametrize("settings", [dict(maxtokens=23), dict(maxtokens=200, stop=("dog",)),
                                       dict(maxtokens=200, stop=("t t", "log."))],
                          ids=["maxtokens", "stop", "stop-across-drafts"])

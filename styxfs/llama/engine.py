@@ -355,11 +355,15 @@ class Engine:
         decoded = time.perf_counter()
         for turn, row in rows:
             self._sample(turn, row)
+        sampled = time.perf_counter()
+        if all(wants for *_, wants in batch):
+            # Only steps of reply tokens alone measure what a drafted token costs: a prompt's
+            # tokens have no logits to compute nor sample, and would make large steps look cheap.
+            self.costs.record(len(batch), sampled - started)
         stats = self.stats
         stats.schedule_seconds += started - scheduling
         stats.decode_seconds += decoded - started
-        self.costs.record(len(batch), decoded - started)
-        stats.sample_seconds += time.perf_counter() - decoded
+        stats.sample_seconds += sampled - decoded
         stats.steps += 1
 
     def _draft(self, turn: Turn, step_tokens: int, expected: float, budget: int) -> list[int]:

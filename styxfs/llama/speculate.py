@@ -59,8 +59,9 @@ def prior_cost(tokens: int) -> float:
 
 
 class StepCosts:
-    """Seconds a decode step takes by its number of tokens, as this node
-    measured them: an average per size.  A size not yet measured is
+    """Seconds a step of reply tokens takes (decoded, each with its logits,
+    and sampled) by its number of tokens, as this node measured them: an
+    average per size.  A size not yet measured is
     estimated from the nearest measured one by the prior curve."""
 
     def __init__(self):
