@@ -16,8 +16,9 @@ Servers, each fresh for each round (the order turns round by round):
   llama-server                 at its defaults (no drafts)
   llama-server ngram-simple    ... and with each --spec-type of n-gram drafts
 Figures: tokens/s of a workload (its completion tokens over its requests'
-time), medians over rounds; llamafs / each; for llamafs, the drafted tokens
-and the share kept (from its metrics).
+time), medians over rounds; llamafs / each, as the ratio of the medians and
+as the median of each round's ratio; for llamafs, the drafted tokens and the
+share kept (from its metrics).
 """
 
 from __future__ import annotations
@@ -182,6 +183,11 @@ def report(runs: dict, servers: list[str], chosen: list[str]) -> None:
     print(f"\n{'':27s}" + "".join(f"{w:>10s} {'llamafs/':>9s}" for w in chosen))
     for s in servers:
         print(f"{s:27s}" + "".join(f"{median[s][w]:10.1f} {median['llamafs'][w] / median[s][w]:9.2f}" for w in chosen))
+    for w in chosen:  # each round's servers ran one after another: their ratio is less noisy
+        for s in servers[1:]:
+            ratios = [mine[w] / theirs[w] for mine, theirs in zip(runs["llamafs"], runs[s])]
+            print(f"{w}: llamafs / {s}, each round: median {statistics.median(ratios):.2f} "
+                  f"({', '.join(f'{x:.2f}' for x in ratios)})")
     for w in chosen:
         best = max((s for s in servers if s != "llamafs"), key=lambda s: median[s][w])
         print(f"{w}: llamafs / llama-server's best ({best}): {median['llamafs'][w] / median[best][w]:.2f}")
