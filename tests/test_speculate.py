@@ -12,7 +12,7 @@ from styxfs import client
 from styxfs.llama.engine import Conversation, Engine
 from styxfs.llama.model import ModelSettings
 from styxfs.llama.settings import Sampling
-from styxfs.llama.speculate import AUTO_MATCH, Drafter, StepCosts, mode_limit, prior_cost
+from styxfs.llama.speculate import AUTO_MATCH, Drafter, Memories, Memory, StepCosts, mode_limit, prior_cost
 
 from .fakemodel import FakeModel, StepGate, tokens_of
 from .support import ask, greedy, new_session, status_fields
@@ -101,6 +101,33 @@ def test_step_costs_are_averaged_and_estimated_from_the_nearest_size():
     assert costs.seconds(10) == pytest.approx(costs.seconds(8) * prior_cost(10) / prior_cost(8))
     costs.forget()  # another model
     assert costs.seconds(8) == prior_cost(8)
+
+
+def test_a_memory_drafts_what_followed_last_time_and_keeps_the_latest():
+    m = Memory(limit=100)
+    said = list(range(100, 120))
+    m.learn(said)
+    assert m.follow([7, 7] + said[:6], AUTO_MATCH, 4) == said[6:10]  # the longest n-gram ending there
+    assert m.follow([7, 7, 7, 7, 7, 100], AUTO_MATCH, 4) == []  # too short a match for `auto`
+    assert m.follow([7, 100, 101], 2, 3) == [102, 103, 104]  # `speculate N`: from 2-grams on
+    m.learn([100, 101, 102, 103, 104, 200, 201])  # said differently since: the latest wins
+    assert m.follow([100, 101, 102, 103, 104], AUTO_MATCH, 2) == [200, 201]
+    d = Drafter(most=8)
+    assert d.propose([5, 6, 100, 101, 102, 103], 104, 2, m) == [200, 201]  # no match of its own: the memory's
+    m.learn(list(range(300, 320)))
+    assert len(m.after) == 100
+    assert m.follow(list(range(300, 310)), AUTO_MATCH, 1) == [310]  # the latest kept
+    assert m.follow(said[:6], AUTO_MATCH, 1) == []  # the oldest gone
+
+
+def test_memories_are_per_user_and_the_latest_users_kept():
+    ms = Memories(users=2)
+    ms.learn("ann", [1, 2, 3])
+    ms.learn("bob", [4, 5, 6])
+    assert ms.get("ann").follow([1, 2], 2, 1) == [3] and ms.get("bob").follow([1, 2], 2, 1) == []
+    ms.learn("ann", [7])  # ann again: bob is now the oldest
+    ms.learn("cy", [8])
+    assert ms.get("bob") is None and ms.get("ann") is not None
 
 
 def test_modes():
@@ -245,6 +272,18 @@ async def test_sampled_turns_draft_only_when_asked_and_stay_the_same(engine):
     drafted = await run_turn(e, Conversation(), PASSAGE, speculate="6", **sampled)
     assert drafted.tokens_drafted > 0
     assert bytes(drafted.text) == bytes((await run_turn(e, Conversation(), PASSAGE, **sampled)).text)
+
+
+async def test_a_turn_drafts_from_its_users_earlier_turns_only(engine):
+    e = await engine()
+    prompt = b"a question that the fake model answers the same way each time"
+    first = await run_turn(e, Conversation(group="ann"), prompt, maxtokens=40)
+    assert first.tokens_drafted == 0  # its reply does not repeat itself: nothing of its own to draft from
+    again = await run_turn(e, Conversation(group="ann"), prompt, maxtokens=40)
+    other = await run_turn(e, Conversation(group="bob"), prompt, maxtokens=40)
+    assert bytes(again.text) == bytes(other.text) == bytes(first.text)
+    assert again.tokens_accepted > 20  # ann's earlier reply, drafted and kept
+    assert other.tokens_drafted == 0  # bob never learns by timing what ann was told
 
 
 async def test_a_cancel_mid_draft_leaves_the_session_usable():

@@ -36,7 +36,7 @@ from .allocator import Allocator, Clear, Conversation, Copy, Op, Trim, common_pr
 from .model import EngineError, Model, ModelInfo, ModelOpener, ModelSettings
 from .reply import Reply, ReplyState, reason_for
 from .settings import ENGINE_STOP_SECONDS, NODE, Sampling
-from .speculate import Drafter, StepCosts, mode_limit
+from .speculate import Drafter, Memories, StepCosts, mode_limit
 from .stops import apply_stops
 from .turn import Stats, Turn
 
@@ -58,6 +58,7 @@ class Engine:
         self.info: ModelInfo | None = None
         self.stats = Stats()
         self.costs = costs or StepCosts()  # what a step of so many tokens takes: how far drafts pay
+        self.memories = Memories()  # what each user's turns said, to draft from (worker thread only)
         self.queued: list[Turn] = []  # worker thread only
         self.active: list[Turn] = []
         self.unfinished: set[Reply] = set()  # trio side: for the queue's figures
@@ -216,6 +217,7 @@ class Engine:
         with self._vocab_lock:
             self._llama = new
         self.costs.forget()  # another model's steps take other times
+        self.memories.forget()  # and its tokens are other tokens
         return new.info
 
     def _progress(self, progress, fraction: float) -> None:
@@ -377,7 +379,7 @@ class Engine:
         room = min(budget, turn.sampling.maxtokens - turn.generated - 1,
                    self._llama.seq_context - 3 - len(conv.cached))
         length = drafter.length(self.costs, step_tokens, expected, room)
-        draft = drafter.propose(conv.history, turn.next_token, length)
+        draft = drafter.propose(conv.history, turn.next_token, length, self.memories.get(conv.group))
         if not draft:
             drafter.no_draft()
         return draft
@@ -451,6 +453,8 @@ class Engine:
     def _retire(self, turn: Turn, state: str, reason: str | None = None, error: str | None = None) -> None:
         if turn in self.active:
             self.active.remove(turn)
+        if turn.drafter is not None and state == ReplyState.DONE:
+            self.memories.learn(turn.conversation.group, turn.conversation.history)
         self._finish(turn, state, error, reason=reason)
 
 

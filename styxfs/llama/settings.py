@@ -79,6 +79,11 @@ MAX_GRAMMAR_RULES = 2000  # rules of the GBNF (a schema's after conversion)
 SPECULATE_AUTO = 8  # tokens a greedy turn drafts at most under `speculate auto`
 SPECULATE_MOST = 64  # the largest N of `speculate N`
 SPECULATE_PRIOR = 0.9  # the rate of drafted tokens kept, assumed before a turn has tried any (long matches)
+# What a user's earlier turns said, for drafts where a turn's own tokens have no match:
+# n-grams kept a user (the latest), tokens kept after each, and users kept (the latest).
+SPECULATE_MEMORY_NGRAMS = 1 << 14  # about 2,700 tokens' n-grams: ~2 MB
+SPECULATE_MEMORY_FOLLOW = SPECULATE_AUTO
+SPECULATE_MEMORY_USERS = 8
 # What each token more adds to a step, in one-token steps, until the node has measured it
 # (SmolLM2 135M, 2 threads: 0.5-0.6; Gemma 3 270M, whose output matrix is most of a step: 0.2).
 SPECULATE_TOKEN_COST = 0.6

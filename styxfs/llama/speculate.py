@@ -24,13 +24,27 @@ them (StepCosts).  A full batch hence drafts little, and a turn whose
 drafts keep failing stops drafting (p recovers slowly towards PRIOR, so
 that it tries again later).  `speculate N` drafts up to N tokens wherever
 any n-gram matches: what the user asked for, whatever it costs.
+
+Where a turn's own tokens have no match, its user's earlier turns may
+(Memory): a reply often says again what an earlier one said, a list's
+layout or a stock phrase, as llama-server's `ngram-mod` drafts from every
+request it has seen.  The memory is per user, as shared prefixes are, so
+that no one can tell by timing what another's turns said.
 """
 
 from __future__ import annotations
 
 import bisect
+from collections import OrderedDict
 
-from .settings import SPECULATE_AUTO, SPECULATE_PRIOR, SPECULATE_TOKEN_COST
+from .settings import (
+    SPECULATE_AUTO,
+    SPECULATE_MEMORY_FOLLOW,
+    SPECULATE_MEMORY_NGRAMS,
+    SPECULATE_MEMORY_USERS,
+    SPECULATE_PRIOR,
+    SPECULATE_TOKEN_COST,
+)
 
 NGRAMS = (8, 6, 5, 4, 3, 2)  # n-gram sizes looked up, longest first: a longer match predicts better
 # The shortest match `auto` drafts from: on the benchmark's replies (bench_speculate.py),
@@ -92,6 +106,60 @@ class StepCosts:
         return self.measured[near] * prior_cost(tokens) / prior_cost(near)
 
 
+class Memory:
+    """What one user's finished turns said: each n-gram of their tokens and
+    the tokens that followed it the last time, for the latest `limit`
+    n-grams."""
+
+    def __init__(self, limit: int = SPECULATE_MEMORY_NGRAMS):
+        self.limit = limit
+        self.after: dict[tuple[int, ...], tuple[int, ...]] = {}  # in the order learned: oldest first
+
+    def learn(self, tokens: list[int]) -> None:
+        after = self.after
+        for end in range(1, len(tokens)):
+            follow = tuple(tokens[end:end + SPECULATE_MEMORY_FOLLOW])
+            for n in NGRAMS:
+                if end >= n:
+                    key = tuple(tokens[end - n:end])
+                    after.pop(key, None)  # to the end: the latest is kept longest
+                    after[key] = follow
+        for key in list(after)[:max(0, len(after) - self.limit)]:
+            del after[key]
+
+    def follow(self, tokens: list[int], shortest: int, count: int) -> list[int]:
+        """What followed the longest n-gram (of at least shortest tokens)
+        that ends tokens."""
+        for n in NGRAMS:
+            if n < shortest:
+                break
+            found = self.after.get(tuple(tokens[-n:]))
+            if found is not None:
+                return list(found[:count])
+        return []
+
+
+class Memories:
+    """A Memory for each of the latest users to finish a turn that drafts."""
+
+    def __init__(self, users: int = SPECULATE_MEMORY_USERS):
+        self.users = users
+        self.by_group: OrderedDict[str, Memory] = OrderedDict()
+
+    def get(self, group: str) -> Memory | None:
+        return self.by_group.get(group)
+
+    def learn(self, group: str, tokens: list[int]) -> None:
+        memory = self.by_group.pop(group, None) or Memory()
+        self.by_group[group] = memory
+        memory.learn(tokens)
+        while len(self.by_group) > self.users:
+            self.by_group.popitem(last=False)
+
+    def forget(self) -> None:
+        self.by_group.clear()
+
+
 class Drafter:
     """One turn's drafts: an index of where each n-gram of its tokens last
     occurred, and the rate at which its drafts were kept."""
@@ -128,11 +196,12 @@ class Drafter:
         p = self.rate
         return sum(p ** j for j in range(drafted + 1))
 
-    def propose(self, history: list[int], last: int, count: int) -> list[int]:
+    def propose(self, history: list[int], last: int, count: int, memory: Memory | None = None) -> list[int]:
         """Up to count tokens to follow history and then last (the token just
-        sampled): what followed the longest recent n-gram that ends there.
-        history only grows between calls, by tokens sampled (drafts that
-        were not kept are gone from it)."""
+        sampled): what followed the longest recent n-gram that ends there,
+        in the turn's tokens, else in its user's memory.  history only
+        grows between calls, by tokens sampled (drafts that were not kept
+        are gone from it)."""
         tokens = self.tokens
         start = len(tokens)
         tokens.extend(history[start:])
@@ -150,7 +219,7 @@ class Drafter:
             found = where.get(tuple(tokens[-n:]))
             if found is not None:
                 return tokens[found:found + count]
-        return []
+        return memory.follow(tokens, self.shortest, count) if memory is not None else []
 
     def no_draft(self) -> None:
         """A token sampled without a draft: the rate drifts back to PRIOR."""
