@@ -67,6 +67,27 @@ def mode_limit(mode: str, greedy: bool, constrained: bool) -> tuple[int, bool]:
     return int(mode), False
 
 
+def ngrams_after(tokens: list[int], start: int):
+    """(n-gram, end) for every n-gram of tokens that ends at end >= start
+    with a token after it (tokens[end])."""
+    for end in range(max(start, 1), len(tokens)):
+        for n in NGRAMS:
+            if end >= n:
+                yield tuple(tokens[end - n:end]), end
+
+
+def longest_match(table: dict, tokens: list[int], shortest: int):
+    """What table holds for the longest n-gram (of at least shortest
+    tokens) that ends tokens, or None."""
+    for n in NGRAMS:
+        if n < shortest:
+            break
+        found = table.get(tuple(tokens[-n:]))
+        if found is not None:
+            return found
+    return None
+
+
 def prior_cost(tokens: int) -> float:
     """A step's time by its tokens, in one-token steps, until measured."""
     return 1 + SPECULATE_TOKEN_COST * (tokens - 1)
@@ -116,27 +137,20 @@ class Memory:
         self.after: dict[tuple[int, ...], tuple[int, ...]] = {}  # in the order learned: oldest first
 
     def learn(self, tokens: list[int]) -> None:
+        # Only the tail whose n-grams the memory can keep: the rest would go again at once.
+        tokens = tokens[-(self.limit // len(NGRAMS) + NGRAMS[0]):]
         after = self.after
-        for end in range(1, len(tokens)):
-            follow = tuple(tokens[end:end + SPECULATE_MEMORY_FOLLOW])
-            for n in NGRAMS:
-                if end >= n:
-                    key = tuple(tokens[end - n:end])
-                    after.pop(key, None)  # to the end: the latest is kept longest
-                    after[key] = follow
+        for key, end in ngrams_after(tokens, 1):
+            after.pop(key, None)  # to the end: the latest is kept longest
+            after[key] = tuple(tokens[end:end + SPECULATE_MEMORY_FOLLOW])
         for key in list(after)[:max(0, len(after) - self.limit)]:
             del after[key]
 
     def follow(self, tokens: list[int], shortest: int, count: int) -> list[int]:
         """What followed the longest n-gram (of at least shortest tokens)
         that ends tokens."""
-        for n in NGRAMS:
-            if n < shortest:
-                break
-            found = self.after.get(tuple(tokens[-n:]))
-            if found is not None:
-                return list(found[:count])
-        return []
+        found = longest_match(self.after, tokens, shortest)
+        return list(found[:count]) if found is not None else []
 
 
 class Memories:
@@ -171,8 +185,6 @@ class Drafter:
         self.rate = PRIOR
         self.tokens: list[int] = []  # the turn's tokens so far, all sampled or given
         self.where: dict[tuple[int, ...], int] = {}  # n-gram -> where the token after its last occurrence is
-        self.drafted = 0
-        self.accepted = 0
 
     def length(self, costs: StepCosts, tokens: int, expected: float, room: int) -> int:
         """How many tokens to draft, at most room, in a step of `tokens`
@@ -206,19 +218,12 @@ class Drafter:
         start = len(tokens)
         tokens.extend(history[start:])
         tokens.append(last)
-        where = self.where
-        for end in range(max(start, 1), len(tokens)):  # n-grams with a token after them
-            for n in NGRAMS:
-                if end >= n:
-                    where[tuple(tokens[end - n:end])] = end
+        self.where.update(ngrams_after(tokens, start))
         if count <= 0:
             return []
-        for n in NGRAMS:
-            if n < self.shortest:
-                break
-            found = where.get(tuple(tokens[-n:]))
-            if found is not None:
-                return tokens[found:found + count]
+        found = longest_match(self.where, tokens, self.shortest)
+        if found is not None:
+            return tokens[found:found + count]
         return memory.follow(tokens, self.shortest, count) if memory is not None else []
 
     def no_draft(self) -> None:
@@ -227,7 +232,5 @@ class Drafter:
 
     def verified(self, drafted: int, accepted: int) -> None:
         """A draft's outcome: its first `accepted` tokens were kept."""
-        self.drafted += drafted
-        self.accepted += accepted
         for kept in [True] * accepted + [False] * (accepted < drafted):
             self.rate += ((1.0 if kept else 0.0) - self.rate) * RATE_WEIGHT
