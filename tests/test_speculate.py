@@ -12,7 +12,8 @@ from styxfs import client
 from styxfs.llama.engine import Conversation, Engine
 from styxfs.llama.model import ModelSettings
 from styxfs.llama.settings import Sampling
-from styxfs.llama.speculate import AUTO_MATCH, Drafter, Memories, Memory, StepCosts, mode_limit, prior_cost
+from styxfs.llama.speculate import (AUTO_MATCH, Drafter, KeptRates, Memories, Memory, StepCosts, agreeing, copy_on,
+                                    mode_limit, prior_cost)
 
 from .fakemodel import FakeModel, StepGate, tokens_of
 from .support import ask, greedy, new_session, status_fields
@@ -60,9 +61,44 @@ def test_a_draft_follows_the_tokens_as_they_grow():
     assert d.propose(history, 16, 3) == [17, 18, 19]
 
 
+def test_a_draft_in_a_loop_runs_on_past_the_latest_tokens():
+    assert copy_on([5, 1, 2, 3, 1, 2, 3], 4, 7) == [1, 2, 3, 1, 2, 3, 1]  # 1 2 3 followed 1 2 3: again and again
+    assert copy_on([1, 2, 3, 4, 1, 2], 2, 2) == [3, 4]  # what followed is all there
+    d = Drafter(most=32)
+    loop = [9, 8] + [1, 2, 3] * 4
+    assert d.propose(loop[:-1], loop[-1], 10) == [1, 2, 3, 1, 2, 3, 1, 2, 3, 1]
+    assert d.match == 9  # the loop so far, less its first round
+
+
+def test_a_match_is_measured_back_as_far_as_the_tokens_agree():
+    tokens = [7, 1, 2, 3, 4, 5, 6, 0, 2, 3, 4, 5, 6]
+    assert agreeing(tokens, 7) == 5  # 2 3 4 5 6, then 1 against 0
+    assert agreeing(list(range(100)) * 2, 100) == KeptRates.class_of(1000)  # as far as the longest class at most
+
+
+def test_drafts_after_longer_matches_are_trusted_further():
+    rates = KeptRates()
+    assert rates.rate(5) < rates.rate(12) < rates.rate(40)  # the priors
+    assert rates.class_of(3) == 2 and rates.class_of(13) == 12 and rates.class_of(1000) == 32
+    for _ in range(20):
+        rates.record(13, 4, 0)  # drafts after 12-15 tokens keep failing on this node
+    assert rates.rate(12) < 0.5 < rates.rate(16)
+    rates.forget()  # another model
+    assert rates.rate(12) == KeptRates().rate(12)
+    costs = StepCosts()  # the prior curve
+    d = Drafter(most=32)
+    for _ in range(40):
+        d.verified(8, 8)  # this turn's drafts were all kept
+    d.match = 5  # as after a proposal that follows a match of 5 tokens
+    short = d.length(costs, 1, 1.0, room=100)
+    d.match = 40
+    assert 1 <= short < d.length(costs, 1, 1.0, room=100)
+
+
 def test_draft_length_follows_acceptance_and_the_batch():
     costs = StepCosts()  # nothing measured: the prior curve
     d = Drafter(most=8)
+    d.match = 16  # as after a proposal that follows a match of 16 tokens
     assert d.length(costs, 1, 1.0, room=100) >= 1  # a first try at one sequence
     assert d.length(costs, 1, 1.0, room=0) == 0
     for _ in range(5):
@@ -82,6 +118,7 @@ def test_draft_length_follows_acceptance_and_the_batch():
 
 def test_draft_length_follows_what_steps_were_measured_to_cost():
     d = Drafter(most=8)
+    d.match = 40  # a loop
     cheap, dear = StepCosts(), StepCosts()
     for n in range(1, 10):
         cheap.record(n, 0.010 + 0.001 * (n - 1))  # a token more adds a tenth of a step
@@ -107,24 +144,25 @@ def test_a_memory_drafts_what_followed_last_time_and_keeps_the_latest():
     m = Memory(limit=100)
     said = list(range(100, 120))
     m.learn(said)
-    assert m.follow([7, 7] + said[:6], AUTO_MATCH, 4) == said[6:10]  # the longest n-gram ending there
-    assert m.follow([7, 7, 7, 7, 7, 100], AUTO_MATCH, 4) == []  # too short a match for `auto`
-    assert m.follow([7, 100, 101], 2, 3) == [102, 103, 104]  # `speculate N`: from 2-grams on
+    assert m.follow([7, 7] + said[:6], AUTO_MATCH, 4) == (said[6:10], 6)  # the longest n-gram ending there
+    assert m.follow([7, 7, 7, 7, 7, 100], AUTO_MATCH, 4) == ([], 0)  # too short a match for `auto`
+    assert m.follow([7, 100, 101], 2, 3) == ([102, 103, 104], 2)  # `speculate N`: from 2-grams on
     m.learn([100, 101, 102, 103, 104, 200, 201])  # said differently since: the latest wins
-    assert m.follow([100, 101, 102, 103, 104], AUTO_MATCH, 2) == [200, 201]
+    assert m.follow([100, 101, 102, 103, 104], AUTO_MATCH, 2) == ([200, 201], 5)
     d = Drafter(most=8)
     assert d.propose([5, 6, 100, 101, 102, 103], 104, 2, m) == [200, 201]  # no match of its own: the memory's
+    assert d.match == 5
     m.learn(list(range(300, 320)))
     assert len(m.after) == 100
-    assert m.follow(list(range(300, 310)), AUTO_MATCH, 1) == [310]  # the latest kept
-    assert m.follow(said[:6], AUTO_MATCH, 1) == []  # the oldest gone
+    assert m.follow(list(range(300, 310)), AUTO_MATCH, 1) == ([310], 8)  # the latest kept
+    assert m.follow(said[:6], AUTO_MATCH, 1) == ([], 0)  # the oldest gone
 
 
 def test_memories_are_per_user_and_the_latest_users_kept():
     ms = Memories(users=2)
     ms.learn("ann", [1, 2, 3])
     ms.learn("bob", [4, 5, 6])
-    assert ms.get("ann").follow([1, 2], 2, 1) == [3] and ms.get("bob").follow([1, 2], 2, 1) == []
+    assert ms.get("ann").follow([1, 2], 2, 1) == ([3], 2) and ms.get("bob").follow([1, 2], 2, 1) == ([], 0)
     ms.learn("ann", [7])  # ann again: bob is now the oldest
     ms.learn("cy", [8])
     assert ms.get("bob") is None and ms.get("ann") is not None

@@ -36,7 +36,7 @@ from .allocator import Allocator, Clear, Conversation, Copy, Op, Trim, common_pr
 from .model import EngineError, Model, ModelInfo, ModelOpener, ModelSettings
 from .reply import Reply, ReplyState, reason_for
 from .settings import ENGINE_STOP_SECONDS, NODE, Sampling
-from .speculate import Drafter, Memories, StepCosts, mode_limit
+from .speculate import Drafter, KeptRates, Memories, StepCosts, mode_limit
 from .stops import apply_stops
 from .turn import Stats, Turn
 
@@ -59,6 +59,7 @@ class Engine:
         self.stats = Stats()
         self.costs = costs or StepCosts()  # what a step of so many tokens takes: how far drafts pay
         self.memories = Memories()  # what each user's turns said, to draft from (worker thread only)
+        self.kept = KeptRates()  # how often drafts were kept, by the match they followed (worker thread only)
         self.queued: list[Turn] = []  # worker thread only
         self.active: list[Turn] = []
         self.unfinished: set[Reply] = set()  # trio side: for the queue's figures
@@ -218,6 +219,7 @@ class Engine:
             self._llama = new
         self.costs.forget()  # another model's steps take other times
         self.memories.forget()  # and its tokens are other tokens
+        self.kept.forget()
         return new.info
 
     def _progress(self, progress, fraction: float) -> None:
@@ -305,7 +307,7 @@ class Engine:
             turn.decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
             s = turn.sampling
             most, adaptive = mode_limit(s.speculate, s.temperature <= 0, bool(s.grammar or s.schema))
-            turn.drafter = Drafter(most, adaptive) if most else None
+            turn.drafter = Drafter(most, adaptive, self.kept) if most else None
             self.outbox.add(_set_prefill, turn.reply, len(turn.pending), placed.reused)
 
     def _step(self) -> None:
@@ -378,8 +380,9 @@ class Engine:
         conv = turn.conversation
         room = min(budget, turn.sampling.maxtokens - turn.generated - 1,
                    self._llama.seq_context - 3 - len(conv.cached))
-        length = drafter.length(self.costs, step_tokens, expected, room)
-        draft = drafter.propose(conv.history, turn.next_token, length, self.memories.get(conv.group))
+        # What could follow first: how far it pays depends on how long a match it follows.
+        draft = drafter.propose(conv.history, turn.next_token, min(drafter.most, room), self.memories.get(conv.group))
+        draft = draft[:drafter.length(self.costs, step_tokens, expected, len(draft))]
         if not draft:
             drafter.no_draft()
         return draft

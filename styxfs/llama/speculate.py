@@ -14,16 +14,21 @@ without d: the standard acceptance rule for a draft that is one token).
 
 Drafting costs a step more tokens, and on a CPU a few more tokens cost
 nearly as much again each (SmolLM2 135M, 2 threads: a step of 4 tokens
-takes 2.8 times one of 1), so a draft pays only where it is mostly kept.
+takes 2.5-2.9 times one of 1, of 33 tokens 15 times), so a draft pays only
+where it is mostly kept, and most where it is long and kept.
 Under `speculate auto` a turn drafts only what follows a long n-gram match
 (AUTO_MATCH tokens), and only as far as pays: the j-th drafted token is
-kept with probability p^j, p the turn's recent rate, and the draft's
-length is the one that makes the step's expected tokens per second
-highest, a step's seconds by its number of tokens as this node measured
-them (StepCosts).  A full batch hence drafts little, and a turn whose
-drafts keep failing stops drafting (p recovers slowly towards PRIOR, so
-that it tries again later).  `speculate N` drafts up to N tokens wherever
-any n-gram matches: what the user asked for, whatever it costs.
+kept with probability p^j, and the draft's length is the one that makes
+the step's expected tokens per second highest, a step's seconds by its
+number of tokens as this node measured them (StepCosts).  p is the lower
+of the turn's recent rate and the node's rate after matches as long as
+this one (KeptRates): the longer the tokens before agree, the likelier
+what followed them follows again; a reply caught in a loop drafts the
+loop on, far ahead.  A full batch hence drafts little, and a turn whose
+drafts keep failing stops drafting (its rate recovers slowly towards
+PRIOR, so that it tries again later).  `speculate N` drafts up to N
+tokens wherever any n-gram matches: what the user asked for, whatever it
+costs.
 
 Where a turn's own tokens have no match, its user's earlier turns may
 (Memory): a reply often says again what an earlier one said, a list's
@@ -39,6 +44,7 @@ from collections import OrderedDict
 
 from .settings import (
     SPECULATE_AUTO,
+    SPECULATE_MATCH_PRIORS,
     SPECULATE_MEMORY_FOLLOW,
     SPECULATE_MEMORY_NGRAMS,
     SPECULATE_MEMORY_USERS,
@@ -51,7 +57,9 @@ NGRAMS = (8, 6, 5, 4, 3, 2)  # n-gram sizes looked up, longest first: a longer m
 # drafts after a 2- or 3-gram were kept about half the time, after 5 or more about 0.9.
 AUTO_MATCH = 5
 PRIOR = SPECULATE_PRIOR  # acceptance rate assumed before any draft was tried
-RATE_WEIGHT = 0.1  # of each drafted token's outcome in the rate (an exponential average)
+RATE_WEIGHT = 0.1  # of each drafted token's outcome in a turn's rate (an exponential average)
+NODE_RATE_WEIGHT = 0.05  # ... in the node's rate after matches of its length (every turn's outcomes)
+LONGEST_MATCH = SPECULATE_MATCH_PRIORS[-1][0]  # a match is measured back this far at most
 RECOVER = 1 / 32  # of the way back to PRIOR for each token sampled without a draft
 COST_WEIGHT = 0.1  # of each measured step in its size's average
 
@@ -78,14 +86,34 @@ def ngrams_after(tokens: list[int], start: int):
 
 def longest_match(table: dict, tokens: list[int], shortest: int):
     """What table holds for the longest n-gram (of at least shortest
-    tokens) that ends tokens, or None."""
+    tokens) that ends tokens, and that n-gram's length; or None."""
     for n in NGRAMS:
         if n < shortest:
             break
-        found = table.get(tuple(tokens[-n:]))
+        found = table.get(tuple(tokens[-n:])) if n <= len(tokens) else None
         if found is not None:
-            return found
+            return found, n
     return None
+
+
+def agreeing(tokens: list[int], end: int) -> int:
+    """How many tokens before end agree with the last ones of tokens (at
+    most LONGEST_MATCH): how long a match the tokens after end follow."""
+    length, last = 0, len(tokens) - 1
+    while length < LONGEST_MATCH and end - 1 - length >= 0 and tokens[end - 1 - length] == tokens[last - length]:
+        length += 1
+    return length
+
+
+def copy_on(tokens: list[int], start: int, count: int) -> list[int]:
+    """count tokens from tokens[start:] on, going on past the end as a
+    loop does: where what followed the match runs into the latest tokens,
+    it repeats with the period it had."""
+    out = tokens[start:start + count]
+    period = len(tokens) - start
+    while len(out) < count:
+        out.append(out[len(out) - period])
+    return out
 
 
 def prior_cost(tokens: int) -> float:
@@ -127,6 +155,34 @@ class StepCosts:
         return self.measured[near] * prior_cost(tokens) / prior_cost(near)
 
 
+class KeptRates:
+    """The rate at which this node's drafted tokens were kept, by the
+    length of the match they followed (the classes of
+    SPECULATE_MATCH_PRIORS): an exponential average of every turn's
+    outcomes, from the priors."""
+
+    def __init__(self):
+        self.rates = dict(SPECULATE_MATCH_PRIORS)
+
+    @staticmethod
+    def class_of(match: int) -> int:
+        return max((least for least, _ in SPECULATE_MATCH_PRIORS if least <= match),
+                   default=SPECULATE_MATCH_PRIORS[0][0])
+
+    def rate(self, match: int) -> float:
+        return self.rates[self.class_of(match)]
+
+    def record(self, match: int, drafted: int, accepted: int) -> None:
+        least = self.class_of(match)
+        rate = self.rates[least]
+        for kept in [True] * accepted + [False] * (accepted < drafted):
+            rate += ((1.0 if kept else 0.0) - rate) * NODE_RATE_WEIGHT
+        self.rates[least] = rate
+
+    def forget(self) -> None:
+        self.rates = dict(SPECULATE_MATCH_PRIORS)
+
+
 class Memory:
     """What one user's finished turns said: each n-gram of their tokens and
     the tokens that followed it the last time, for the latest `limit`
@@ -146,11 +202,14 @@ class Memory:
         for key in list(after)[:max(0, len(after) - self.limit)]:
             del after[key]
 
-    def follow(self, tokens: list[int], shortest: int, count: int) -> list[int]:
+    def follow(self, tokens: list[int], shortest: int, count: int) -> tuple[list[int], int]:
         """What followed the longest n-gram (of at least shortest tokens)
-        that ends tokens."""
+        that ends tokens, and the n-gram's length; ([], 0) if none."""
         found = longest_match(self.after, tokens, shortest)
-        return list(found[:count]) if found is not None else []
+        if found is None:
+            return [], 0
+        after, n = found
+        return list(after[:count]), n
 
 
 class Memories:
@@ -176,27 +235,35 @@ class Memories:
 
 class Drafter:
     """One turn's drafts: an index of where each n-gram of its tokens last
-    occurred, and the rate at which its drafts were kept."""
+    occurred, the rate at which its drafts were kept, and the node's
+    rates by the match's length (shared by every turn: worker thread only)."""
 
-    def __init__(self, most: int, adaptive: bool = True):
+    def __init__(self, most: int, adaptive: bool = True, kept: KeptRates | None = None):
         self.most = most
         self.adaptive = adaptive  # `auto`: long matches only, as far as pays
         self.shortest = AUTO_MATCH if adaptive else NGRAMS[-1]
         self.rate = PRIOR
+        self.kept = kept if kept is not None else KeptRates()
+        self.match = 0  # the length of the match the latest proposal followed
         self.tokens: list[int] = []  # the turn's tokens so far, all sampled or given
         self.where: dict[tuple[int, ...], int] = {}  # n-gram -> where the token after its last occurrence is
 
+    def likely(self) -> float:
+        """The chance that a drafted token is kept, given the one before it was."""
+        return min(self.rate, self.kept.rate(self.match))
+
     def length(self, costs: StepCosts, tokens: int, expected: float, room: int) -> int:
-        """How many tokens to draft, at most room, in a step of `tokens`
-        tokens so far that makes `expected` tokens of replies: the length
-        that makes the most tokens a second."""
+        """How many tokens of the latest proposal to draft, at most room,
+        in a step of `tokens` tokens so far that makes `expected` tokens of
+        replies: the length that makes the most tokens a second."""
         limit = min(self.most, room)
         if limit <= 0 or not self.adaptive:
             return max(0, limit)
+        p = self.likely()
         best, best_length = expected / costs.seconds(tokens), 0
         kept = gain = 1.0
         for k in range(1, limit + 1):
-            kept *= self.rate
+            kept *= p
             gain += kept
             value = (expected - 1 + gain) / costs.seconds(tokens + k)
             if value > best:
@@ -205,26 +272,31 @@ class Drafter:
 
     def expected(self, drafted: int) -> float:
         """Tokens a turn is expected to make in a step where it drafts `drafted`."""
-        p = self.rate
+        p = self.likely()
         return sum(p ** j for j in range(drafted + 1))
 
     def propose(self, history: list[int], last: int, count: int, memory: Memory | None = None) -> list[int]:
         """Up to count tokens to follow history and then last (the token just
         sampled): what followed the longest recent n-gram that ends there,
-        in the turn's tokens, else in its user's memory.  history only
-        grows between calls, by tokens sampled (drafts that were not kept
-        are gone from it)."""
+        in the turn's tokens, else in its user's memory; and self.match,
+        how long the match is.  history only grows between calls, by tokens
+        sampled (drafts that were not kept are gone from it)."""
         tokens = self.tokens
         start = len(tokens)
         tokens.extend(history[start:])
         tokens.append(last)
         self.where.update(ngrams_after(tokens, start))
+        self.match = 0
         if count <= 0:
             return []
         found = longest_match(self.where, tokens, self.shortest)
         if found is not None:
-            return tokens[found:found + count]
-        return memory.follow(tokens, self.shortest, count) if memory is not None else []
+            self.match = agreeing(tokens, found[0])
+            return copy_on(tokens, found[0], count)
+        if memory is None:
+            return []
+        draft, self.match = memory.follow(tokens, self.shortest, count)
+        return draft
 
     def no_draft(self) -> None:
         """A token sampled without a draft: the rate drifts back to PRIOR."""
@@ -234,3 +306,4 @@ class Drafter:
         """A draft's outcome: its first `accepted` tokens were kept."""
         for kept in [True] * accepted + [False] * (accepted < drafted):
             self.rate += ((1.0 if kept else 0.0) - self.rate) * RATE_WEIGHT
+        self.kept.record(self.match, drafted, accepted)
