@@ -107,7 +107,7 @@ def test_draft_length_follows_acceptance_and_the_batch():
     assert d.length(costs, 1, 1.0, room=3) == 3
     one, full = d.length(costs, 1, 1.0, 100), d.length(costs, 64, 64.0, 100)
     assert 0 <= full < one  # a full step makes its tokens cheaply without drafts
-    for _ in range(5):
+    for _ in range(10):
         d.verified(4, 0)
     assert d.length(costs, 1, 1.0, room=100) == 0  # drafts keep failing: none
     for _ in range(200):
@@ -127,15 +127,20 @@ def test_draft_length_follows_what_steps_were_measured_to_cost():
     assert d.length(dear, 1, 1.0, room=100) == 0
 
 
-def test_step_costs_are_averaged_and_estimated_from_the_nearest_size():
+def test_step_costs_are_averaged_and_estimated_from_the_sizes_measured():
     costs = StepCosts()
     assert costs.seconds(4) == prior_cost(4)
+    costs.record(2, 0.018)
+    assert costs.seconds(1) == pytest.approx(0.018 * prior_cost(1) / prior_cost(2))  # below: scaled from 2
     costs.record(1, 0.010)
     costs.record(8, 0.050)
     costs.record(8, 0.060)  # averaged in, not replacing
-    assert 0.050 < costs.seconds(8) < 0.055
-    assert costs.seconds(2) == pytest.approx(0.010 * prior_cost(2))  # scaled from 1
-    assert costs.seconds(10) == pytest.approx(costs.seconds(8) * prior_cost(10) / prior_cost(8))
+    eight = costs.seconds(8)
+    assert 0.050 < eight < 0.055
+    assert costs.seconds(5) == pytest.approx(0.018 + (eight - 0.018) / 2)  # on the line between 2 and 8
+    # Past the largest measured, a token more adds the prior's part of a one-token step, not
+    # the curve scaled from there: a first token more may cost most, and a long draft is tried.
+    assert costs.seconds(30) == pytest.approx(eight + 22 * 0.010 * (prior_cost(2) - 1))
     costs.forget()  # another model
     assert costs.seconds(8) == prior_cost(8)
 
@@ -166,6 +171,38 @@ def test_memories_are_per_user_and_the_latest_users_kept():
     ms.learn("ann", [7])  # ann again: bob is now the oldest
     ms.learn("cy", [8])
     assert ms.get("bob") is None and ms.get("ann") is not None
+
+
+def test_the_replay_scores_each_policys_drafts_against_the_reply():
+    from bench.replay_speculate import Llamafs, NgramMap, NgramMod, replay
+
+    linear = lambda k: 1 + 0.5 * (k - 1)  # noqa: E731  a step's cost by its tokens
+    loop = {"prompt": [1, 2, 3], "reply": [9, 8] + list(range(20, 40)) * 6}  # a reply caught in a loop
+
+    class Oracle:  # drafts what the reply says next, 3 tokens at a time
+        def begin(self, prompt):
+            self.said = len(prompt)
+        def draft(self, history, last):
+            at = len(history) - self.said + 1
+            return loop["reply"][at:at + 3]
+        def verified(self, drafted, kept):
+            assert kept == drafted
+        def done(self, tokens):
+            assert tokens == loop["prompt"] + loop["reply"]
+
+    got = replay(Oracle(), [loop], linear)
+    # 4 tokens a step; the last step's draft is cut to the one token left to maxtokens
+    assert got["kept"] == got["drafted"] == 30 * 3 + 1 and got["steps"] == 31
+    assert got["time"] == 1 + 30 * linear(4) + linear(2)
+    mine = replay(Llamafs({1: 1, 65: 33}), [loop], linear)
+    assert mine["kept"] > 80 and mine["tokens"] / mine["time"] > 1.5  # the loop drafted far ahead
+    k4v = replay(NgramMap("ngram-map-k4v"), [loop], linear)
+    assert 0 < k4v["kept"] == k4v["drafted"]  # a 12-token key with 48 after it: all kept
+    mod = replay(NgramMod(), [loop], linear)
+    assert mod["kept"] == mod["drafted"] >= 48  # 24-grams chained 48 times at least: a loop's do
+    fresh = {"prompt": [1, 2, 3], "reply": list(range(100, 222))}  # nothing said twice
+    assert all(replay(p, [fresh], linear)["drafted"] == 0
+               for p in (Llamafs({1: 1, 65: 33}), NgramMap("ngram-map-k4v"), NgramMap("ngram-simple"), NgramMod()))
 
 
 def test_modes():

@@ -90,8 +90,9 @@ SPECULATE_MEMORY_NGRAMS = 1 << 14  # about 2,700 tokens' n-grams: ~2 MB
 SPECULATE_MEMORY_FOLLOW = 8
 SPECULATE_MEMORY_USERS = 8
 # What each token more adds to a step, in one-token steps, until the node has measured it
-# (SmolLM2 135M, 2 threads: 0.5-0.6; Gemma 3 270M, whose output matrix is most of a step: 0.2).
-SPECULATE_TOKEN_COST = 0.6
+# (SmolLM2 135M, 2 threads: 0.5-0.8 for the first few, 0.45-0.5 past 8; Gemma 3 270M, whose
+# output matrix is most of a step: 0.2).
+SPECULATE_TOKEN_COST = 0.5
 # About how many tokens of highest logit a pick the grammar refused is looked for among again, in turn.
 GRAMMAR_TIERS = (64, 2048)
 
