@@ -12,7 +12,7 @@ from styxfs import client
 from styxfs.llama.engine import Conversation, Engine
 from styxfs.llama.model import ModelSettings
 from styxfs.llama.settings import Sampling
-from styxfs.llama.speculate import (AUTO_MATCH, Drafter, KeptRates, Memories, Memory, StepCosts, agreeing, copy_on,
+from styxfs.llama.speculate import (AUTO_MATCH, COST_STALE, Drafter, KeptRates, Memories, Memory, StepCosts, agreeing, copy_on,
                                     mode_limit, prior_cost)
 
 from .fakemodel import FakeModel, StepGate, tokens_of
@@ -141,6 +141,9 @@ def test_step_costs_are_averaged_and_estimated_from_the_sizes_measured():
     # Past the largest measured, a token more adds the prior's part of a one-token step, not
     # the curve scaled from there: a first token more may cost most, and a long draft is tried.
     assert costs.seconds(30) == pytest.approx(eight + 22 * 0.010 * (prior_cost(2) - 1))
+    for _ in range(COST_STALE):
+        costs.record(1, 0.010)  # 2 and 8 not measured since: a step's price may have changed
+    assert costs.sizes == [1] and costs.seconds(8) == pytest.approx(0.010 * prior_cost(8))
     costs.forget()  # another model
     assert costs.seconds(8) == prior_cost(8)
 

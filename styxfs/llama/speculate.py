@@ -62,6 +62,9 @@ NODE_RATE_WEIGHT = 0.05  # ... in the node's rate after matches of its length (e
 LONGEST_MATCH = SPECULATE_MATCH_PRIORS[-1][0]  # a match is measured back this far at most
 RECOVER = 1 / 32  # of the way back to PRIOR for each token sampled without a draft
 COST_WEIGHT = 0.1  # of each measured step in its size's average
+# A size not measured in this many steps is forgotten: a step's price changes with the
+# context (attention), and a size measured dear at a long context would never be tried again.
+COST_STALE = 256
 
 
 def mode_limit(mode: str, greedy: bool, constrained: bool) -> tuple[int, bool]:
@@ -131,23 +134,32 @@ class StepCosts:
     CPU the first tokens more cost most: SmolLM2, 2 threads, short
     context: 2 tokens 1.8 times one, 4 tokens 2.7, 16 tokens 8, 33
     tokens 16.7; scaled from the size measured, 2's price made a draft
-    of 33 look 24 times one, and it was never tried)."""
+    of 33 look 24 times one, and it was never tried).  A size not
+    measured in the latest COST_STALE steps is forgotten."""
 
     def __init__(self):
         self.measured: dict[int, float] = {}
         self.sizes: list[int] = []  # the measured sizes, sorted
+        self.when: dict[int, int] = {}  # the step at which each size was last measured
+        self.steps = 0
 
     def record(self, tokens: int, seconds: float) -> None:
+        self.steps += 1
+        self.when[tokens] = self.steps
         old = self.measured.get(tokens)
         if old is None:
             bisect.insort(self.sizes, tokens)
             self.measured[tokens] = seconds
         else:
             self.measured[tokens] = old + (seconds - old) * COST_WEIGHT
+        for size in [n for n in self.sizes if self.when[n] <= self.steps - COST_STALE]:
+            self.sizes.remove(size)
+            del self.measured[size], self.when[size]
 
     def forget(self) -> None:
         self.measured.clear()
         self.sizes.clear()
+        self.when.clear()
 
     def seconds(self, tokens: int) -> float:
         got = self.measured.get(tokens)
