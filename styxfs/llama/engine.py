@@ -35,7 +35,7 @@ from . import errors
 from .allocator import Allocator, Clear, Conversation, Copy, Op, Trim, common_prefix
 from .model import EngineError, Model, ModelInfo, ModelOpener, ModelSettings
 from .reply import Reply, ReplyState, reason_for
-from .settings import ENGINE_STOP_SECONDS, NODE, Sampling
+from .settings import ENGINE_REPORT_INTERVAL, ENGINE_STOP_SECONDS, NODE, Sampling
 from .speculate import Drafter, KeptRates, Memories, StepCosts, mode_limit
 from .stops import apply_stops
 from .turn import Stats, Turn
@@ -70,7 +70,7 @@ class Engine:
         self._vocab_lock = threading.Lock()  # tokenising against load/unload
         # Reports for the trio side, sent before and after llama_decode: a wake-up or
         # two of the trio thread a step, not one a token of every session.
-        self.outbox = Outbox()
+        self.outbox = Outbox(ENGINE_REPORT_INTERVAL)
 
     # -- trio side ---------------------------------------------------------------
 
@@ -210,7 +210,7 @@ class Engine:
             except Exception:
                 log.exception("engine step failed")
                 self._fail_all(errors.ENGINE_FAILED.format())
-            self.outbox.send()
+            self.outbox.send_due()
 
     def _load(self, settings: ModelSettings, progress) -> ModelInfo:
         new = self.open_model(settings, self.slots, progress and (lambda f: self._progress(progress, f)))
@@ -353,7 +353,7 @@ class Engine:
                 budget -= len(chunk)
                 self.stats.tokens_in += len(chunk)
         batch = [(turn.conversation.seq, token, pos, logits) for turn, token, pos, logits in entries]
-        self.outbox.send()  # turns that began prefill say so now, not after the step
+        self.outbox.send_due()  # turns that began prefill say so now, not after the step
         started = time.perf_counter()
         llama.decode(batch)
         decoded = time.perf_counter()
@@ -430,7 +430,7 @@ class Engine:
         stopped = False
         if turn.sampling.stop:
             text, turn.held, stopped = apply_stops(turn.sampling.stop, turn.held + text)
-        self.outbox.add(turn.reply.append, text, 1)
+        self.outbox.add_routine(turn.reply.append, text, 1)
         if stopped:
             return "stop"
         if turn.generated >= turn.sampling.maxtokens:
@@ -446,7 +446,7 @@ class Engine:
             turn.drafter.verified(len(draft), kept)
             self.stats.tokens_drafted += len(draft)
             self.stats.tokens_accepted += kept
-            self.outbox.add(_count_drafts, turn.reply, len(draft), kept)
+            self.outbox.add_routine(_count_drafts, turn.reply, len(draft), kept)
         if unverified:
             conv = turn.conversation
             del conv.cached[-unverified:]

@@ -68,6 +68,10 @@ REPEAT_WINDOW = 64  # tokens of history the repeat penalty sees
 # tokens: a shorter common beginning (a BOS, a template's header) is not worth sharing a sequence's cells
 MIN_SHARED = 8
 ENGINE_STOP_SECONDS = 30.0  # the engine's worker is waited for this long when the node stops
+# A reply's next tokens wait this long at most to reach the trio side with later ones: a
+# wake-up of the trio thread each step took a core from llama.cpp's threads (2 cores, one
+# session, SmolLM2: 1.15 times the tokens a second with 25 ms; readers wake every 50 ms).
+ENGINE_REPORT_INTERVAL = 0.025
 STREAM_INTERVAL = 0.05  # seconds between wake-ups of a reply's readers while it streams
 # A chat template (untrusted: it comes with the model file) may make this much text, in this long.
 MAX_RENDER_BYTES = 4 << 20
