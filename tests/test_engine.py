@@ -10,6 +10,7 @@ import trio
 from styxfs.llama.engine import Conversation, Engine
 from styxfs.llama.model import ModelSettings
 from styxfs.llama.settings import Sampling
+from styxfs.trioutil import Outbox
 
 from .fakemodel import FakeModel, continuation, tokens_of
 
@@ -280,3 +281,45 @@ async def test_the_trio_side_is_woken_once_or_twice_a_step_not_once_a_token(engi
     steps = len(e.model.steps) - steps
     assert sum(r.tokens_out for r in replies) == 80
     assert counting.calls <= 2 * steps + 2 < 80  # (+2: the waits between submissions)
+
+
+async def test_a_replys_tokens_go_to_the_trio_side_together_and_all_arrive(engine):
+    e = await engine(slots=1)
+
+    class Counting:
+        def __init__(self, token):
+            self.token, self.calls = token, 0
+
+        def run_sync_soon(self, fn, *args):
+            self.calls += 1
+            self.token.run_sync_soon(fn, *args)
+
+    e.outbox.token = counting = Counting(e.outbox.token)
+    e.outbox.interval = 3600  # no routine report goes for its own sake: only with a state
+    steps = len(e.model.steps)
+    reply = submit(e, Conversation(), b"one", maxtokens=40)
+    assert bytes((await ended(reply)).text) == continuation(tokens_of(b"one"), 40)  # every token, in order
+    assert len(e.model.steps) - steps >= 40
+    assert counting.calls <= 4  # prefill, the first token's GENERATING, DONE (+1: the submission's wait)
+
+
+def test_routine_reports_wait_and_any_other_takes_them_along_in_order():
+    sent = []
+
+    class Token:
+        def run_sync_soon(self, fn, batch):
+            sent.append([args for _, args in batch])
+
+    box = Outbox(interval=3600)
+    box.token = Token()
+    box.add_routine(print, "a")
+    box.send_due()
+    assert sent == []  # a routine report waits for others
+    box.add_routine(print, "b")
+    box.add(print, "state")
+    box.send_due()
+    assert sent == [[("a",), ("b",), ("state",)]]
+    box.add_routine(print, "c")
+    box.interval = 0  # waited long enough
+    box.send_due()
+    assert sent[-1] == [("c",)]

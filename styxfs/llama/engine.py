@@ -68,8 +68,8 @@ class Engine:
         self.thread: threading.Thread | None = None
         self._llama: Model | None = None  # the worker's model while one is loaded
         self._vocab_lock = threading.Lock()  # tokenising against load/unload
-        # Reports for the trio side, sent before and after llama_decode: a wake-up or
-        # two of the trio thread a step, not one a token of every session.
+        # Reports for the trio side, sent before and after llama_decode when due: a reply's
+        # tokens wait up to ENGINE_REPORT_INTERVAL for later ones, anything else goes at once.
         self.outbox = Outbox(ENGINE_REPORT_INTERVAL)
 
     # -- trio side ---------------------------------------------------------------
