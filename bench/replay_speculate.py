@@ -143,12 +143,7 @@ class Llamafs:
         self.drafter = speculate.Drafter(*speculate.mode_limit("auto", True, False), self.kept)
 
     def draft(self, history, last):
-        d = self.drafter
-        draft = d.propose(history, last, d.most, self.memories.get("user"))
-        draft = draft[:d.length(self.costs, 1, 1.0, len(draft))]
-        if not draft:
-            d.no_draft()
-        return draft
+        return self.drafter.draft(history, last, self.drafter.most, self.memories.get("user"), self.costs, 1, 1.0)
 
     def verified(self, drafted, kept):
         self.drafter.verified(drafted, kept)

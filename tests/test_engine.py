@@ -261,18 +261,25 @@ async def test_turns_arriving_together_with_a_new_shared_prefix_evaluate_it_once
     assert a.tokens_cached == b.tokens_cached == 0
 
 
+class Counting:
+    """A trio token that counts the engine's wake-ups of the trio thread."""
+
+    def __init__(self, token):
+        self.token, self.calls = token, 0
+
+    def run_sync_soon(self, fn, *args):
+        self.calls += 1
+        self.token.run_sync_soon(fn, *args)
+
+
+def count_wakeups(e: Engine) -> Counting:
+    e.outbox.token = counting = Counting(e.outbox.token)
+    return counting
+
+
 async def test_the_trio_side_is_woken_once_or_twice_a_step_not_once_a_token(engine):
     e = await engine(slots=4)
-
-    class Counting:
-        def __init__(self, token):
-            self.token, self.calls = token, 0
-
-        def run_sync_soon(self, fn, *args):
-            self.calls += 1
-            self.token.run_sync_soon(fn, *args)
-
-    e.outbox.token = counting = Counting(e.outbox.token)
+    counting = count_wakeups(e)
     steps = len(e.model.steps)
     prompts = [b"one", b"two", b"three", b"four"]
     replies = [submit(e, Conversation(), p, maxtokens=20) for p in prompts]
@@ -285,16 +292,7 @@ async def test_the_trio_side_is_woken_once_or_twice_a_step_not_once_a_token(engi
 
 async def test_a_replys_tokens_go_to_the_trio_side_together_and_all_arrive(engine):
     e = await engine(slots=1)
-
-    class Counting:
-        def __init__(self, token):
-            self.token, self.calls = token, 0
-
-        def run_sync_soon(self, fn, *args):
-            self.calls += 1
-            self.token.run_sync_soon(fn, *args)
-
-    e.outbox.token = counting = Counting(e.outbox.token)
+    counting = count_wakeups(e)
     e.outbox.interval = 3600  # no routine report goes for its own sake: only with a state
     steps = len(e.model.steps)
     reply = submit(e, Conversation(), b"one", maxtokens=40)

@@ -380,12 +380,8 @@ class Engine:
         conv = turn.conversation
         room = min(budget, turn.sampling.maxtokens - turn.generated - 1,
                    self._llama.seq_context - 3 - len(conv.cached))
-        # What could follow first: how far it pays depends on how long a match it follows.
-        draft = drafter.propose(conv.history, turn.next_token, min(drafter.most, room), self.memories.get(conv.group))
-        draft = draft[:drafter.length(self.costs, step_tokens, expected, len(draft))]
-        if not draft:
-            drafter.no_draft()
-        return draft
+        return drafter.draft(conv.history, turn.next_token, room, self.memories.get(conv.group),
+                             self.costs, step_tokens, expected)
 
     def _sample(self, turn: Turn, row: int) -> None:
         """Sample the turn's next token from the logits at row; with a

@@ -119,6 +119,14 @@ def copy_on(tokens: list[int], start: int, count: int) -> list[int]:
     return out
 
 
+def averaged(rate: float, drafted: int, accepted: int, weight: float) -> float:
+    """rate with a draft's outcome averaged in, token by token: its first
+    accepted tokens kept, the one after them (if drafted) not."""
+    for kept in [True] * accepted + [False] * (accepted < drafted):
+        rate += ((1.0 if kept else 0.0) - rate) * weight
+    return rate
+
+
 def prior_cost(tokens: int) -> float:
     """A step's time by its tokens, in one-token steps, until measured."""
     return 1 + SPECULATE_TOKEN_COST * (tokens - 1)
@@ -198,10 +206,7 @@ class KeptRates:
 
     def record(self, match: int, drafted: int, accepted: int) -> None:
         least = self.class_of(match)
-        rate = self.rates[least]
-        for kept in [True] * accepted + [False] * (accepted < drafted):
-            rate += ((1.0 if kept else 0.0) - rate) * NODE_RATE_WEIGHT
-        self.rates[least] = rate
+        self.rates[least] = averaged(self.rates[least], drafted, accepted, NODE_RATE_WEIGHT)
 
     def forget(self) -> None:
         self.rates = dict(SPECULATE_MATCH_PRIORS)
@@ -322,12 +327,23 @@ class Drafter:
         draft, self.match = memory.follow(tokens, self.shortest, count)
         return draft
 
+    def draft(self, history: list[int], last: int, room: int, memory: Memory | None,
+              costs: StepCosts, tokens: int, expected: float) -> list[int]:
+        """The draft to put after last in a step of `tokens` tokens so far
+        that makes `expected` tokens of replies, at most room: what could
+        follow first (propose), then as much of it as pays (length), as
+        that depends on how long a match it follows."""
+        draft = self.propose(history, last, min(self.most, room), memory)
+        draft = draft[:self.length(costs, tokens, expected, len(draft))]
+        if not draft:
+            self.no_draft()
+        return draft
+
     def no_draft(self) -> None:
         """A token sampled without a draft: the rate drifts back to PRIOR."""
         self.rate += (PRIOR - self.rate) * RECOVER
 
     def verified(self, drafted: int, accepted: int) -> None:
         """A draft's outcome: its first `accepted` tokens were kept."""
-        for kept in [True] * accepted + [False] * (accepted < drafted):
-            self.rate += ((1.0 if kept else 0.0) - self.rate) * RATE_WEIGHT
+        self.rate = averaged(self.rate, drafted, accepted, RATE_WEIGHT)
         self.kept.record(self.match, drafted, accepted)
