@@ -81,8 +81,9 @@ def test_drafts_after_longer_matches_are_trusted_further():
     assert rates.rate(5) < rates.rate(12) < rates.rate(40)  # the priors
     assert rates.class_of(3) == 2 and rates.class_of(13) == 12 and rates.class_of(1000) == 32
     for _ in range(20):
-        rates.record(13, 4, 0)  # drafts after 12-15 tokens keep failing on this node
+        rates.record(13, False, 4, 0)  # drafts after 12-15 tokens keep failing on this node
     assert rates.rate(12) < 0.5 < rates.rate(16)
+    assert rates.rate(12, mixed=True) == KeptRates().rate(12, mixed=True)  # kept apart
     rates.forget()  # another model
     assert rates.rate(12) == KeptRates().rate(12)
     costs = StepCosts()  # the prior curve
@@ -93,6 +94,15 @@ def test_drafts_after_longer_matches_are_trusted_further():
     short = d.length(costs, 1, 1.0, room=100)
     d.match = 40
     assert 1 <= short < d.length(costs, 1, 1.0, room=100)
+
+
+def test_a_match_whose_ngram_was_followed_by_different_tokens_is_trusted_less():
+    d = Drafter(most=8)
+    run = list(range(10, 10 + AUTO_MATCH))
+    assert d.propose(run + [1, 2] + run[:-1], run[-1], 2) == [1, 2]
+    assert not d.mixed  # the run was followed by 1 each time
+    assert d.propose(run + [1, 2] + run + [3, 4] + run[:-1], run[-1], 2) == [3, 4]  # the latest
+    assert d.mixed and d.likely() == KeptRates().rate(AUTO_MATCH, mixed=True) < KeptRates().rate(AUTO_MATCH)
 
 
 def test_draft_length_follows_acceptance_and_the_batch():

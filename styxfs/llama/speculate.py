@@ -24,7 +24,9 @@ number of tokens as this node measured them (StepCosts).  p is the lower
 of the turn's recent rate and the node's rate after matches as long as
 this one (KeptRates): the longer the tokens before agree, the likelier
 what followed them follows again; a reply caught in a loop drafts the
-loop on, far ahead.  A full batch hence drafts little, and a turn whose
+loop on, far ahead.  An n-gram that was followed by different tokens at
+different places ("mixed") is trusted less, with rates of its own: where
+the reply went one way once and another way since, either may come.  A full batch hence drafts little, and a turn whose
 drafts keep failing stops drafting (its rate recovers slowly towards
 PRIOR, so that it tries again later).  `speculate N` drafts up to N
 tokens wherever any n-gram matches: what the user asked for, whatever it
@@ -48,6 +50,7 @@ from .settings import (
     SPECULATE_MEMORY_FOLLOW,
     SPECULATE_MEMORY_NGRAMS,
     SPECULATE_MEMORY_USERS,
+    SPECULATE_MIXED_PRIOR,
     SPECULATE_PRIOR,
     SPECULATE_TOKEN_COST,
 )
@@ -190,26 +193,28 @@ class StepCosts:
 class KeptRates:
     """The rate at which this node's drafted tokens were kept, by the
     length of the match they followed (the classes of
-    SPECULATE_MATCH_PRIORS): an exponential average of every turn's
-    outcomes, from the priors."""
+    SPECULATE_MATCH_PRIORS) and whether its n-gram was followed by
+    different tokens before (mixed): an exponential average of every
+    turn's outcomes, from the priors."""
 
     def __init__(self):
-        self.rates = dict(SPECULATE_MATCH_PRIORS)
+        self.forget()
 
     @staticmethod
     def class_of(match: int) -> int:
         return max((least for least, _ in SPECULATE_MATCH_PRIORS if least <= match),
                    default=SPECULATE_MATCH_PRIORS[0][0])
 
-    def rate(self, match: int) -> float:
-        return self.rates[self.class_of(match)]
+    def rate(self, match: int, mixed: bool = False) -> float:
+        return self.rates[self.class_of(match), mixed]
 
-    def record(self, match: int, drafted: int, accepted: int) -> None:
-        least = self.class_of(match)
-        self.rates[least] = averaged(self.rates[least], drafted, accepted, NODE_RATE_WEIGHT)
+    def record(self, match: int, mixed: bool, drafted: int, accepted: int) -> None:
+        key = self.class_of(match), mixed
+        self.rates[key] = averaged(self.rates[key], drafted, accepted, NODE_RATE_WEIGHT)
 
     def forget(self) -> None:
-        self.rates = dict(SPECULATE_MATCH_PRIORS)
+        self.rates = {(least, mixed): SPECULATE_MIXED_PRIOR if mixed else prior
+                      for least, prior in SPECULATE_MATCH_PRIORS for mixed in (False, True)}
 
 
 class Memory:
@@ -274,12 +279,14 @@ class Drafter:
         self.rate = PRIOR
         self.kept = kept if kept is not None else KeptRates()
         self.match = 0  # the length of the match the latest proposal followed
+        self.mixed = False  # whether that match's n-gram was followed by different tokens before
         self.tokens: list[int] = []  # the turn's tokens so far, all sampled or given
         self.where: dict[tuple[int, ...], int] = {}  # n-gram -> where the token after its last occurrence is
+        self.varied: set[tuple[int, ...]] = set()  # n-grams followed by different tokens at different places
 
     def likely(self) -> float:
         """The chance that a drafted token is kept, given the one before it was."""
-        return min(self.rate, self.kept.rate(self.match))
+        return min(self.rate, self.kept.rate(self.match, self.mixed))
 
     def length(self, costs: StepCosts, tokens: int, expected: float, room: int) -> int:
         """How many tokens of the latest proposal to draft, at most room,
@@ -314,13 +321,19 @@ class Drafter:
         start = len(tokens)
         tokens.extend(history[start:])
         tokens.append(last)
-        self.where.update(ngrams_after(tokens, start))
-        self.match = 0
+        where, varied = self.where, self.varied
+        for key, end in ngrams_after(tokens, start):
+            before = where.get(key)
+            if before is not None and tokens[before] != tokens[end]:
+                varied.add(key)
+            where[key] = end
+        self.match, self.mixed = 0, False
         if count <= 0:
             return []
-        found = longest_match(self.where, tokens, self.shortest)
+        found = longest_match(where, tokens, self.shortest)
         if found is not None:
             self.match = agreeing(tokens, found[0])
+            self.mixed = tuple(tokens[-found[1]:]) in varied
             return copy_on(tokens, found[0], count)
         if memory is None:
             return []
@@ -346,4 +359,4 @@ class Drafter:
     def verified(self, drafted: int, accepted: int) -> None:
         """A draft's outcome: its first `accepted` tokens were kept."""
         self.rate = averaged(self.rate, drafted, accepted, RATE_WEIGHT)
-        self.kept.record(self.match, drafted, accepted)
+        self.kept.record(self.match, self.mixed, drafted, accepted)
