@@ -11,7 +11,8 @@ tokens at most, sent one after the other through POST /v1/chat/completions
           its sentences about one thing, rewrite it with a word changed;
   plain   plain questions: stories, explanations, lists (eight of them, as
           their speed differs by the reply and the machine is noisy).
-Servers, each fresh for each round (the order turns round by round):
+Servers, fresh for each round, all up at once; each request is asked of
+each server in turn, the order turning request by request:
   llamafs                      a node at its defaults (`speculate auto`), through its API
   llama-server                 at its defaults (no drafts)
   llama-server ngram-simple    ... and with each --spec-type of n-gram drafts
@@ -23,6 +24,7 @@ share kept (from its metrics).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -96,26 +98,6 @@ def ask(client: httpx.Client, body: dict) -> tuple[int, float]:
     return response.json()["usage"]["completion_tokens"], elapsed
 
 
-def workloads(base: str, tokens: int, chosen: list[str], counts=None) -> dict[str, float]:
-    """{workload: tokens/s}; with counts(), also {workload counts: what it gave after minus before}.
-    One client for all requests, made before any is timed (a new one costs tens of ms of CPU)."""
-    with httpx.Client(base_url=base, timeout=600) as client:
-        return timed(client, tokens, chosen, counts)
-
-
-def timed(client: httpx.Client, tokens: int, chosen: list[str], counts) -> dict[str, float]:
-    ask(client, {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8, "temperature": 0})
-    out = {}
-    for workload in chosen:
-        before = counts() if counts else {}
-        done = [ask(client, body) for body in bodies(workload, tokens)]
-        out[workload] = sum(t for t, _ in done) / sum(s for _, s in done)
-        if counts:
-            after = counts()
-            out[f"{workload} counts"] = {k: after[k] - before[k] for k in after}
-    return out
-
-
 def draft_counts(base: str) -> dict[str, float]:
     """A node's draft figures and steps, from its metrics."""
     samples = metrics.parse(httpx.get(f"{base}/metrics", timeout=10).text)
@@ -125,21 +107,49 @@ def draft_counts(base: str) -> dict[str, float]:
             "steps": metrics.value(samples, "llamafs_decode_steps_total")}
 
 
-def run_llamafs(model: str, threads: int, tokens: int, chosen: list[str]) -> dict:
-    process, _, base = start_api_node(model, threads, 1, [])
-    try:
-        return workloads(base, tokens, chosen, lambda: draft_counts(base))
-    finally:
-        stop_process(process)
-
-
-def run_llama_server(binary: str, model: str, threads: int, tokens: int, chosen: list[str],
-                     spec: str | None) -> dict:
+def start_server(server: str, binary: str, model: str, threads: int):
+    """One fresh server: (process, base URL, its draft counts or None)."""
+    if server == "llamafs":
+        process, _, base = start_api_node(model, threads, 1, [])
+        return process, base, lambda: draft_counts(base)
+    spec = server.partition(" ")[2]
     process, port = start_llama_server(binary, model, threads, 1, ["--spec-type", spec] if spec else [])
-    try:
-        return workloads(f"http://127.0.0.1:{port}", tokens, chosen)
-    finally:
-        stop_process(process)
+    return process, f"http://127.0.0.1:{port}", None
+
+
+def one_round(servers: list[str], binary: str, model: str, threads: int, tokens: int,
+              chosen: list[str]) -> dict[str, dict]:
+    """{server: {workload: tokens/s, "<workload> counts": ...}}: every server
+    fresh and all up at once, each request asked of each in turn, the order
+    turning request by request, so that the machine's drifts (tens of
+    seconds here) fall on every server alike; an idle server waits on a
+    socket and takes no CPU."""
+    with contextlib.ExitStack() as stack:
+        clients, counts = {}, {}
+        for server in servers:
+            process, base, counts[server] = start_server(server, binary, model, threads)
+            stack.callback(stop_process, process)
+            # made before any request is timed: a new client costs tens of ms of CPU
+            clients[server] = stack.enter_context(httpx.Client(base_url=base, timeout=600))
+        for server in servers:
+            ask(clients[server], {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8,
+                                  "temperature": 0})
+        out: dict[str, dict] = {server: {} for server in servers}
+        turn = 0
+        for workload in chosen:
+            before = {s: count() for s, count in counts.items() if count}
+            done: dict[str, list[tuple[int, float]]] = {server: [] for server in servers}
+            for body in bodies(workload, tokens):
+                for server in servers[turn % len(servers):] + servers[:turn % len(servers)]:
+                    done[server].append(ask(clients[server], body))
+                turn += 1
+            for server in servers:
+                out[server][workload] = sum(t for t, _ in done[server]) / sum(s for _, s in done[server])
+                out[server][f"{workload} requests"] = done[server]  # (tokens, seconds) of each, for the JSON
+            for server, was in before.items():
+                now = counts[server]()
+                out[server][f"{workload} counts"] = {k: now[k] - was[k] for k in now}
+        return out
 
 
 @click.command()
@@ -165,13 +175,11 @@ def main(rounds, tokens, model, threads, chosen, spec_types, json_path):
     print(f"{os.path.basename(model)}, {threads} threads, one session, greedy, {tokens} tokens, {rounds} rounds")
     runs: dict[str, list[dict]] = {s: [] for s in servers}
     for r in range(rounds):
-        for server in servers if r % 2 == 0 else servers[::-1]:
-            if server == "llamafs":
-                got = run_llamafs(model, threads, tokens, chosen)
-            else:
-                got = run_llama_server(binary, model, threads, tokens, chosen, server.partition(" ")[2] or None)
-            runs[server].append(got)
-            print(f"round {r + 1} {server:27s} " + "  ".join(f"{w} {got[w]:6.1f} tok/s" for w in chosen), flush=True)
+        got = one_round(servers, binary, model, threads, tokens, chosen)
+        for server in servers:
+            runs[server].append(got[server])
+            print(f"round {r + 1} {server:27s} " + "  ".join(f"{w} {got[server][w]:6.1f} tok/s" for w in chosen),
+                  flush=True)
     report(runs, servers, chosen)
     if json_path:
         with open(json_path, "w") as f:
@@ -183,7 +191,7 @@ def report(runs: dict, servers: list[str], chosen: list[str]) -> None:
     print(f"\n{'':27s}" + "".join(f"{w:>10s} {'llamafs/':>9s}" for w in chosen))
     for s in servers:
         print(f"{s:27s}" + "".join(f"{median[s][w]:10.1f} {median['llamafs'][w] / median[s][w]:9.2f}" for w in chosen))
-    for w in chosen:  # each round's servers ran one after another: their ratio is less noisy
+    for w in chosen:  # each round's servers answered the same requests side by side: their ratio is less noisy
         for s in servers[1:]:
             ratios = [mine[w] / theirs[w] for mine, theirs in zip(runs["llamafs"], runs[s])]
             print(f"{w}: llamafs / {s}, each round: median {statistics.median(ratios):.2f} "
