@@ -134,8 +134,9 @@ class Llamafs:
 
     def __init__(self, curve: dict[int, float]):
         self.costs = speculate.StepCosts()
-        for k in range(1, speculate.SPECULATE_AUTO + 2):
-            self.costs.record(k, interpolate(curve, k))
+        for _ in range(64):  # as a node that has measured every size often: averages settled on the curve
+            for k in range(1, speculate.SPECULATE_AUTO + 2):
+                self.costs.record(k, interpolate(curve, k))
         self.kept = speculate.KeptRates()
         self.memories = speculate.Memories()
 

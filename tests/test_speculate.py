@@ -12,7 +12,7 @@ from styxfs import client
 from styxfs.llama.engine import Conversation, Engine
 from styxfs.llama.model import ModelSettings
 from styxfs.llama.settings import Sampling
-from styxfs.llama.speculate import (AUTO_MATCH, COST_STALE, Drafter, KeptRates, Memories, Memory, StepCosts, agreeing, copy_on,
+from styxfs.llama.speculate import (AUTO_MATCH, COST_STALE, COST_WEIGHT, Drafter, KeptRates, Memories, Memory, StepCosts, agreeing, copy_on,
                                     mode_limit, prior_cost)
 
 from .fakemodel import FakeModel, StepGate, tokens_of
@@ -130,30 +130,38 @@ def test_draft_length_follows_what_steps_were_measured_to_cost():
     d = Drafter(most=8)
     d.match = 40  # a loop
     cheap, dear = StepCosts(), StepCosts()
-    for n in range(1, 10):
-        cheap.record(n, 0.010 + 0.001 * (n - 1))  # a token more adds a tenth of a step
-        dear.record(n, 0.010 * n)  # a token more costs a step: drafts never pay
+    for _ in range(50):  # measured often
+        for n in range(1, 10):
+            cheap.record(n, 0.010 + 0.001 * (n - 1))  # a token more adds a tenth of a step
+            dear.record(n, 0.010 * n)  # a token more costs a step: drafts never pay
     assert d.length(cheap, 1, 1.0, room=100) == 8
     assert d.length(dear, 1, 1.0, room=100) == 0
 
 
-def test_step_costs_are_averaged_and_estimated_from_the_sizes_measured():
+def test_step_costs_are_ratios_to_a_one_token_step_averaged_and_estimated():
     costs = StepCosts()
-    assert costs.seconds(4) == prior_cost(4)
-    costs.record(2, 0.018)
-    assert costs.seconds(1) == pytest.approx(0.018 * prior_cost(1) / prior_cost(2))  # below: scaled from 2
-    costs.record(1, 0.010)
-    costs.record(8, 0.050)
-    costs.record(8, 0.060)  # averaged in, not replacing
-    eight = costs.seconds(8)
-    assert 0.050 < eight < 0.055
-    assert costs.seconds(5) == pytest.approx(0.018 + (eight - 0.018) / 2)  # on the line between 2 and 8
+    assert costs.seconds(4) == prior_cost(4)  # nothing measured: the prior curve
+    for _ in range(300):  # measured often: the averages settle
+        costs.record(1, 0.010)
+        costs.record(2, 0.018)
+        costs.record(8, 0.050)
+    assert costs.seconds(1) == pytest.approx(0.010)
+    assert costs.seconds(2) == pytest.approx(0.018) and costs.seconds(8) == pytest.approx(0.050)
+    assert costs.seconds(5) == pytest.approx(0.018 + (0.050 - 0.018) / 2)  # on the line between 2 and 8
     # Past the largest measured, a token more adds the prior's part of a one-token step, not
     # the curve scaled from there: a first token more may cost most, and a long draft is tried.
-    assert costs.seconds(30) == pytest.approx(eight + 22 * 0.010 * (prior_cost(2) - 1))
+    assert costs.seconds(30) == pytest.approx(0.050 + 22 * 0.010 * (prior_cost(2) - 1))
+    for _ in range(200):
+        costs.record(1, 0.020)  # the machine (or the context) got slower: every size with it
+    assert costs.seconds(8) == pytest.approx(0.100)
+    costs.record(8, 1.0)  # a step the machine stalled in moves its size's price a bounded part
+    assert costs.seconds(8) == pytest.approx(0.100 * (1 + COST_WEIGHT))
+    estimate = costs.ratio(3)
+    costs.record(3, 0.060)  # a size's first measurement is taken half and half with the estimate
+    assert costs.ratio(3) == pytest.approx((estimate + 3.0) / 2)
     for _ in range(COST_STALE):
-        costs.record(1, 0.010)  # 2 and 8 not measured since: a step's price may have changed
-    assert costs.sizes == [1] and costs.seconds(8) == pytest.approx(0.010 * prior_cost(8))
+        costs.record(1, 0.010)  # 2, 3 and 8 not measured since: their price may have changed
+    assert costs.sizes == [] and costs.seconds(8) == pytest.approx(0.010 * prior_cost(8))
     costs.forget()  # another model
     assert costs.seconds(8) == prior_cost(8)
 

@@ -137,57 +137,69 @@ def prior_cost(tokens: int) -> float:
 
 class StepCosts:
     """Seconds a step of reply tokens takes (decoded, each with its logits,
-    and sampled) by its number of tokens, as this node measured them: an
-    average per size.  A size not yet measured is estimated on the line
-    between the measured sizes either side; past the largest, each token
-    more adds what the prior curve says (of a one-token step), so that a
-    longer draft looks no dearer than that until it has been tried (on a
-    CPU the first tokens more cost most: SmolLM2, 2 threads, short
-    context: 2 tokens 1.8 times one, 4 tokens 2.7, 16 tokens 8, 33
-    tokens 16.7; scaled from the size measured, 2's price made a draft
-    of 33 look 24 times one, and it was never tried).  A size not
-    measured in the latest COST_STALE steps is forgotten."""
+    and sampled) by its number of tokens, as this node measured them.  A
+    one-token step's seconds are averaged; a larger step is measured as a
+    ratio to that average at the time, averaged per size, so that the
+    machine's speed, which drifts by a fifth over tens of seconds on a
+    shared host, and the context's, which grows, move every size's price
+    together: what decides a draft's length is how much dearer a larger
+    step is, and a size measured when the machine was slow, then not
+    again, must not look dear for ever (one step the machine stalled in
+    moves a size's ratio a bounded part, and a size's first measurement
+    counts half against the estimate).  A ratio not yet measured is on
+    the line between the measured sizes either side; past the largest,
+    each token more adds what the prior curve says (on a CPU the first
+    tokens more cost most: SmolLM2, 2 threads, short context: 2 tokens
+    1.7 times one, 4 tokens 2.5, 16 tokens 8.7, 33 tokens 16.6; scaled
+    from 2's price, a draft of 33 looked 24 times one and was never
+    tried).  A size not measured in the latest COST_STALE steps is
+    forgotten."""
 
     def __init__(self):
-        self.measured: dict[int, float] = {}
-        self.sizes: list[int] = []  # the measured sizes, sorted
-        self.when: dict[int, int] = {}  # the step at which each size was last measured
-        self.steps = 0
+        self.forget()
 
     def record(self, tokens: int, seconds: float) -> None:
         self.steps += 1
-        self.when[tokens] = self.steps
-        old = self.measured.get(tokens)
-        if old is None:
-            bisect.insort(self.sizes, tokens)
-            self.measured[tokens] = seconds
+        if tokens == 1:
+            self.one = seconds if not self.one_measured else self.one + (seconds - self.one) * COST_WEIGHT
+            self.one_measured = True
         else:
-            self.measured[tokens] = old + (seconds - old) * COST_WEIGHT
+            if self.one is None:  # nothing to compare with yet: as the prior says
+                self.one = seconds / prior_cost(tokens)
+            old, weight = self.ratios.get(tokens), COST_WEIGHT
+            if old is None:  # the first measurement of this size: half and half with the estimate
+                old, weight = self.ratio(tokens), 0.5
+                bisect.insort(self.sizes, tokens)
+            ratio = min(max(seconds / self.one, old / 2), old * 2)  # a stalled step counts a bounded part
+            self.ratios[tokens] = old + (ratio - old) * weight
+            self.when[tokens] = self.steps
         for size in [n for n in self.sizes if self.when[n] <= self.steps - COST_STALE]:
             self.sizes.remove(size)
-            del self.measured[size], self.when[size]
+            del self.ratios[size], self.when[size]
 
     def forget(self) -> None:
-        self.measured.clear()
-        self.sizes.clear()
-        self.when.clear()
+        self.one: float | None = None  # a one-token step's seconds, averaged
+        self.one_measured = False  # or estimated from a larger step's
+        self.ratios: dict[int, float] = {}  # size -> its seconds over a one-token step's, averaged
+        self.sizes: list[int] = []  # the measured sizes above 1, sorted
+        self.when: dict[int, int] = {}  # the step at which each was last measured
+        self.steps = 0
 
-    def seconds(self, tokens: int) -> float:
-        got = self.measured.get(tokens)
-        if got is not None:
-            return got
-        sizes, measured = self.sizes, self.measured
-        if not sizes:
-            return prior_cost(tokens)
+    def ratio(self, tokens: int) -> float:
+        """A step of `tokens` tokens over a one-token step."""
+        got = self.ratios.get(tokens)
+        if got is not None or tokens <= 1:
+            return got or 1.0
+        sizes = self.sizes
         i = bisect.bisect(sizes, tokens)
-        if i == 0:  # below the smallest measured: scaled from it
-            return measured[sizes[0]] * prior_cost(tokens) / prior_cost(sizes[0])
-        below = sizes[i - 1]
+        below, low = (sizes[i - 1], self.ratios[sizes[i - 1]]) if i else (1, 1.0)
         if i < len(sizes):
             above = sizes[i]
-            return measured[below] + (measured[above] - measured[below]) * (tokens - below) / (above - below)
-        one = measured[sizes[0]] / prior_cost(sizes[0])  # a one-token step, measured or estimated
-        return measured[below] + one * SPECULATE_TOKEN_COST * (tokens - below)
+            return low + (self.ratios[above] - low) * (tokens - below) / (above - below)
+        return low + SPECULATE_TOKEN_COST * (tokens - below)
+
+    def seconds(self, tokens: int) -> float:
+        return (self.one or 1.0) * self.ratio(tokens)
 
 
 class KeptRates:
