@@ -12,7 +12,8 @@ tokens at most, sent one after the other through POST /v1/chat/completions
   plain   plain questions: stories, explanations, lists (eight of them, as
           their speed differs by the reply and the machine is noisy).
 Servers, fresh for each round, all up at once; each request is asked of
-each server in turn, the order turning request by request:
+each server in turn, the order turning request by request and round by
+round:
   llamafs                      a node at its defaults (`speculate auto`), through its API
   llama-server                 at its defaults (no drafts)
   llama-server ngram-simple    ... and with each --spec-type of n-gram drafts
@@ -118,12 +119,12 @@ def start_server(server: str, binary: str, model: str, threads: int):
 
 
 def one_round(servers: list[str], binary: str, model: str, threads: int, tokens: int,
-              chosen: list[str]) -> dict[str, dict]:
+              chosen: list[str], turn: int = 0) -> dict[str, dict]:
     """{server: {workload: tokens/s, "<workload> counts": ...}}: every server
     fresh and all up at once, each request asked of each in turn, the order
-    turning request by request, so that the machine's drifts (tens of
-    seconds here) fall on every server alike; an idle server waits on a
-    socket and takes no CPU."""
+    turning request by request (and round by round: `turn`), so that the
+    machine's drifts (tens of seconds here) fall on every server alike; an
+    idle server waits on a socket and takes no CPU."""
     with contextlib.ExitStack() as stack:
         clients, counts = {}, {}
         for server in servers:
@@ -135,7 +136,6 @@ def one_round(servers: list[str], binary: str, model: str, threads: int, tokens:
             ask(clients[server], {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8,
                                   "temperature": 0})
         out: dict[str, dict] = {server: {} for server in servers}
-        turn = 0
         for workload in chosen:
             before = {s: count() for s, count in counts.items() if count}
             done: dict[str, list[tuple[int, float]]] = {server: [] for server in servers}
@@ -175,7 +175,7 @@ def main(rounds, tokens, model, threads, chosen, spec_types, json_path):
     print(f"{os.path.basename(model)}, {threads} threads, one session, greedy, {tokens} tokens, {rounds} rounds")
     runs: dict[str, list[dict]] = {s: [] for s in servers}
     for r in range(rounds):
-        got = one_round(servers, binary, model, threads, tokens, chosen)
+        got = one_round(servers, binary, model, threads, tokens, chosen, turn=r)
         for server in servers:
             runs[server].append(got[server])
             print(f"round {r + 1} {server:27s} " + "  ".join(f"{w} {got[server][w]:6.1f} tok/s" for w in chosen),

@@ -12,8 +12,8 @@ from styxfs import client
 from styxfs.llama.engine import Conversation, Engine
 from styxfs.llama.model import ModelSettings
 from styxfs.llama.settings import Sampling
-from styxfs.llama.speculate import (AUTO_MATCH, COST_STALE, COST_WEIGHT, Drafter, KeptRates, Memories, Memory, StepCosts, agreeing, copy_on,
-                                    mode_limit, prior_cost)
+from styxfs.llama.speculate import (AUTO_MATCH, COST_STALE, COST_WEIGHT, Drafter, KeptRates, Memories, Memory, StepCosts,
+                                    agreeing, copy_on, mode_limit, prior_cost)
 
 from .fakemodel import FakeModel, StepGate, tokens_of
 from .support import ask, greedy, new_session, status_fields

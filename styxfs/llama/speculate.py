@@ -26,17 +26,17 @@ this one (KeptRates): the longer the tokens before agree, the likelier
 what followed them follows again; a reply caught in a loop drafts the
 loop on, far ahead.  An n-gram that was followed by different tokens at
 different places ("mixed") is trusted less, with rates of its own: where
-the reply went one way once and another way since, either may come.  A full batch hence drafts little, and a turn whose
-drafts keep failing stops drafting (its rate recovers slowly towards
-PRIOR, so that it tries again later).  `speculate N` drafts up to N
-tokens wherever any n-gram matches: what the user asked for, whatever it
-costs.
+the reply went one way once and another way since, either may come.  A
+full batch hence drafts little, and a turn whose drafts keep failing
+stops drafting (its rate recovers slowly towards PRIOR, so that it tries
+again later).  `speculate N` drafts up to N tokens wherever any n-gram
+matches: what the user asked for, whatever it costs.
 
 Where a turn's own tokens have no match, its user's earlier turns may
 (Memory): a reply often says again what an earlier one said, a list's
-layout or a stock phrase, as llama-server's `ngram-mod` drafts from every
-request it has seen.  The memory is per user, as shared prefixes are, so
-that no one can tell by timing what another's turns said.
+layout or a stock phrase, as llama-server's `ngram-mod` drafts from
+every request it has seen.  The memory is per user, as shared prefixes
+are, so that no one can tell by timing what another's turns said.
 """
 
 from __future__ import annotations
