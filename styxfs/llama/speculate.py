@@ -187,9 +187,11 @@ class StepCosts:
 
     def ratio(self, tokens: int) -> float:
         """A step of `tokens` tokens over a one-token step."""
+        if tokens <= 1:
+            return 1.0
         got = self.ratios.get(tokens)
-        if got is not None or tokens <= 1:
-            return got or 1.0
+        if got is not None:
+            return got
         sizes = self.sizes
         i = bisect.bisect(sizes, tokens)
         below, low = (sizes[i - 1], self.ratios[sizes[i - 1]]) if i else (1, 1.0)
