@@ -10,17 +10,20 @@ chat of one user message answered with `--tokens` greedy tokens, through
   llamafs-9P     the same node through 9P: a chat session per client, made,
                  set, written, read and closed as the API makes it
                  (api_session.TreeTurn over the wire), with the same settings.
-The HTTP and 9P paths share the node process, so that their ratio is not lost
-in the spread from one process to the next; they run as different users, so
-neither finds the other's prompts in the cache, and in turn first (the order,
-and llamafs's against llama-server's, alternate by round).  llamafs has no
-ignore-EOS, so neither server is asked to ignore it: the prompts are stories
-that run past --tokens, and the tokens generated are shown.  Aggregate tok/s
-is completion tokens / the level's wall time; TTFT is the time from a
-client's start (its connection included) to its first content.  Each HTTP
-client is made before the clock starts, as an application holds its SDK's
-client: making one (httpx's TLS context) costs 20-40 ms of CPU in the client
-program, which on a small machine is taken from the servers measured.
+Each level of each round starts a node and a llama-server, both up at once,
+and runs the three paths one after another and then again in the reverse
+order (ABC CBA, the first turning by round), so that the machine's drift in
+speed falls on all alike; the second pass words its prompts otherwise, so
+that no server finds them in its cache.  The HTTP and 9P paths share the
+node process, as different users, so neither finds the other's prompts.
+llamafs has no ignore-EOS, so neither server is asked to ignore it: the
+prompts are stories that run past --tokens, and the tokens generated are
+shown.  Aggregate tok/s is completion tokens / the level's wall time (both
+passes'); TTFT is the time from a client's start (its connection included)
+to its first content.  Each HTTP client is made before the clock starts, as
+an application holds its SDK's client: making one (httpx's TLS context)
+costs 20-40 ms of CPU in the client program, which on a small machine is
+taken from the servers measured.
 
 prefix: a 5-turn chat about a 1,000-token document, sent statelessly (each
 request the whole conversation so far), on a node and on a coordinator over
@@ -33,6 +36,7 @@ Gemma 3 270M is a base model with no chat template: both servers get Gemma
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -109,8 +113,11 @@ def chat_body(messages: list[dict], tokens: int) -> dict:
             "stream_options": {"include_usage": True}}
 
 
-def story(i: int, tokens: int) -> dict:
-    return chat_body([{"role": "user", "content": f"Write a long story about {SUBJECTS[i % len(SUBJECTS)]}."}], tokens)
+ASKS = ("Write a long story about {}.", "Tell me a long tale of {}.")  # a wording each pass of a level
+
+
+def story(i: int, tokens: int, wording: int = 0) -> dict:
+    return chat_body([{"role": "user", "content": ASKS[wording].format(SUBJECTS[i % len(SUBJECTS)])}], tokens)
 
 
 WARM_UP_BODY = chat_body([{"role": "user", "content": "Say hello."}], 8)  # none of the stories' prompts
@@ -177,7 +184,7 @@ async def level_run(send, target: str, bodies: list[dict]) -> dict:
         if http is not None:
             await http.aclose()
     tokens = [r["tokens"] for r in results]
-    return {"tps": sum(tokens) / wall, "ttfts": [r["ttft"] for r in results], "tokens": tokens}
+    return {"tps": sum(tokens) / wall, "wall": wall, "ttfts": [r["ttft"] for r in results], "tokens": tokens}
 
 
 def start_api_node(model: str, threads: int, slots: int, extra: list[str]):
@@ -202,44 +209,45 @@ def speed_part(model: str, threads: int, tokens: int, levels: list[int], rounds:
     runs: dict = {path: {level: [] for level in levels} for path in PATHS}
     for r in range(rounds):
         for level in levels:
-            bodies = [story(i, tokens) for i in range(level)]
-            first = r % 2 == 0  # llamafs first, HTTP before 9P; the other way round in odd rounds
-            for server in ("node", "llama-server") if first else ("llama-server", "node"):
-                if server == "node":
-                    got = node_level(model, threads, level, template, bodies, first)
-                else:
-                    got = server_level(binary, model, threads, level, template, bodies)
-                for path, figures in got.items():
-                    runs[path][level].append(figures)
+            for path, figures in level_round(binary, model, threads, level, template, tokens, r).items():
+                runs[path][level].append(figures)
             print(f"round {r + 1}, {level:2d} clients: " +
                   ", ".join(f"{p} {summary(runs[p][level][-1])}" for p in PATHS), flush=True)
     return runs
 
 
-def node_level(model: str, threads: int, level: int, template: list[str], bodies: list[dict],
-               http_first: bool) -> dict:
-    """The bodies through a fresh node's API and through 9P, one after the other."""
-    process, address, base = start_api_node(model, threads, level, template)
-    try:
-        trio.run(over_http, base, WARM_UP_BODY)
-        trio.run(over_9p, address, WARM_UP_BODY)
-        paths = [("llamafs-http", over_http, base), ("llamafs-9P", over_9p, address)]
-        return {path: trio.run(level_run, send, target, bodies)
-                for path, send, target in (paths if http_first else paths[::-1])}
-    finally:
-        stop_process(process)
+def level_round(binary: str, model: str, threads: int, level: int, template: list[str], tokens: int,
+                turn: int) -> dict:
+    """Each path's figures at one level: a fresh node and a fresh llama-server
+    up at once, the paths run one after another and then again in the
+    reverse order (ABC CBA, the first path turning by round), so that a drift
+    of the machine's speed over the level falls on every path alike; an idle
+    server waits on a socket.  The second pass words its prompts otherwise,
+    so that no server finds them in its cache."""
+    with contextlib.ExitStack() as stack:
+        node, address, base = start_api_node(model, threads, level, template)
+        stack.callback(stop_process, node)
+        server, port = start_llama_server(binary, model, threads, level, template)
+        stack.callback(stop_process, server)
+        targets = {"llamafs-http": (over_http, base), "llama-server": (over_http, f"http://127.0.0.1:{port}"),
+                   "llamafs-9P": (over_9p, address)}
+        for send, target in targets.values():
+            trio.run(send, target, WARM_UP_BODY)
+        order = PATHS[turn % len(PATHS):] + PATHS[:turn % len(PATHS)]
+        done: dict = {path: [] for path in PATHS}
+        for wording, paths in enumerate((order, order[::-1])):
+            bodies = [story(i, tokens, wording) for i in range(level)]
+            for path in paths:
+                send, target = targets[path]
+                done[path].append(trio.run(level_run, send, target, bodies))
+        return {path: merged(passes) for path, passes in done.items()}
 
 
-def server_level(binary: str, model: str, threads: int, level: int, template: list[str],
-                 bodies: list[dict]) -> dict:
-    """The bodies through a fresh llama-server with a slot a client."""
-    process, port = start_llama_server(binary, model, threads, level, template)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        trio.run(over_http, base, WARM_UP_BODY)
-        return {"llama-server": trio.run(level_run, over_http, base, bodies)}
-    finally:
-        stop_process(process)
+def merged(passes: list[dict]) -> dict:
+    """A path's passes at a level as one: tok/s over their walls together."""
+    tokens = [n for p in passes for n in p["tokens"]]
+    return {"tps": sum(tokens) / sum(p["wall"] for p in passes), "ttfts": [t for p in passes for t in p["ttfts"]],
+            "tokens": tokens, "passes": [p["tps"] for p in passes]}
 
 
 def summary(run: dict) -> str:
