@@ -12,7 +12,8 @@ import trio
 
 from styxfs import client, wire
 from styxfs.client import ServerError
-from styxfs.llama.chat import parse_records
+from styxfs.errors import StyxError
+from styxfs.llama.chat import Message, compiled, parse_records
 
 from .fakemodel import StepGate
 from .support import PROMPT, ask, config_for, deploy, greedy, new_session, run_turn, status_fields
@@ -295,7 +296,7 @@ async def test_ask_with_a_system_prompt_says_when_a_reply_was_cut(start_node, ch
 
 
 async def session_reply(c, messages) -> str:
-    from styxfs.llama.chat import Message, format_records
+    from styxfs.llama.chat import format_records
 
     ctl, n = await new_session(c)
     await ctl.fid.write(b"temperature 0\nmaxtokens 6", 0)
@@ -364,3 +365,13 @@ async def test_a_shared_prefix_gives_the_same_replies_as_none(start_node, tiny_m
 async def ask_metrics(address: str) -> bytes:
     async with client.connect(address) as c:
         return await c.read_file("metrics")
+
+
+def test_a_template_is_compiled_once_and_a_bad_one_refused_each_time():
+    source = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+    assert compiled(source, "<s>") is compiled(source, "<s>")
+    assert compiled(source, "<s>") is not compiled(source, "<bos>")
+    assert compiled(source).render([Message("user", "hi")]) == "<user>hi"
+    for _ in range(2):  # a failure is not kept in place of the template
+        with pytest.raises(StyxError, match="invalid chat template: syntax"):
+            compiled("{% for m in messages %}")

@@ -16,7 +16,7 @@ from styxfs.errors import StyxError
 from styxfs.tree import Commands, parse_number
 
 from . import errors
-from .chat import Message, Template
+from .chat import Message, compiled
 from .engine import Conversation, Engine
 from .metrics import ReplyFigures, node_metrics
 from .model import EngineError, ModelSettings
@@ -151,7 +151,7 @@ class EngineSessions(SessionBackend):
         info = self.engine.info
         if not info.chat_template:
             raise errors.NO_TEMPLATE()
-        template = Template(info.chat_template, info.bos_text, info.eos_text)
+        template = compiled(info.chat_template, info.bos_text, info.eos_text)
         if text:
             d.messages.append(Message("user", text.decode()))
         elif not d.messages or d.messages[-1].role != "assistant":
