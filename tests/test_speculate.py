@@ -445,3 +445,30 @@ async def test_a_seeded_sampled_reply_with_drafts_equals_it_without(start_node):
             await greedy(c, temperature=0.9, seed=11, maxtokens=40, speculate=mode)
             got.append(await ask(c, "new/data", prompt))
     assert got[0] == got[1] and got[0]
+
+
+def test_each_rows_greedy_pick_is_llama_cpps_as_the_logits_buffer_grows(tiny_model):
+    """The model keeps an array over each logits row by its address: through
+    steps of 1, 12, 1, 24 and 1 rows of logits (llama.cpp's output buffer
+    grows, and its rows move), every row's pick is llama.cpp's greedy one."""
+    import ctypes
+
+    import llama_cpp as lc
+
+    from styxfs.llama.llamacpp import GREEDY, LlamaModel
+
+    model = LlamaModel(ModelSettings(path=tiny_model, ctx=256, threads=1), 1)
+    greedy_sampler = lc.llama_sampler_init_greedy()
+    try:
+        tokens = model.tokenize(b"one two three four five six seven eight nine ten eleven twelve " * 4, True)
+        position, addresses = 0, set()
+        for size in (1, 12, 1, 24, 1):
+            model.decode([(0, token, position + i, True) for i, token in enumerate(tokens[position:position + size])])
+            position += size
+            for row in range(size):
+                assert model.sample(GREEDY, row) == lc.llama_sampler_sample(greedy_sampler, model.ctx, row)
+            addresses.add(ctypes.cast(lc.llama_get_logits_ith(model.ctx, 0), ctypes.c_void_p).value)
+        assert len(addresses) > 1  # the buffer did move: a view kept by row would have read the old one
+    finally:
+        lc.llama_sampler_free(greedy_sampler)
+        model.close()
