@@ -15,7 +15,7 @@ from styxfs.llama.settings import Sampling
 from styxfs.llama.speculate import (AUTO_MATCH, COST_STALE, COST_WEIGHT, Drafter, KeptRates, Memories, Memory, StepCosts,
                                     agreeing, copy_on, mode_limit, prior_cost)
 
-from .fakemodel import FakeModel, StepGate, tokens_of
+from .fakemodel import BOS, EOG, FakeModel, StepGate, tokens_of
 from .support import ask, greedy, new_session, status_fields
 
 GREEDY = dict(temperature=0, repeatpenalty=1)
@@ -42,6 +42,20 @@ def test_a_draft_is_what_followed_the_longest_ngram_that_ends_here():
     d = Drafter(most=8, adaptive=False)
     assert d.propose([1, 2, 8, 1, 2, 9], 7, 4) == []
     assert d.propose([1, 2, 8, 1, 2, 9, 7, 1], 2, 4) == [9, 7, 1, 2]  # the latest 1 2, and it runs on
+
+
+def test_a_turn_indexes_only_the_latest_tokens_of_its_conversation(monkeypatch):
+    from styxfs.llama import speculate
+
+    monkeypatch.setattr(speculate, "SPECULATE_WINDOW", 30)
+    far = [1, 2, 3, 4, 5] + list(range(100, 140)) + [1, 2, 3, 4]  # 1 2 3 4 5: 44 tokens back
+    assert Drafter(most=8, adaptive=False).propose(far, 5, 2) == []  # past the window: not indexed
+    near = list(range(100, 140)) + [1, 2, 3, 4, 5] + list(range(200, 210)) + [1, 2, 3, 4]
+    assert Drafter(most=8, adaptive=False).propose(near, 5, 2) == [200, 201]
+    d = Drafter(most=8, adaptive=False)
+    assert d.propose(far, 5, 2) == []
+    grown = far + [5] + list(range(300, 320)) + [1, 2, 3, 4]  # the turn's own tokens: indexed as they come
+    assert d.propose(grown, 5, 2) == [300, 301]
 
 
 def test_auto_drafts_only_after_a_long_match():
@@ -164,6 +178,10 @@ def test_step_costs_are_ratios_to_a_one_token_step_averaged_and_estimated():
     assert costs.sizes == [] and costs.seconds(8) == pytest.approx(0.010 * prior_cost(8))
     costs.forget()  # another model
     assert costs.seconds(8) == prior_cost(8)
+    costs.record(1, 0.0)  # a clock that did not move: nothing learned, nothing divided by
+    costs.record(2, 0.0)
+    costs.record(2, 0.020)
+    assert costs.seconds(2) == pytest.approx(0.020) and costs.steps == 1
 
 
 def test_a_memory_drafts_what_followed_last_time_and_keeps_the_latest():
@@ -241,12 +259,12 @@ def test_modes():
 async def engine():
     engines = []
 
-    async def make(slots=4, ctx=2048, **options):
+    async def make(slots=4, ctx=2048, batch=512, **options):
         opener = FakeModel.opener(**options)
         e = Engine(opener, slots=slots, costs=PriorCosts())
         e.start()
         engines.append(e)
-        await e.load(ModelSettings(path="fake.gguf", ctx=ctx, batch=512))
+        await e.load(ModelSettings(path="fake.gguf", ctx=ctx, batch=batch))
         e.model = opener.made[-1]
         return e
 
@@ -295,6 +313,40 @@ async def test_a_reply_that_copies_its_prompt_is_drafted_and_the_counts_are_righ
     steps_on = sum(1 for step in e.model.steps if any(s == conv.seq for s, *_ in step))
     assert steps_on < len(PASSAGE) / 2  # in far fewer steps than tokens
     assert e.stats.tokens_drafted == drafted and e.stats.tokens_accepted == accepted
+
+
+async def test_drafts_take_only_the_room_that_prompts_waiting_leave(engine):
+    e = await engine(slots=2, batch=16, period=3)  # the model says again what it held 3 tokens back
+    looping, waiting = Conversation(), Conversation()
+    drafting = e.submit(looping, tokens_of(b"abcabc"), Sampling(**{**GREEDY, "maxtokens": 40, "speculate": "8"}))
+    prompt = tokens_of(bytes(range(97, 123)) * 2 + b"xyz")  # 56 tokens
+    prefilling = e.submit(waiting, prompt, Sampling(**{**GREEDY, "maxtokens": 4, "speculate": "off"}))
+    with trio.fail_after(5):
+        await drafting.wait()
+        await prefilling.wait()
+    assert drafting.tokens_drafted > 0 and prefilling.state == "done"
+    left, prompt_steps = len(prompt), 0
+    for step in e.model.steps:
+        chunk = sum(1 for seq, *_ in step if seq == waiting.seq) if left else 0
+        if chunk:
+            others = [logits for seq, _, _, logits in step if seq == looping.seq]
+            drafted = sum(others) - 1  # generating: its token and its draft, each with logits
+            assert chunk == min(left, 16 - len(others)), (chunk, left, others)  # the prompt has the rest
+            assert drafted <= 0 or chunk == left, (chunk, left, drafted)  # a draft only once it is all in
+            left -= chunk
+            prompt_steps += 1
+    assert left == 0 and prompt_steps == 5  # 9 beside the other's prompt, 15, 15, 15, 2
+
+
+async def test_a_drafted_end_of_generation_that_comes_counts_as_kept(engine):
+    e = await engine(period=6)  # the model says again what it held 6 tokens back
+    a, b, c, d, x = tokens_of(b"abcdx", first=False)
+    history = [BOS] + [a, b, c, d, x, EOG] * 2 + [a, b, c, d]  # it says x, then ends as it did before
+    reply = e.submit(Conversation(), history, Sampling(**{**GREEDY, "maxtokens": 10, "speculate": "4"}))
+    with trio.fail_after(5):
+        await reply.wait()
+    assert bytes(reply.text) == b"x" and reply.reason == "stop"
+    assert (reply.tokens_drafted, reply.tokens_accepted) == (4, 1)  # EOG, a, b, c drafted after x; EOG came
 
 
 class Recorded(PriorCosts):
@@ -403,6 +455,10 @@ async def test_a_cancel_mid_draft_leaves_the_session_usable():
             await reply.wait()
         assert reply.state == "cancelled"
         assert model.cache[conv.seq] == conv.cached  # the draft's unkept tokens are gone from the cache
+        # The conversation holds what the reply showed, its last token too (not in the cache).
+        prompt = tokens_of(PASSAGE)
+        assert conv.history[:len(prompt)] == prompt
+        assert b"".join(model.piece(t) for t in conv.history[len(prompt):]) == bytes(reply.text) != b""
         history = conv.history + tokens_of(b" again", first=False)
         after = e.submit(conv, history, Sampling(**GREEDY, maxtokens=20))
         with trio.fail_after(5):

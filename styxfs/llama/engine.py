@@ -262,6 +262,9 @@ class Engine:
     def _fail_all(self, why: str) -> None:
         turns, self.queued, self.active = self.queued + self.active, [], []
         for turn in turns:
+            if turn.draft:  # a step that failed before its sampling: its drafts were never shown
+                del turn.conversation.history[-len(turn.draft):]
+                turn.draft = []
             self._finish(turn, ReplyState.ERROR, why)
         # Sequences are gone: every conversation must be re-evaluated.
         self._apply(self.sequences.release_all())
@@ -317,19 +320,25 @@ class Engine:
         scheduling = time.perf_counter()
         self._assign_sequences()
         for turn in [t for t in self.active if t.reply.cancel_requested]:
+            if turn.next_token is not None:  # its text went to the reply: in the conversation, not the cache
+                turn.conversation.history.append(turn.next_token)
             self._retire(turn, ReplyState.CANCELLED)
         if not self.active:
             return
-        # One token per generating sequence (and its draft) first, then prompt chunks.
+        # One token per generating sequence first (and its draft, in what room prompts leave), then
+        # prompt chunks.
         entries: list[tuple[Turn, int, int, bool]] = []  # turn, token, position, wants logits
         rows: list[tuple[Turn, int]] = []  # a turn, and the entry of its first logits
         generating = [t for t in self.active if t.next_token is not None]
-        step_tokens = len(generating) + min(llama.batch_size, sum(len(t.pending) for t in self.active))
+        pending = sum(len(t.pending) for t in self.active)
+        step_tokens = len(generating) + min(llama.batch_size - len(generating), pending)
         expected = float(len(generating))  # reply tokens the step is expected to make
         budget = llama.batch_size
-        for turn in generating:
+        # Drafts take only the room that prompts waiting leave: a draft is a guess, a prompt is not.
+        for_prompts = min(pending, budget - len(generating))
+        for i, turn in enumerate(generating):
             conv = turn.conversation
-            draft = self._draft(turn, step_tokens, expected, budget - len(generating))
+            draft = self._draft(turn, step_tokens, expected, budget - (len(generating) - i) - for_prompts)
             if draft:
                 step_tokens += len(draft)
                 expected += turn.drafter.expected(len(draft)) - 1
@@ -402,7 +411,7 @@ class Engine:
                 return
             kept = j < len(draft) and token == draft[j]
             if llama.is_eog(token):
-                self._unwind(turn, draft, j, unverified)
+                self._unwind(turn, draft, j + kept, unverified)
                 self._retire(turn, ReplyState.DONE, "stop")
                 return
             reason = self._emit(turn, token, len(conv.cached) - unverified)

@@ -261,9 +261,9 @@ class LlamaModel:
         may add a space before it, as SentencePiece does)."""
         if text and self.byte_token is None:
             self.byte_token = {}
-            for token in range(self.n_vocab):
-                piece = self.piece(token)
-                if len(piece) == 1 and not self.is_eog(token):
+            for token in range(self.n_vocab):  # not through the caches, kept for reply tokens
+                piece = self._piece(token, False)
+                if len(piece) == 1 and not lc.llama_vocab_is_eog(self.vocab, token):
                     self.byte_token.setdefault(piece[0], token)
         try:
             return [self.byte_token[b] for b in text]

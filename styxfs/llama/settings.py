@@ -92,6 +92,9 @@ SPECULATE_MATCH_PRIORS = ((2, 0.6), (5, 0.8), (8, 0.85), (12, 0.9), (16, 0.95), 
 # places: there the token after a match under 12 tokens was the one drafted 0.37-0.52 of the
 # time, against 0.88-0.90 after one always followed alike (two sets of plain questions).
 SPECULATE_MIXED_PRIOR = 0.5
+# The latest tokens of a conversation a turn indexes for its drafts when it starts: indexing
+# takes ~5 ms a thousand tokens on the engine's thread, which every session's step waits for.
+SPECULATE_WINDOW = 8192
 # What a user's earlier turns said, for drafts where a turn's own tokens have no match:
 # n-grams kept a user (the latest), tokens kept after each, and users kept (the latest).
 SPECULATE_MEMORY_NGRAMS = 1 << 14  # about 2,700 tokens' n-grams: ~2 MB

@@ -53,6 +53,7 @@ from .settings import (
     SPECULATE_MIXED_PRIOR,
     SPECULATE_PRIOR,
     SPECULATE_TOKEN_COST,
+    SPECULATE_WINDOW,
 )
 
 NGRAMS = (8, 6, 5, 4, 3, 2)  # n-gram sizes looked up, longest first: a longer match predicts better
@@ -159,6 +160,8 @@ class StepCosts:
         self.forget()
 
     def record(self, tokens: int, seconds: float) -> None:
+        if seconds <= 0:  # a clock that did not move says nothing
+            return
         self.steps += 1
         if tokens == 1:
             self.one = seconds if not self.one_measured else self.one + (seconds - self.one) * COST_WEIGHT
@@ -336,7 +339,7 @@ class Drafter:
         tokens.extend(history[start:])
         tokens.append(last)
         where, varied = self.where, self.varied
-        for key, end in ngrams_after(tokens, start):
+        for key, end in ngrams_after(tokens, max(start, len(tokens) - SPECULATE_WINDOW)):
             before = where.get(key)
             if before is not None and tokens[before] != tokens[end]:
                 varied.add(key)
