@@ -330,12 +330,11 @@ class Engine:
         entries: list[tuple[Turn, int, int, bool]] = []  # turn, token, position, wants logits
         rows: list[tuple[Turn, int]] = []  # a turn, and the entry of its first logits
         generating = [t for t in self.active if t.next_token is not None]
-        pending = sum(len(t.pending) for t in self.active)
-        step_tokens = len(generating) + min(llama.batch_size - len(generating), pending)
-        expected = float(len(generating))  # reply tokens the step is expected to make
         budget = llama.batch_size
         # Drafts take only the room that prompts waiting leave: a draft is a guess, a prompt is not.
-        for_prompts = min(pending, budget - len(generating))
+        for_prompts = min(sum(len(t.pending) for t in self.active), budget - len(generating))
+        step_tokens = len(generating) + for_prompts
+        expected = float(len(generating))  # reply tokens the step is expected to make
         for i, turn in enumerate(generating):
             conv = turn.conversation
             draft = self._draft(turn, step_tokens, expected, budget - (len(generating) - i) - for_prompts)
