@@ -52,7 +52,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.bench_prefix import QUESTIONS, make_prefix  # noqa: E402
 from bench.common import (  # noqa: E402
-    ROOT, free_port, machine_line, start_coordinator_process, start_node_process, stop_process)
+    ROOT, free_port, machine_line, start_coordinator_process, start_node_process, stop_process, turned)
 from bench.llama_server import find_or_build  # noqa: E402
 from bench.suite import percentile, start_llama_server, wait_ready  # noqa: E402
 from styxfs import client  # noqa: E402
@@ -233,7 +233,7 @@ def level_round(binary: str, model: str, threads: int, level: int, template: lis
                    "llamafs-9P": (over_9p, address)}
         for send, target in targets.values():
             trio.run(send, target, WARM_UP_BODY)
-        order = PATHS[turn % len(PATHS):] + PATHS[:turn % len(PATHS)]
+        order = turned(PATHS, turn)
         done: dict = {path: [] for path in PATHS}
         for wording, paths in enumerate((order, order[::-1])):
             bodies = [story(i, tokens, wording) for i in range(level)]

@@ -38,7 +38,7 @@ import httpx2 as httpx
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.bench_api import start_api_node  # noqa: E402
-from bench.common import machine_line, stop_process  # noqa: E402
+from bench.common import machine_line, stop_process, turned  # noqa: E402
 from bench.llama_server import find_or_build  # noqa: E402
 from bench.suite import start_llama_server  # noqa: E402
 from styxfs import metrics  # noqa: E402
@@ -140,7 +140,7 @@ def one_round(servers: list[str], binary: str, model: str, threads: int, tokens:
             before = {s: count() for s, count in counts.items() if count}
             done: dict[str, list[tuple[int, float]]] = {server: [] for server in servers}
             for body in bodies(workload, tokens):
-                for server in servers[turn % len(servers):] + servers[:turn % len(servers)]:
+                for server in turned(servers, turn):
                     done[server].append(ask(clients[server], body))
                 turn += 1
             for server in servers:

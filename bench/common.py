@@ -34,6 +34,13 @@ async def new_session(c: client.Client, settings: str) -> AsyncIterator[tuple[cl
         yield ctl, n
 
 
+def turned(items: list | tuple, by: int) -> list:
+    """items in the order that starts `by` places on (wrapping round): who
+    goes first turns from one request or round to the next."""
+    by %= len(items)
+    return list(items[by:]) + list(items[:by])
+
+
 def at_once(calls: list[Callable[[], None]]) -> float:
     """Run the calls in threads of their own, all at once; the seconds until the last ends."""
     threads = [threading.Thread(target=call) for call in calls]
